@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole gate, run by `make test` and by CI (.ci/run). Fails on the first
+# broken step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, integration, policy cases, real sandboxes)"
+cargo test --workspace --locked
+
+step "cargo deny check licenses bans sources"
+# Advisories need the advisory database, which our machines cannot fetch;
+# run `cargo deny check advisories` where the network allows.
+cargo deny --locked check licenses bans sources
+
+printf '\nall checks passed\n' >&2
