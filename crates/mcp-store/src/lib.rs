@@ -1,0 +1,168 @@
+//! Durable storage for tasks and policy decisions.
+//!
+//! The gateway talks to a [`TaskStore`] trait object obtained from
+//! [`open_store`]; today the only backend is [`SqliteStore`], and the trait,
+//! the row types and the schema conventions are chosen so that a PostgreSQL
+//! backend can follow without changing callers (`postgres://` URLs are
+//! recognised and refused with [`StoreError::UnsupportedBackend`]).
+//!
+//! Invariants:
+//! - this is the only crate that uses `sqlx`; the schema lives in
+//!   `migrations/<backend>/` and is applied on open, idempotently;
+//! - a task in a terminal state (completed, failed, cancelled, timed out)
+//!   never changes again, and non-terminal states only move forward
+//!   (created → queued → running). The guard is part of the `UPDATE`
+//!   statement itself, so it holds across connections and replicas;
+//! - a task is visible only to its own tenant: [`TaskStore::get_task`]
+//!   filters by tenant in SQL and answers `None` for another tenant's task;
+//! - [`TaskRecord::result`] is `Some` iff the stored `exit_code` is not null;
+//! - timestamps are stored as Unix milliseconds: records round-trip exactly
+//!   at millisecond precision (finer parts are truncated on write) and come
+//!   back in UTC;
+//! - `u64` counters are stored as signed 64-bit integers and saturate at
+//!   `i64::MAX` on write;
+//! - no command output, argv or environment is ever logged by this crate.
+
+mod error;
+mod rows;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mcp_core::{TaskId, TaskRecord, TaskResult, TaskState};
+use time::OffsetDateTime;
+
+pub use error::StoreError;
+pub use sqlite::{INTERRUPTED, SqliteStore};
+
+/// Where tasks and decisions are kept. Implementations are shared between
+/// request handlers, so every method takes `&self`.
+#[async_trait::async_trait]
+pub trait TaskStore: Send + Sync + std::fmt::Debug {
+    /// Stores a new task. [`StoreError::DuplicateTask`] if the id exists.
+    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError>;
+
+    /// Moves a task forward through the non-terminal states (created →
+    /// queued → running), recording `at` as `started_at` the first time it
+    /// becomes running. [`StoreError::InvalidTransition`] if the task is
+    /// terminal, the move goes backwards or `state` is terminal (use
+    /// [`TaskStore::finish`]); [`StoreError::NotFound`] if there is no task.
+    async fn set_state(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Puts a task in the terminal `state` with its outcome.
+    /// [`StoreError::InvalidTransition`] if `state` is not terminal or the
+    /// task already is (the first outcome is kept);
+    /// [`StoreError::NotFound`] if there is no task.
+    async fn finish(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        completed_at: OffsetDateTime,
+        result: Option<&TaskResult>,
+        failure_reason: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// The task, or `None` if it does not exist or belongs to another tenant.
+    async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
+
+    /// Stores a policy decision. Decision ids are request ids and are unique;
+    /// recording the same id twice is a [`StoreError::Database`] error.
+    async fn record_decision(&self, rec: &DecisionRecord) -> Result<(), StoreError>;
+
+    /// The decision made for request `id`, if any.
+    async fn get_decision(&self, id: uuid::Uuid) -> Result<Option<DecisionRecord>, StoreError>;
+
+    /// Fails every non-terminal task owned by `owner` with the reason
+    /// [`INTERRUPTED`] and `completed_at = at`; returns how many. Run at
+    /// startup: a task that was running when its replica died will never
+    /// finish. Other owners' tasks are untouched.
+    async fn mark_interrupted(&self, owner: &str, at: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Checks that the database answers, for readiness probes.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// One policy decision, kept for audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// The request id (UUIDv7).
+    pub id: uuid::Uuid,
+    pub at: OffsetDateTime,
+    pub tenant: String,
+    pub principal: String,
+    /// `command` or `file`.
+    pub kind: String,
+    /// What was asked, short: a command name, or e.g. `write path/x`.
+    pub summary: String,
+    pub allow: bool,
+    /// Why the request was denied; empty when allowed.
+    pub deny_reasons: Vec<String>,
+    pub policy_revision: String,
+    /// The task the request created, if it created one.
+    pub task_id: Option<TaskId>,
+}
+
+/// Opens the store a URL names:
+/// - `sqlite://PATH` or `sqlite:PATH` — a [`SqliteStore`] file (created if
+///   missing; `sqlite:///abs/path` is absolute); `sqlite::memory:` is a
+///   private in-memory database;
+/// - `postgres://…` / `postgresql://…` — [`StoreError::UnsupportedBackend`]
+///   until that backend exists;
+/// - anything else, including query strings, which would silently become
+///   part of a file name — [`StoreError::BadUrl`].
+pub async fn open_store(url: &str) -> Result<Arc<dyn TaskStore>, StoreError> {
+    match parse_url(url)? {
+        Backend::SqliteMemory => Ok(Arc::new(SqliteStore::open_in_memory().await?)),
+        Backend::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(Path::new(path)).await?)),
+    }
+}
+
+/// A store URL, parsed.
+#[derive(Debug, PartialEq, Eq)]
+enum Backend<'a> {
+    SqliteMemory,
+    SqliteFile(&'a str),
+}
+
+fn parse_url(url: &str) -> Result<Backend<'_>, StoreError> {
+    let bad = || StoreError::BadUrl { url: redact(url) };
+    let (scheme, rest) = url.split_once(':').ok_or_else(bad)?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => {
+            if rest == ":memory:" || rest == "//:memory:" {
+                return Ok(Backend::SqliteMemory);
+            }
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() || path.contains(['?', '#', '\0']) {
+                return Err(bad());
+            }
+            Ok(Backend::SqliteFile(path))
+        }
+        "postgres" | "postgresql" => Err(StoreError::UnsupportedBackend {
+            scheme: scheme.to_ascii_lowercase(),
+        }),
+        _ => Err(bad()),
+    }
+}
+
+/// Hides the password of `scheme://user:password@host` so that a mistyped
+/// URL can be reported without leaking a secret.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+//! The SQLite backend: one database file per gateway (or per test), WAL
+//! journal, embedded migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mcp_core::{TaskId, TaskRecord, TaskResult, TaskState};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::rows::{
+    DecisionRow, TaskRow, decision_columns, list_to_json, map_to_json, task_columns, to_i64, to_ms,
+};
+use crate::{DecisionRecord, StoreError, TaskStore};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a connection waits for another writer before giving up. Writes
+/// are single short statements, so 5 s only runs out when something is stuck.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The reason [`TaskStore::mark_interrupted`] records.
+pub const INTERRUPTED: &str = "interrupted";
+
+const INSERT_TASK_SQL: &str = concat!(
+    "INSERT INTO tasks (",
+    task_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+     ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+);
+
+/// Tenant isolation lives in the query: another tenant's task is absent.
+const GET_TASK_SQL: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE id = ?1 AND tenant = ?2"
+);
+
+const INSERT_DECISION_SQL: &str = concat!(
+    "INSERT INTO decisions (",
+    decision_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+);
+
+const GET_DECISION_SQL: &str = concat!(
+    "SELECT ",
+    decision_columns!(),
+    " FROM decisions WHERE id = ?1"
+);
+
+/// `set_state`: move to `?1` only from a non-terminal state that is not later
+/// than the target (`?4` is the target's rank), so states never go backwards
+/// and a terminal task (rank 3) never changes. `started_at` is set the first
+/// time the task becomes running. One statement, so the guard holds across
+/// connections and processes.
+pub(crate) const SET_STATE_SQL: &str = "UPDATE tasks
+    SET state = ?1,
+        started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?2) ELSE started_at END
+    WHERE id = ?3
+      AND (CASE state WHEN 'created' THEN 0 WHEN 'queued' THEN 1 WHEN 'running' THEN 2 ELSE 3 END) <= ?4";
+
+/// `finish`: write the outcome unless the task is already terminal.
+pub(crate) const FINISH_SQL: &str = "UPDATE tasks
+    SET state = ?1, completed_at = ?2, exit_code = ?3, stdout = ?4, stderr = ?5,
+        stdout_truncated = ?6, stderr_truncated = ?7, cpu_time_ms = ?8, max_memory_kb = ?9,
+        io_read_bytes = ?10, io_write_bytes = ?11, execution_time_ms = ?12, failure_reason = ?13
+    WHERE id = ?14 AND state NOT IN ('completed', 'failed', 'cancelled', 'timed_out')";
+
+/// `mark_interrupted`: fail every non-terminal task of one owner.
+pub(crate) const INTERRUPT_SQL: &str = "UPDATE tasks
+    SET state = 'failed', failure_reason = ?1, completed_at = ?2
+    WHERE owner = ?3 AND state IN ('created', 'queued', 'running')";
+
+/// The position of a non-terminal state in the forward order used by
+/// [`SET_STATE_SQL`]; `None` for terminal states.
+pub(crate) fn rank(state: TaskState) -> Option<i64> {
+    match state {
+        TaskState::Created => Some(0),
+        TaskState::Queued => Some(1),
+        TaskState::Running => Some(2),
+        TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut => {
+            None
+        }
+    }
+}
+
+/// A [`TaskStore`] on SQLite.
+///
+/// Records round-trip at millisecond precision: timestamps are truncated to
+/// the millisecond on write and come back in UTC.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directory if missing) the database
+    /// file at `path` and brings its schema up to date.
+    ///
+    /// Connections use WAL, `synchronous = NORMAL` (a power loss may drop the
+    /// last commits but never corrupts the file), a 5 s busy timeout and
+    /// foreign keys.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Blocking, but this runs once at startup before any request.
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new().connect_with(options).await?;
+        Self::migrated(pool).await
+    }
+
+    /// Opens a private in-memory database, for tests and benchmarks. The pool
+    /// holds exactly one connection that never expires, because every SQLite
+    /// connection to `:memory:` would otherwise see its own empty database.
+    pub async fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(":memory:")
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Self::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes every connection, waiting for running queries; the file is
+    /// checkpointed and can be reopened at once.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn current_state(&self, id: TaskId) -> Result<Option<TaskState>, StoreError> {
+        let raw: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        raw.map(|s| {
+            s.parse::<TaskState>()
+                .map_err(|reason| StoreError::Corrupt {
+                    id: id.to_string(),
+                    reason,
+                })
+        })
+        .transpose()
+    }
+
+    /// Explains why a guarded update touched no row.
+    async fn refused(&self, id: TaskId, to: TaskState) -> StoreError {
+        match self.current_state(id).await {
+            Ok(Some(from)) => StoreError::InvalidTransition { id, from, to },
+            Ok(None) => StoreError::NotFound { id },
+            Err(err) => err,
+        }
+    }
+}
+
+#[async_trait]
+impl TaskStore for SqliteStore {
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %task.id))]
+    async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let empty = TaskResult::default();
+        let r = task.result.as_ref().unwrap_or(&empty);
+        let done = sqlx::query(INSERT_TASK_SQL)
+            .bind(task.id.to_string())
+            .bind(task.kind.as_str())
+            .bind(task.state.as_str())
+            .bind(&task.tenant)
+            .bind(&task.principal)
+            .bind(&task.command)
+            .bind(list_to_json(&task.args))
+            .bind(task.profile.as_deref())
+            .bind(to_ms(task.created_at))
+            .bind(task.started_at.map(to_ms))
+            .bind(task.completed_at.map(to_ms))
+            .bind(map_to_json(&task.metadata))
+            .bind(task.result.as_ref().map(|r| r.exit_code))
+            .bind(r.stdout.as_slice())
+            .bind(r.stderr.as_slice())
+            .bind(r.stdout_truncated)
+            .bind(r.stderr_truncated)
+            .bind(to_i64(r.usage.cpu_time_ms))
+            .bind(to_i64(r.usage.max_memory_kb))
+            .bind(to_i64(r.usage.io_read_bytes))
+            .bind(to_i64(r.usage.io_write_bytes))
+            .bind(to_i64(r.execution_time_ms))
+            .bind(task.failure_reason.as_deref())
+            .bind(&task.owner)
+            .execute(&self.pool)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_database_error()
+                    .is_some_and(|db| db.is_unique_violation()) =>
+            {
+                Err(StoreError::DuplicateTask { id: task.id })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %id, state = state.as_str()))]
+    async fn set_state(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let Some(target_rank) = rank(state) else {
+            // Terminal states carry an outcome: they go through `finish`.
+            return Err(self.refused(id, state).await);
+        };
+        let done = sqlx::query(SET_STATE_SQL)
+            .bind(state.as_str())
+            .bind(to_ms(at))
+            .bind(id.to_string())
+            .bind(target_rank)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(self.refused(id, state).await);
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %id, state = state.as_str()))]
+    async fn finish(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        completed_at: OffsetDateTime,
+        result: Option<&TaskResult>,
+        failure_reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if !state.is_terminal() {
+            return Err(self.refused(id, state).await);
+        }
+        let empty = TaskResult::default();
+        let r = result.unwrap_or(&empty);
+        let done = sqlx::query(FINISH_SQL)
+            .bind(state.as_str())
+            .bind(to_ms(completed_at))
+            .bind(result.map(|r| r.exit_code))
+            .bind(r.stdout.as_slice())
+            .bind(r.stderr.as_slice())
+            .bind(r.stdout_truncated)
+            .bind(r.stderr_truncated)
+            .bind(to_i64(r.usage.cpu_time_ms))
+            .bind(to_i64(r.usage.max_memory_kb))
+            .bind(to_i64(r.usage.io_read_bytes))
+            .bind(to_i64(r.usage.io_write_bytes))
+            .bind(to_i64(r.execution_time_ms))
+            .bind(failure_reason)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(self.refused(id, state).await);
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "store.read", skip_all, fields(task_id = %id))]
+    async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let row: Option<TaskRow> = sqlx::query_as(GET_TASK_SQL)
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(TaskRecord::try_from).transpose()
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(decision_id = %rec.id))]
+    async fn record_decision(&self, rec: &DecisionRecord) -> Result<(), StoreError> {
+        sqlx::query(INSERT_DECISION_SQL)
+            .bind(rec.id.hyphenated().to_string())
+            .bind(to_ms(rec.at))
+            .bind(&rec.tenant)
+            .bind(&rec.principal)
+            .bind(&rec.kind)
+            .bind(&rec.summary)
+            .bind(rec.allow)
+            .bind(list_to_json(&rec.deny_reasons))
+            .bind(&rec.policy_revision)
+            .bind(rec.task_id.map(|t| t.to_string()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "store.read", skip_all, fields(decision_id = %id))]
+    async fn get_decision(&self, id: Uuid) -> Result<Option<DecisionRecord>, StoreError> {
+        let row: Option<DecisionRow> = sqlx::query_as(GET_DECISION_SQL)
+            .bind(id.hyphenated().to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(DecisionRecord::try_from).transpose()
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(owner = %owner))]
+    async fn mark_interrupted(&self, owner: &str, at: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(INTERRUPT_SQL)
+            .bind(INTERRUPTED)
+            .bind(to_ms(at))
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        let count = done.rows_affected();
+        if count > 0 {
+            tracing::warn!(count, owner, "marked interrupted tasks as failed");
+        }
+        Ok(count)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+use mcp_core::{TaskKind, TaskState};
+use time::OffsetDateTime;
+
+use super::*;
+use crate::rows::{DecisionRow, TaskRow, from_ms, to_i64, to_ms};
+use crate::sqlite::{FINISH_SQL, INTERRUPT_SQL, SET_STATE_SQL, rank};
+
+/// A UTC timestamp from calendar parts (the `time` macros are not enabled).
+fn utc(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8, nanos: u32) -> OffsetDateTime {
+    let month = time::Month::try_from(mo).expect("valid month");
+    time::Date::from_calendar_date(y, month, d)
+        .and_then(|date| date.with_hms_nano(h, mi, s, nanos))
+        .expect("valid date")
+        .assume_utc()
+}
+
+#[test]
+fn sqlite_urls_parse_to_paths() {
+    for (url, want) in [
+        (
+            "sqlite:///var/lib/mcp/db.sqlite",
+            Backend::SqliteFile("/var/lib/mcp/db.sqlite"),
+        ),
+        (
+            "sqlite://data/db.sqlite",
+            Backend::SqliteFile("data/db.sqlite"),
+        ),
+        ("sqlite:data.db", Backend::SqliteFile("data.db")),
+        ("SQLite:/abs.db", Backend::SqliteFile("/abs.db")),
+        ("sqlite::memory:", Backend::SqliteMemory),
+        ("sqlite://:memory:", Backend::SqliteMemory),
+    ] {
+        assert_eq!(parse_url(url).unwrap(), want, "{url}");
+    }
+}
+
+#[test]
+fn postgres_urls_are_unsupported_and_garbage_is_bad() {
+    for url in ["postgres://u:p@h/db", "postgresql://h/db", "POSTGRES://h"] {
+        assert!(
+            matches!(parse_url(url), Err(StoreError::UnsupportedBackend { ref scheme }) if scheme.starts_with("postgres")),
+            "{url}"
+        );
+    }
+    for url in [
+        "",
+        "garbage",
+        "mysql://h/db",
+        "sqlite:",
+        "sqlite://",
+        "sqlite:///x.db?mode=ro",
+    ] {
+        assert!(
+            matches!(parse_url(url), Err(StoreError::BadUrl { .. })),
+            "{url}"
+        );
+    }
+}
+
+#[test]
+fn bad_urls_do_not_leak_passwords() {
+    let err = parse_url("redis://admin:hunter2@cache:6379/0").unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert_eq!(redact("x://h/p@q"), "x://h/p@q");
+    assert_eq!(redact("no-scheme"), "no-scheme");
+}
+
+#[test]
+fn timestamps_truncate_to_milliseconds_and_round_trip() {
+    let t = utc(2025, 3, 4, 5, 6, 7, 123_456_789);
+    let ms = to_ms(t);
+    assert_eq!(ms, 1_741_064_767_123);
+    assert_eq!(
+        from_ms("x", "at", ms).unwrap(),
+        utc(2025, 3, 4, 5, 6, 7, 123_000_000)
+    );
+    // Before the epoch truncation still goes down to the earlier millisecond.
+    let before = utc(1969, 12, 31, 23, 59, 59, 999_500_000);
+    assert_eq!(to_ms(before), -1);
+    // A non-UTC offset is the same instant.
+    let cet = utc(2025, 3, 4, 5, 6, 7, 123_000_000)
+        .to_offset(time::UtcOffset::from_hms(1, 0, 0).expect("valid offset"));
+    assert_eq!(to_ms(cet), ms);
+}
+
+#[test]
+fn out_of_range_timestamps_are_corrupt() {
+    assert!(matches!(
+        from_ms("t1", "created_at", i64::MAX),
+        Err(StoreError::Corrupt { ref id, ref reason }) if id == "t1" && reason.contains("created_at")
+    ));
+}
+
+#[test]
+fn counters_saturate_at_i64_max() {
+    assert_eq!(to_i64(7), 7);
+    assert_eq!(to_i64(u64::MAX), i64::MAX);
+}
+
+#[test]
+fn state_guards_in_sql_match_the_domain() {
+    let guard = |sql: &'static str| sql.split_once("WHERE").map_or("", |(_, w)| w);
+    for st in TaskState::ALL {
+        let quoted = format!("'{}'", st.as_str());
+        assert_eq!(rank(st).is_none(), st.is_terminal(), "{st:?}");
+        assert_eq!(
+            guard(FINISH_SQL).contains(&quoted),
+            st.is_terminal(),
+            "{st:?}"
+        );
+        assert_eq!(
+            guard(INTERRUPT_SQL).contains(&quoted),
+            !st.is_terminal(),
+            "{st:?}"
+        );
+        if let Some(r) = rank(st) {
+            assert!(
+                guard(SET_STATE_SQL).contains(&format!("WHEN {quoted} THEN {r}")),
+                "{st:?}"
+            );
+        }
+    }
+}
+
+fn task_row() -> TaskRow {
+    TaskRow {
+        id: TaskId::new().to_string(),
+        kind: "command".into(),
+        state: "running".into(),
+        tenant: "t".into(),
+        principal: "p".into(),
+        command: "ls".into(),
+        args: "[\"-l\"]".into(),
+        profile: None,
+        created_at: 1_000,
+        started_at: Some(2_000),
+        completed_at: None,
+        metadata: "{}".into(),
+        exit_code: None,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        cpu_time_ms: 0,
+        max_memory_kb: 0,
+        io_read_bytes: 0,
+        io_write_bytes: 0,
+        execution_time_ms: 0,
+        failure_reason: None,
+        owner: "o".into(),
+    }
+}
+
+#[test]
+fn a_valid_row_decodes_without_result_when_exit_code_is_null() {
+    let rec = TaskRecord::try_from(task_row()).unwrap();
+    assert_eq!(rec.kind, TaskKind::Command);
+    assert_eq!(rec.state, TaskState::Running);
+    assert_eq!(rec.args, vec!["-l".to_owned()]);
+    assert_eq!(rec.result, None);
+    assert_eq!(
+        rec.started_at,
+        Some(OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(2))
+    );
+}
+
+#[test]
+fn undecodable_rows_are_corrupt_and_name_the_column() {
+    type Breaker = fn(&mut TaskRow);
+    let cases: [(&str, Breaker); 6] = [
+        ("id", |r| r.id = "nope".into()),
+        ("kind", |r| r.kind = "shell".into()),
+        ("state", |r| r.state = "zombie".into()),
+        ("args", |r| r.args = "{".into()),
+        ("metadata", |r| r.metadata = "[1]".into()),
+        ("cpu_time_ms", |r| {
+            r.exit_code = Some(0);
+            r.cpu_time_ms = -1;
+        }),
+    ];
+    for (column, breaker) in cases {
+        let mut row = task_row();
+        breaker(&mut row);
+        match TaskRecord::try_from(row) {
+            Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains(column), "{reason}"),
+            other => panic!("{column}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn undecodable_decisions_are_corrupt() {
+    let row = DecisionRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        at: 0,
+        tenant: "t".into(),
+        principal: "p".into(),
+        kind: "command".into(),
+        summary: "ls".into(),
+        allow: true,
+        deny_reasons: "[]".into(),
+        policy_revision: "r".into(),
+        task_id: Some("not-a-task".into()),
+    };
+    assert!(matches!(
+        DecisionRecord::try_from(row),
+        Err(StoreError::Corrupt { ref reason, .. }) if reason.contains("task_id")
+    ));
+}
+
+#[tokio::test]
+async fn in_memory_store_is_shared_across_calls() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    store.ping().await.unwrap();
+    let rec = TaskRecord {
+        id: TaskId::new(),
+        kind: TaskKind::File,
+        state: TaskState::Created,
+        tenant: "t".into(),
+        principal: "p".into(),
+        command: "write x".into(),
+        args: Vec::new(),
+        profile: None,
+        created_at: utc(2025, 1, 1, 0, 0, 0, 1_000_000),
+        started_at: None,
+        completed_at: None,
+        metadata: Default::default(),
+        result: None,
+        failure_reason: None,
+        owner: "o".into(),
+    };
+    store.insert_task(&rec).await.unwrap();
+    assert_eq!(store.get_task("t", rec.id).await.unwrap(), Some(rec));
+}

@@ -1,0 +1,592 @@
+//! Integration tests against real SQLite files in a temporary directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use mcp_core::{ResourceUsage, TaskId, TaskKind, TaskRecord, TaskResult, TaskState};
+use mcp_store::{DecisionRecord, INTERRUPTED, SqliteStore, StoreError, TaskStore, open_store};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+
+/// A UTC timestamp from calendar parts (the `time` macros are not enabled).
+fn utc(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8, nanos: u32) -> Result<OffsetDateTime> {
+    let date = time::Date::from_calendar_date(y, time::Month::try_from(mo)?, d)?;
+    Ok(date.with_hms_nano(h, mi, s, nanos)?.assume_utc())
+}
+
+/// A fresh database file in its own temporary directory; the directory
+/// lives as long as the returned guard.
+async fn store() -> Result<(TempDir, PathBuf, SqliteStore)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path).await?;
+    Ok((dir, path, store))
+}
+
+/// Now, truncated to the millisecond (the store's precision).
+fn now_ms() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t)
+}
+
+fn task(tenant: &str, owner: &str) -> TaskRecord {
+    TaskRecord {
+        id: TaskId::new(),
+        kind: TaskKind::Command,
+        state: TaskState::Created,
+        tenant: tenant.to_owned(),
+        principal: "alice".to_owned(),
+        command: "echo".to_owned(),
+        args: vec!["hello".to_owned()],
+        profile: None,
+        created_at: now_ms(),
+        started_at: None,
+        completed_at: None,
+        metadata: BTreeMap::new(),
+        result: None,
+        failure_reason: None,
+        owner: owner.to_owned(),
+    }
+}
+
+fn result() -> TaskResult {
+    TaskResult {
+        exit_code: 3,
+        stdout: vec![0xff, 0xfe, 0x00, b'o', b'k', 0x80],
+        stderr: b"warn\n".to_vec(),
+        stdout_truncated: true,
+        stderr_truncated: false,
+        usage: ResourceUsage {
+            cpu_time_ms: 12,
+            max_memory_kb: 3_456,
+            io_read_bytes: 789,
+            io_write_bytes: u64::try_from(i64::MAX).unwrap_or(0),
+        },
+        execution_time_ms: 42,
+    }
+}
+
+#[tokio::test]
+async fn every_field_round_trips() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = TaskRecord {
+        id: TaskId::new(),
+        kind: TaskKind::File,
+        state: TaskState::Failed,
+        tenant: "acme".into(),
+        principal: "bob@acme".into(),
+        command: "write path/ü".into(),
+        args: vec![
+            "a b".into(),
+            "\"quoted\"".into(),
+            String::new(),
+            "ünï".into(),
+        ],
+        profile: Some("strict".into()),
+        created_at: utc(2024, 2, 29, 23, 59, 59, 999_000_000)?,
+        started_at: Some(utc(2024, 3, 1, 0, 0, 0, 1_000_000)?),
+        completed_at: Some(utc(2024, 3, 1, 0, 0, 1, 500_000_000)?),
+        metadata: BTreeMap::from([
+            ("trace".to_owned(), "abc".to_owned()),
+            ("k=v".to_owned(), "{\"json\": true}".to_owned()),
+        ]),
+        result: Some(result()),
+        failure_reason: Some("exit status 3".into()),
+        owner: "replica-1".into(),
+    };
+    store.insert_task(&rec).await?;
+    assert_eq!(store.get_task("acme", rec.id).await?, Some(rec));
+    Ok(())
+}
+
+#[tokio::test]
+async fn timestamps_are_truncated_to_milliseconds() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let mut rec = task("t", "o");
+    rec.created_at = utc(2025, 1, 1, 0, 0, 0, 123_999_999)?;
+    store.insert_task(&rec).await?;
+    let got = store.get_task("t", rec.id).await?.map(|r| r.created_at);
+    assert_eq!(got, Some(utc(2025, 1, 1, 0, 0, 0, 123_000_000)?));
+    Ok(())
+}
+
+#[tokio::test]
+async fn lifecycle_updates_state_and_timestamps() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+
+    let queued = rec.created_at + time::Duration::milliseconds(5);
+    store.set_state(rec.id, TaskState::Queued, queued).await?;
+    let got = store.get_task("t", rec.id).await?.expect("task exists");
+    assert_eq!((got.state, got.started_at), (TaskState::Queued, None));
+
+    let started = queued + time::Duration::milliseconds(7);
+    store.set_state(rec.id, TaskState::Running, started).await?;
+    let got = store.get_task("t", rec.id).await?.expect("task exists");
+    assert_eq!(
+        (got.state, got.started_at),
+        (TaskState::Running, Some(started))
+    );
+
+    let done = started + time::Duration::seconds(2);
+    store
+        .finish(rec.id, TaskState::Completed, done, Some(&result()), None)
+        .await?;
+    let got = store.get_task("t", rec.id).await?.expect("task exists");
+    assert_eq!(got.state, TaskState::Completed);
+    assert_eq!(got.created_at, rec.created_at);
+    assert_eq!(got.started_at, Some(started));
+    assert_eq!(got.completed_at, Some(done));
+    assert_eq!(got.result, Some(result()));
+    assert_eq!(got.failure_reason, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn running_twice_keeps_the_first_start_and_states_never_go_back() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+    let first = now_ms();
+    store.set_state(rec.id, TaskState::Running, first).await?;
+    store
+        .set_state(
+            rec.id,
+            TaskState::Running,
+            first + time::Duration::seconds(1),
+        )
+        .await?;
+    let err = store.set_state(rec.id, TaskState::Queued, now_ms()).await;
+    assert!(
+        matches!(
+            err,
+            Err(StoreError::InvalidTransition {
+                from: TaskState::Running,
+                to: TaskState::Queued,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let got = store.get_task("t", rec.id).await?.expect("task exists");
+    assert_eq!(
+        (got.state, got.started_at),
+        (TaskState::Running, Some(first))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn finishing_twice_is_refused_and_keeps_the_first_outcome() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+    let done = now_ms();
+    store
+        .finish(rec.id, TaskState::Completed, done, Some(&result()), None)
+        .await?;
+    let err = store
+        .finish(
+            rec.id,
+            TaskState::Cancelled,
+            done + time::Duration::seconds(1),
+            None,
+            Some("cancelled by user"),
+        )
+        .await;
+    assert!(
+        matches!(
+            err,
+            Err(StoreError::InvalidTransition { id, from: TaskState::Completed, to: TaskState::Cancelled }) if id == rec.id
+        ),
+        "{err:?}"
+    );
+    let got = store.get_task("t", rec.id).await?.expect("task exists");
+    assert_eq!(got.state, TaskState::Completed);
+    assert_eq!(got.completed_at, Some(done));
+    assert_eq!(got.result, Some(result()));
+    assert_eq!(got.failure_reason, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn set_state_on_a_terminal_task_is_refused() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+    store
+        .finish(
+            rec.id,
+            TaskState::TimedOut,
+            now_ms(),
+            None,
+            Some("timeout after 30s"),
+        )
+        .await?;
+    for to in [TaskState::Created, TaskState::Queued, TaskState::Running] {
+        let err = store.set_state(rec.id, to, now_ms()).await;
+        assert!(
+            matches!(
+                err,
+                Err(StoreError::InvalidTransition {
+                    from: TaskState::TimedOut,
+                    ..
+                })
+            ),
+            "{to:?}: {err:?}"
+        );
+    }
+    let got = store.get_task("t", rec.id).await?.expect("task exists");
+    assert_eq!(got.state, TaskState::TimedOut);
+    assert_eq!(got.started_at, None);
+    assert_eq!(got.result, None);
+    assert_eq!(got.failure_reason.as_deref(), Some("timeout after 30s"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_kind_of_target_state_is_refused() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+    let err = store
+        .set_state(rec.id, TaskState::Completed, now_ms())
+        .await;
+    assert!(
+        matches!(
+            err,
+            Err(StoreError::InvalidTransition {
+                from: TaskState::Created,
+                to: TaskState::Completed,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let err = store
+        .finish(rec.id, TaskState::Running, now_ms(), None, None)
+        .await;
+    assert!(
+        matches!(
+            err,
+            Err(StoreError::InvalidTransition {
+                to: TaskState::Running,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let got = store.get_task("t", rec.id).await?.expect("task exists");
+    assert_eq!(got.state, TaskState::Created);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_ids_are_not_found() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let id = TaskId::new();
+    assert!(matches!(
+        store.set_state(id, TaskState::Running, now_ms()).await,
+        Err(StoreError::NotFound { id: got }) if got == id
+    ));
+    assert!(matches!(
+        store.finish(id, TaskState::Completed, now_ms(), Some(&result()), None).await,
+        Err(StoreError::NotFound { id: got }) if got == id
+    ));
+    assert!(matches!(
+        store.set_state(id, TaskState::Failed, now_ms()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.get_task("t", id).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn other_tenants_cannot_see_a_task() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = task("acme", "o");
+    store.insert_task(&rec).await?;
+    assert_eq!(store.get_task("globex", rec.id).await?, None);
+    assert_eq!(store.get_task("", rec.id).await?, None);
+    assert_eq!(
+        store.get_task("acme", rec.id).await?.map(|r| r.id),
+        Some(rec.id)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicate_ids_are_refused() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+    let mut again = task("other", "o2");
+    again.id = rec.id;
+    let err = store.insert_task(&again).await;
+    assert!(
+        matches!(err, Err(StoreError::DuplicateTask { id }) if id == rec.id),
+        "{err:?}"
+    );
+    assert_eq!(store.get_task("t", rec.id).await?, Some(rec));
+    assert_eq!(store.get_task("other", again.id).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn mark_interrupted_fails_only_the_owners_live_tasks() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let mut mine = Vec::new();
+    for state in [TaskState::Created, TaskState::Queued, TaskState::Running] {
+        let rec = task("t", "replica-a");
+        store.insert_task(&rec).await?;
+        if state != TaskState::Created {
+            store.set_state(rec.id, state, now_ms()).await?;
+        }
+        mine.push(rec);
+    }
+    let finished = task("t", "replica-a");
+    store.insert_task(&finished).await?;
+    store
+        .finish(
+            finished.id,
+            TaskState::Completed,
+            now_ms(),
+            Some(&result()),
+            None,
+        )
+        .await?;
+    let theirs = task("t", "replica-b");
+    store.insert_task(&theirs).await?;
+    store
+        .set_state(theirs.id, TaskState::Running, now_ms())
+        .await?;
+
+    let at = now_ms() + time::Duration::seconds(1);
+    assert_eq!(store.mark_interrupted("replica-a", at).await?, 3);
+    for rec in &mine {
+        let got = store.get_task("t", rec.id).await?.expect("task exists");
+        assert_eq!(got.state, TaskState::Failed);
+        assert_eq!(got.failure_reason.as_deref(), Some(INTERRUPTED));
+        assert_eq!(got.failure_reason.as_deref(), Some("interrupted"));
+        assert_eq!(got.completed_at, Some(at));
+        assert_eq!(got.result, None);
+    }
+    let got = store
+        .get_task("t", finished.id)
+        .await?
+        .expect("task exists");
+    assert_eq!(
+        (got.state, got.failure_reason),
+        (TaskState::Completed, None)
+    );
+    let got = store.get_task("t", theirs.id).await?.expect("task exists");
+    assert_eq!((got.state, got.completed_at), (TaskState::Running, None));
+
+    // Nothing is left to interrupt.
+    assert_eq!(store.mark_interrupted("replica-a", at).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn data_survives_a_restart_and_migrations_rerun_idempotently() -> Result<()> {
+    let (_dir, path, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+    store
+        .set_state(rec.id, TaskState::Running, now_ms())
+        .await?;
+    let decision = decision(true, Some(rec.id));
+    store.record_decision(&decision).await?;
+    let before = store.get_task("t", rec.id).await?;
+    store.close().await;
+
+    for _ in 0..2 {
+        let reopened = SqliteStore::open(&path).await?;
+        assert_eq!(reopened.get_task("t", rec.id).await?, before);
+        assert_eq!(
+            reopened.get_decision(decision.id).await?,
+            Some(decision.clone())
+        );
+        reopened.close().await;
+    }
+    // After a crash the replica fails what it was running.
+    let reopened = SqliteStore::open(&path).await?;
+    assert_eq!(reopened.mark_interrupted("o", now_ms()).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_creates_missing_parent_directories() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("a/b/c/store.db");
+    let store = SqliteStore::open(&path).await?;
+    store.insert_task(&task("t", "o")).await?;
+    assert!(path.is_file());
+    // The journal is write-ahead: the log sits next to the open database.
+    assert!(dir.path().join("a/b/c/store.db-wal").is_file());
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_reports_an_unusable_parent_as_io() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"not a directory")?;
+    let err = SqliteStore::open(&file.join("sub/store.db")).await;
+    assert!(matches!(err, Err(StoreError::Io { .. })), "{err:?}");
+    Ok(())
+}
+
+fn decision(allow: bool, task_id: Option<TaskId>) -> DecisionRecord {
+    DecisionRecord {
+        id: uuid::Uuid::now_v7(),
+        at: now_ms(),
+        tenant: "acme".into(),
+        principal: "alice".into(),
+        kind: if task_id.is_some() { "command" } else { "file" }.into(),
+        summary: if task_id.is_some() {
+            "echo"
+        } else {
+            "write path/x"
+        }
+        .into(),
+        allow,
+        deny_reasons: if allow {
+            Vec::new()
+        } else {
+            vec!["command rm is not allowed".into(), "network denied".into()]
+        },
+        policy_revision: "sha256:abc".into(),
+        task_id,
+    }
+}
+
+#[tokio::test]
+async fn decisions_round_trip() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let cases = [
+        decision(true, Some(TaskId::new())),
+        decision(true, None),
+        decision(false, None),
+        decision(false, Some(TaskId::new())),
+    ];
+    for d in &cases {
+        store.record_decision(d).await?;
+    }
+    for d in &cases {
+        assert_eq!(store.get_decision(d.id).await?.as_ref(), Some(d));
+    }
+    assert_eq!(store.get_decision(uuid::Uuid::now_v7()).await?, None);
+    let dup = store.record_decision(&cases[0]).await;
+    assert!(matches!(dup, Err(StoreError::Database(_))), "{dup:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_store_dispatches_on_the_url_scheme() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("via-url.db");
+    for url in [
+        format!("sqlite://{}", path.display()),
+        format!("sqlite:{}", path.display()),
+    ] {
+        let store: Arc<dyn TaskStore> = open_store(&url).await?;
+        store.ping().await?;
+        let rec = task("t", "o");
+        store.insert_task(&rec).await?;
+        assert_eq!(store.get_task("t", rec.id).await?, Some(rec));
+    }
+    assert!(path.is_file());
+
+    let memory = open_store("sqlite::memory:").await?;
+    memory.ping().await?;
+
+    for (url, scheme) in [
+        ("postgres://u:secret@db/mcp", "postgres"),
+        ("postgresql://db/mcp", "postgresql"),
+    ] {
+        let err = open_store(url).await;
+        assert!(
+            matches!(err, Err(StoreError::UnsupportedBackend { scheme: ref s }) if s == scheme),
+            "{url}: {err:?}"
+        );
+    }
+    for url in ["", "garbage", "mysql://db", "sqlite:", "http://x/y"] {
+        let err = open_store(url).await;
+        assert!(
+            matches!(err, Err(StoreError::BadUrl { .. })),
+            "{url}: {err:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_inserts_all_land() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let store = Arc::new(store);
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let rec = task(&format!("tenant-{}", i % 5), "o");
+            store.insert_task(&rec).await.map(|()| rec)
+        }));
+    }
+    let mut inserted = Vec::new();
+    for h in handles {
+        inserted.push(h.await??);
+    }
+    assert_eq!(inserted.len(), 50);
+    for rec in &inserted {
+        assert_eq!(
+            store.get_task(&rec.tenant, rec.id).await?.as_ref(),
+            Some(rec)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_finishes_have_exactly_one_winner() -> Result<()> {
+    let (_dir, path, store) = store().await?;
+    let rec = task("t", "o");
+    store.insert_task(&rec).await?;
+    // A second pool on the same file stands in for another replica.
+    let other = SqliteStore::open(&path).await?;
+    let stores = [store, other];
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let store = stores[i % 2].clone();
+        handles.push(tokio::spawn(async move {
+            let state = if i % 2 == 0 {
+                TaskState::Completed
+            } else {
+                TaskState::Cancelled
+            };
+            store
+                .finish(
+                    rec.id,
+                    state,
+                    now_ms(),
+                    None,
+                    Some(&format!("finisher {i}")),
+                )
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        match h.await? {
+            Ok(()) => wins += 1,
+            Err(StoreError::InvalidTransition { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    assert_eq!(wins, 1);
+    Ok(())
+}
