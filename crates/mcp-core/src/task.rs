@@ -48,7 +48,7 @@ impl FromStr for TaskId {
             return Err(TaskIdError(s.chars().take(64).collect()));
         }
         Uuid::try_parse(s)
-            .map(|u| Self(u))
+            .map(Self)
             .map_err(|_| TaskIdError(s.chars().take(64).collect()))
     }
 }

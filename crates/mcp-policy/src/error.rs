@@ -1,0 +1,79 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a policy directory could not be loaded. Every variant names the
+/// directory or file at fault; a loaded engine never returns these at request
+/// time (a failed evaluation is a deny, see [`crate::PolicyEngine::decide`]).
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("policy directory {dir} holds no *.rego policy files")]
+    NoPolicies { dir: PathBuf },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("policy file name {path} is not valid UTF-8")]
+    NonUtf8Name { path: PathBuf },
+    /// A file failed to parse. `message` carries regorus' `file:line:col`
+    /// location and the offending source line.
+    #[error("policy {path} does not parse: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The parsed policy set failed analysis (unsafe variables, recursion,
+    /// conflicting imports, ...). `message` carries the `file:line:col` of the
+    /// offending rule.
+    #[error("policies in {dir} do not compile: {message}")]
+    Compile { dir: PathBuf, message: String },
+    #[error("policy data {path} is invalid: {message}")]
+    Data { path: PathBuf, message: String },
+}
+
+/// Why a policy evaluation did not yield a usable decision. These never leave
+/// the crate: [`crate::PolicyEngine::decide`] logs them and fails closed.
+#[derive(Debug, Error)]
+pub(crate) enum DecisionError {
+    #[error("input document cannot be encoded: {0}")]
+    Input(String),
+    #[error("evaluation of data.mcp.decision failed: {0}")]
+    Eval(String),
+    #[error("data.mcp.decision is undefined")]
+    Undefined,
+    #[error("data.mcp.decision cannot be decoded: {0}")]
+    Decode(String),
+    #[error("data.mcp.decision is not an object")]
+    NotObject,
+    #[error("data.mcp.decision has unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("data.mcp.decision.allow is {0}, not a boolean")]
+    AllowNotBool(String),
+    #[error("data.mcp.decision.{field} must be an array of strings")]
+    NotStrings { field: &'static str },
+    #[error("data.mcp.decision.obligations must be an object")]
+    ObligationsNotObject,
+    #[error("data.mcp.decision.obligations.profile must be a string")]
+    ProfileNotString,
+    #[error("data.mcp.decision allows the request but also gives {0} deny reason(s)")]
+    AllowWithReasons(usize),
+}
+
+impl DecisionError {
+    /// The error without anything that may have come from the input: regorus
+    /// quotes argument values in builtin errors (`Got "..." instead`), and
+    /// argv must not be logged at error level. Keeps the policy location.
+    pub(crate) fn redacted(&self) -> String {
+        match self {
+            DecisionError::Input(_) => "input document cannot be encoded".to_owned(),
+            DecisionError::Decode(_) => "data.mcp.decision cannot be decoded".to_owned(),
+            DecisionError::Eval(detail) => {
+                let location = detail
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("-->"))
+                    .map_or("an unknown location", str::trim);
+                format!("evaluation of data.mcp.decision failed at {location}")
+            }
+            other => other.to_string(),
+        }
+    }
+}
