@@ -1,0 +1,415 @@
+//! Configuration: defaults < `/etc/mcp-gateway/config.toml` (or `--config`) <
+//! `MCP_GATEWAY_*` env < CLI flags. Parsed into [`RawConfig`] (all plain
+//! serde), then validated into [`Config`], which cannot hold a bad state.
+//! Every problem is reported at once, at start-up, never mid-request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use mcp_core::RequestLimits;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Where the packaged config lives; read when present and no `--config` is given.
+pub const SYSTEM_CONFIG: &str = "/etc/mcp-gateway/config.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub storage: RawStorage,
+    pub policy: RawPolicy,
+    pub sandbox: RawSandbox,
+    pub limits: RawLimits,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    /// Serve a non-loopback address without authentication. Authentication
+    /// arrives with a later release; until then this is the only way to
+    /// listen beyond loopback, and the gateway warns loudly.
+    pub insecure_no_auth: bool,
+    /// Names this gateway in the tasks it owns; empty = the host name.
+    pub replica_id: String,
+    /// Seconds to let running tasks finish on shutdown before cancelling them.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    pub data_dir: PathBuf,
+    /// Empty = `sqlite://<data_dir>/gateway.db`.
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSandbox {
+    pub profiles_dir: PathBuf,
+    pub bwrap: PathBuf,
+    /// uid/gid bubblewrap is started as when the gateway runs as root.
+    pub uid: u32,
+    pub gid: u32,
+    /// Empty = `<data_dir>/files`.
+    pub files_root: PathBuf,
+    /// Empty = `<data_dir>/workspaces`.
+    pub workspaces_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+    pub max_output_bytes: usize,
+    pub max_running_tasks: usize,
+    pub max_queued_tasks: usize,
+    pub max_command_bytes: usize,
+    pub max_args: usize,
+    pub max_args_bytes: usize,
+    pub max_env: usize,
+    pub max_env_bytes: usize,
+    pub max_metadata: usize,
+    pub max_metadata_bytes: usize,
+    pub max_file_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `auto` (human on a terminal, JSON otherwise), `text` or `json`.
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `mcp_gateway=debug,info`.
+    pub level: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            server: RawServer::default(),
+            storage: RawStorage::default(),
+            policy: RawPolicy {
+                dir: PathBuf::from("policies"),
+            },
+            sandbox: RawSandbox::default(),
+            limits: RawLimits::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".to_owned(),
+            insecure_no_auth: false,
+            replica_id: String::new(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            database_url: String::new(),
+        }
+    }
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("policies"),
+        }
+    }
+}
+
+impl Default for RawSandbox {
+    fn default() -> Self {
+        Self {
+            profiles_dir: PathBuf::from("sandbox-profiles"),
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+            uid: 65534,
+            gid: 65534,
+            files_root: PathBuf::new(),
+            workspaces_dir: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let r = RequestLimits::default();
+        Self {
+            default_timeout_secs: r.default_timeout.as_secs(),
+            max_timeout_secs: r.max_timeout.as_secs(),
+            max_output_bytes: 1024 * 1024,
+            max_running_tasks: 64,
+            max_queued_tasks: 1024,
+            max_command_bytes: r.max_command_bytes,
+            max_args: r.max_args,
+            max_args_bytes: r.max_args_bytes,
+            max_env: r.max_env,
+            max_env_bytes: r.max_env_bytes,
+            max_metadata: r.max_metadata,
+            max_metadata_bytes: r.max_metadata_bytes,
+            max_file_bytes: r.max_file_bytes,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "auto".to_owned(),
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub insecure_no_auth: bool,
+    pub replica_id: String,
+    pub shutdown_grace: Duration,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub policies_dir: PathBuf,
+    pub profiles_dir: PathBuf,
+    pub bwrap: PathBuf,
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    pub files_root: PathBuf,
+    pub workspaces_dir: PathBuf,
+    pub request_limits: RequestLimits,
+    pub max_output_bytes: usize,
+    pub max_running_tasks: usize,
+    pub max_queued_tasks: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// Values given as command-line flags; `None` leaves lower layers in charge.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub policies: Option<PathBuf>,
+    pub profiles: Option<PathBuf>,
+}
+
+/// Loads the layered configuration. `file` is `--config`; when `None` the
+/// system config is read if it exists.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    load_with_env(file, overrides, Env::prefixed("MCP_GATEWAY_"))
+}
+
+fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Config, ConfigError> {
+    let mut fig = Figment::new().merge(Serialized::defaults(RawConfig::default()));
+    match file {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    problems: vec![format!("config file {} does not exist", path.display())],
+                });
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        None if Path::new(SYSTEM_CONFIG).is_file() => {
+            fig = fig.merge(Toml::file_exact(SYSTEM_CONFIG));
+        }
+        None => {}
+    }
+    // `MCP_GATEWAY_ENDPOINT` belongs to the client and `MCP_GATEWAY_CONFIG`
+    // names the file; neither is a config key.
+    fig = fig.merge(env.ignore(&["endpoint", "config"]).split("__"));
+    if let Some(v) = &overrides.listen {
+        fig = fig.merge(Serialized::default("server.listen", v));
+    }
+    if let Some(v) = &overrides.data_dir {
+        fig = fig.merge(Serialized::default("storage.data_dir", v));
+    }
+    if let Some(v) = &overrides.policies {
+        fig = fig.merge(Serialized::default("policy.dir", v));
+    }
+    if let Some(v) = &overrides.profiles {
+        fig = fig.merge(Serialized::default("sandbox.profiles_dir", v));
+    }
+    let raw: RawConfig = fig.extract().map_err(|e| ConfigError::Invalid {
+        problems: e.into_iter().map(|e| e.to_string()).collect(),
+    })?;
+    raw.validate()
+}
+
+impl RawConfig {
+    /// Validates every field, collecting all problems before failing.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+
+        let listen = match self.server.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!(
+                    "server.listen {:?} is not an address like 127.0.0.1:8081",
+                    self.server.listen
+                ));
+                None
+            }
+        };
+        if let Some(a) = listen
+            && !a.ip().is_loopback()
+            && !self.server.insecure_no_auth
+        {
+            problems.push(format!(
+                "server.listen {a} is not a loopback address and no authentication is configured; \
+                 set server.insecure_no_auth = true to serve it anyway"
+            ));
+        }
+
+        let data_dir = self.storage.data_dir.clone();
+        if data_dir.as_os_str().is_empty() {
+            problems.push("storage.data_dir must not be empty".to_owned());
+        }
+        let database_url = if self.storage.database_url.is_empty() {
+            format!("sqlite://{}", data_dir.join("gateway.db").display())
+        } else {
+            self.storage.database_url.clone()
+        };
+
+        if !self.policy.dir.is_dir() {
+            problems.push(format!(
+                "policy.dir {} is not a directory",
+                self.policy.dir.display()
+            ));
+        }
+        if !self.sandbox.profiles_dir.is_dir() {
+            problems.push(format!(
+                "sandbox.profiles_dir {} is not a directory",
+                self.sandbox.profiles_dir.display()
+            ));
+        }
+        if self.sandbox.uid == 0 || self.sandbox.gid == 0 {
+            problems.push("sandbox.uid and sandbox.gid must not be 0 (root)".to_owned());
+        }
+
+        let l = &self.limits;
+        if l.default_timeout_secs == 0 {
+            problems.push("limits.default_timeout_secs must be at least 1".to_owned());
+        }
+        if l.default_timeout_secs > l.max_timeout_secs {
+            problems.push(format!(
+                "limits.default_timeout_secs {} is above limits.max_timeout_secs {}",
+                l.default_timeout_secs, l.max_timeout_secs
+            ));
+        }
+        for (name, v) in [
+            ("max_output_bytes", l.max_output_bytes),
+            ("max_running_tasks", l.max_running_tasks),
+            ("max_command_bytes", l.max_command_bytes),
+            ("max_args_bytes", l.max_args_bytes),
+            ("max_file_bytes", l.max_file_bytes),
+        ] {
+            if v == 0 {
+                problems.push(format!("limits.{name} must be at least 1"));
+            }
+        }
+
+        let log_format = match self.log.format.as_str() {
+            "auto" => LogFormat::Auto,
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                problems.push(format!(
+                    "log.format {other:?} is not one of auto, text, json"
+                ));
+                LogFormat::Auto
+            }
+        };
+
+        let replica_id = if self.server.replica_id.is_empty() {
+            host_name()
+        } else {
+            self.server.replica_id.clone()
+        };
+
+        let (Some(listen), true) = (listen, problems.is_empty()) else {
+            return Err(ConfigError::Invalid { problems });
+        };
+        let or_under = |p: &Path, sub: &str| {
+            if p.as_os_str().is_empty() {
+                data_dir.join(sub)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        Ok(Config {
+            listen,
+            insecure_no_auth: self.server.insecure_no_auth,
+            replica_id,
+            shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
+            files_root: or_under(&self.sandbox.files_root, "files"),
+            workspaces_dir: or_under(&self.sandbox.workspaces_dir, "workspaces"),
+            data_dir,
+            database_url,
+            policies_dir: self.policy.dir,
+            profiles_dir: self.sandbox.profiles_dir,
+            bwrap: self.sandbox.bwrap,
+            sandbox_uid: self.sandbox.uid,
+            sandbox_gid: self.sandbox.gid,
+            request_limits: RequestLimits {
+                default_timeout: Duration::from_secs(l.default_timeout_secs),
+                max_timeout: Duration::from_secs(l.max_timeout_secs),
+                max_command_bytes: l.max_command_bytes,
+                max_args: l.max_args,
+                max_args_bytes: l.max_args_bytes,
+                max_env: l.max_env,
+                max_env_bytes: l.max_env_bytes,
+                max_metadata: l.max_metadata,
+                max_metadata_bytes: l.max_metadata_bytes,
+                max_sandbox_paths: 32,
+                max_file_bytes: l.max_file_bytes,
+            },
+            max_output_bytes: l.max_output_bytes,
+            max_running_tasks: l.max_running_tasks,
+            max_queued_tasks: l.max_queued_tasks,
+            log_format,
+            log_level: self.log.level,
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
+#[cfg(test)]
+mod tests;

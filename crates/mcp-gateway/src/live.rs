@@ -1,0 +1,182 @@
+//! Output of running tasks, held in memory so that any number of
+//! `StreamTaskOutput` callers can replay it from the start and then follow it
+//! live. A task leaves the registry once its final state is in the store;
+//! later readers get the stored (capped) output instead.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mcp_core::{ChunkKind, OutputChunk, TaskId};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Adjacent stdout (or stderr) pieces are merged up to this size, so a
+/// command that writes byte by byte does not cost one allocation per byte.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, Default)]
+struct Inner {
+    chunks: Vec<OutputChunk>,
+    done: bool,
+    cancel_reason: Option<String>,
+}
+
+/// One running task: its output so far, whether it is done, and how to
+/// cancel it.
+#[derive(Debug)]
+pub struct LiveTask {
+    inner: Mutex<Inner>,
+    /// Bumped on every change so followers wake up.
+    version: watch::Sender<u64>,
+    cancel: CancellationToken,
+}
+
+/// A follower's position: chunks before `idx` were sent whole, and the first
+/// `off` bytes of chunk `idx`. Only the last chunk ever grows.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cursor {
+    idx: usize,
+    off: usize,
+}
+
+impl LiveTask {
+    fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            version: watch::Sender::new(0),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave `Inner` half-updated
+        // (every mutation is a single push or assignment), so a poisoned lock
+        // is still safe to use.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, chunk: OutputChunk) {
+        if chunk.data.is_empty() {
+            return;
+        }
+        {
+            let mut inner = self.lock();
+            match inner.chunks.last_mut() {
+                Some(last)
+                    if last.kind == chunk.kind
+                        && matches!(chunk.kind, ChunkKind::Stdout | ChunkKind::Stderr)
+                        && last.data.len() + chunk.data.len() <= COALESCE_LIMIT =>
+                {
+                    last.data.extend_from_slice(&chunk.data);
+                }
+                _ => inner.chunks.push(chunk),
+            }
+        }
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Marks the output complete; followers drain what is left and stop.
+    pub fn finish(&self) {
+        self.lock().done = true;
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.lock().done
+    }
+
+    /// Asks the task to stop; the first reason given wins.
+    pub fn cancel(&self, reason: &str) {
+        {
+            let mut inner = self.lock();
+            if inner.cancel_reason.is_none() {
+                inner.cancel_reason = Some(reason.to_owned());
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub fn cancel_reason(&self) -> Option<String> {
+        self.lock().cancel_reason.clone()
+    }
+
+    /// Everything after `cursor`, and whether the task is done. Advances the cursor.
+    pub fn read_from(&self, cursor: &mut Cursor) -> (Vec<OutputChunk>, bool) {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (i, c) in inner.chunks.iter().enumerate().skip(cursor.idx) {
+            let start = if i == cursor.idx { cursor.off } else { 0 };
+            if start < c.data.len() {
+                out.push(OutputChunk {
+                    kind: c.kind,
+                    data: c.data[start..].to_vec(),
+                    timestamp_ms: c.timestamp_ms,
+                });
+            }
+        }
+        if let Some(last) = inner.chunks.last() {
+            cursor.idx = inner.chunks.len() - 1;
+            cursor.off = last.data.len();
+        }
+        (out, inner.done)
+    }
+
+    /// Waits until something changes after `rx` last looked.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Waits until the task is done.
+    pub async fn wait_done(&self) {
+        let mut rx = self.subscribe();
+        while !self.is_done() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// All tasks this gateway is running.
+#[derive(Debug, Default)]
+pub struct LiveTasks {
+    tasks: Mutex<HashMap<TaskId, Arc<LiveTask>>>,
+}
+
+impl LiveTasks {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TaskId, Arc<LiveTask>>> {
+        // The map is only ever inserted into or removed from; see LiveTask::lock.
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(&self, id: TaskId) -> Arc<LiveTask> {
+        let task = Arc::new(LiveTask::new());
+        self.lock().insert(id, task.clone());
+        task
+    }
+
+    pub fn get(&self, id: TaskId) -> Option<Arc<LiveTask>> {
+        self.lock().get(&id).cloned()
+    }
+
+    pub fn remove(&self, id: TaskId) {
+        self.lock().remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn cancel_all(&self, reason: &str) {
+        for t in self.lock().values() {
+            t.cancel(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! `mcp-gateway`: the server and its command-line client in one binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mcp_client::{Client, ClientError, DEFAULT_ENDPOINT, OutputChunkType, TaskStatus};
+use mcp_gateway::config::{self, Overrides};
+use mcp_gateway::{server, telemetry};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Parser)]
+#[command(name = "mcp-gateway", version, about = "Run commands safely: Rego policy + bubblewrap sandbox behind gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServerArgs),
+    /// Run a command through a gateway and stream its output; exits with its exit code.
+    Exec(ExecArgs),
+    /// Inspect or cancel a task.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Validate the configuration, policies and profiles without starting.
+    CheckConfig(ServerArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Config file [default: /etc/mcp-gateway/config.toml when it exists].
+    #[arg(long, env = "MCP_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8081.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Where the database, workspaces and files live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Directory of *.rego policies.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Directory of sandbox profiles (*.toml).
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            policies: self.policies.clone(),
+            profiles: self.profiles.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct Endpoint {
+    /// Gateway address.
+    #[arg(long, env = "MCP_GATEWAY_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    endpoint: String,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Wall-clock timeout in seconds [default: the gateway's].
+    #[arg(long)]
+    timeout: Option<u32>,
+    /// Working directory inside /workspace.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Environment variable for the command, NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    argv: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    /// Print a task's status and result as JSON.
+    Status {
+        id: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Cancel a queued or running task.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))
+}
+
+/// Exit codes of `exec` when the command itself did not produce one,
+/// following `timeout(1)` and container runtimes.
+const EXIT_TOOL_ERROR: u8 = 125;
+const EXIT_DENIED: u8 = 126;
+const EXIT_TIMED_OUT: u8 = 124;
+const EXIT_CANCELLED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-gateway: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_TOOL_ERROR);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => run_serve(args).await,
+            Command::CheckConfig(args) => check_config(args),
+            Command::Exec(args) => run_exec(args).await,
+            Command::Task(cmd) => run_task(cmd).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcp-gateway: {e:#}");
+            ExitCode::from(EXIT_TOOL_ERROR)
+        }
+    }
+}
+
+async fn run_serve(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let cfg = config::load(args.config.as_deref(), &args.overrides())?;
+    telemetry::init(cfg.log_format, &cfg.log_level);
+    let gateway = server::build(&cfg).await?;
+    let (_, listener) = server::bind(&cfg).await?;
+    server::serve(&cfg, gateway, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+fn check_config(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match config::load(args.config.as_deref(), &args.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut problems = Vec::new();
+    let revision = match mcp_policy::PolicyEngine::load(&cfg.policies_dir) {
+        Ok(p) => p.revision().to_owned(),
+        Err(e) => {
+            problems.push(format!("policies: {e}"));
+            String::new()
+        }
+    };
+    let profiles = match mcp_sandbox::Profiles::load_dir(&cfg.profiles_dir) {
+        Ok(p) => p.names().join(", "),
+        Err(e) => {
+            problems.push(format!("profiles: {e}"));
+            String::new()
+        }
+    };
+    if !cfg.bwrap.is_file() {
+        problems.push(format!(
+            "sandbox.bwrap {} not found; install bubblewrap",
+            cfg.bwrap.display()
+        ));
+    }
+    if !problems.is_empty() {
+        eprintln!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "configuration ok: listen {}, database {}, policy revision {revision}, profiles [{profiles}]",
+        cfg.listen, cfg.database_url
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&args.endpoint.endpoint).await?;
+    let mut argv = args.argv.into_iter();
+    let command = argv.next().context("no command given")?;
+    let mut req = Client::command(&command, argv);
+    req.timeout = args.timeout.unwrap_or(0);
+    req.cwd = args.cwd;
+    req.env = args.env.into_iter().collect();
+
+    let created = match client.execute(req).await {
+        Ok(c) => c,
+        Err(e) => return Ok(report_error(&e)),
+    };
+    let id = created.task_id;
+    let mut stream = client.stream(&id).await?;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut exit_code: Option<i32> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Some(chunk) = msg? else { break };
+                match OutputChunkType::try_from(chunk.r#type) {
+                    Ok(OutputChunkType::ChunkStdout) => { stdout.write_all(&chunk.data).await?; stdout.flush().await?; }
+                    Ok(OutputChunkType::ChunkStderr) => { stderr.write_all(&chunk.data).await?; stderr.flush().await?; }
+                    Ok(OutputChunkType::ChunkExitCode) => {
+                        exit_code = String::from_utf8_lossy(&chunk.data).trim().parse().ok();
+                    }
+                    Ok(OutputChunkType::ChunkEvent) | Err(_) => {
+                        eprintln!("mcp-gateway: {}", String::from_utf8_lossy(&chunk.data));
+                    }
+                }
+            }
+            _ = &mut ctrl_c => {
+                eprintln!("mcp-gateway: cancelling task {id}");
+                let _ = client.cancel(&id).await;
+                return Ok(ExitCode::from(EXIT_CANCELLED));
+            }
+        }
+    }
+    let status = client.status(&id).await?;
+    let state = status
+        .task_info
+        .map(|t| t.status)
+        .and_then(|s| TaskStatus::try_from(s).ok());
+    Ok(match state {
+        Some(TaskStatus::TaskTimedOut) => ExitCode::from(EXIT_TIMED_OUT),
+        Some(TaskStatus::TaskCancelled) => ExitCode::from(EXIT_CANCELLED),
+        _ => match exit_code {
+            Some(c) if (0..=255).contains(&c) => ExitCode::from(c as u8),
+            _ => ExitCode::from(EXIT_TOOL_ERROR),
+        },
+    })
+}
+
+fn report_error(e: &ClientError) -> ExitCode {
+    eprintln!("mcp-gateway: {e}");
+    match e.status().map(|s| s.code()) {
+        Some(tonic::Code::PermissionDenied) => ExitCode::from(EXIT_DENIED),
+        _ => ExitCode::from(EXIT_TOOL_ERROR),
+    }
+}
+
+async fn run_task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
+    let (id, endpoint, cancel) = match cmd {
+        TaskCommand::Status { id, endpoint } => (id, endpoint, false),
+        TaskCommand::Cancel { id, endpoint } => (id, endpoint, true),
+    };
+    let mut client = Client::connect(&endpoint.endpoint).await?;
+    let res = if cancel {
+        client.cancel(&id).await
+    } else {
+        client.status(&id).await
+    };
+    match res {
+        Ok(r) => {
+            println!("{}", status_json(&r));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(report_error(&e)),
+    }
+}
+
+fn status_json(r: &mcp_client::TaskStatusResponse) -> String {
+    let info = r.task_info.clone().unwrap_or_default();
+    let status = TaskStatus::try_from(info.status)
+        .map(|s| s.as_str_name().to_owned())
+        .unwrap_or_else(|_| info.status.to_string());
+    let mut v = serde_json::json!({
+        "task_id": info.task_id,
+        "status": status,
+        "created_at": info.created_at,
+        "started_at": info.started_at,
+        "completed_at": info.completed_at,
+        "failure_reason": info.failure_reason,
+        "profile": info.profile,
+        "metadata": info.metadata,
+    });
+    if let Some(res) = &r.result {
+        v["result"] = serde_json::json!({
+            "exit_code": res.exit_code,
+            "stdout": res.stdout,
+            "stderr": res.stderr,
+            "stdout_truncated": res.stdout_truncated,
+            "stderr_truncated": res.stderr_truncated,
+            "execution_time_ms": res.execution_time_ms,
+            "resource_usage": res.resource_usage.as_ref().map(|u| serde_json::json!({
+                "cpu_time_ms": u.cpu_time_ms,
+                "max_memory_kb": u.max_memory_kb,
+                "io_read_bytes": u.io_read_bytes,
+                "io_write_bytes": u.io_write_bytes,
+            })),
+        });
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}

@@ -1,0 +1,602 @@
+//! The request pipeline: validate → decide → record → sandbox → store.
+//!
+//! It knows nothing about gRPC, HTTP or MCP: every front door turns its wire
+//! request into a domain request plus a [`Caller`] and calls a method here.
+//! Invariants:
+//! - nothing runs unless the policy allowed it and the decision was stored;
+//! - a failure of the policy engine, the store or the sandbox denies or fails
+//!   the request, never lets it through;
+//! - every task that was accepted reaches a terminal state in the store
+//!   (completed, failed, cancelled, timed out), including on shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mcp_core::{
+    ChunkKind, Decision, ExecRequest, FileOp, FileRequest, NetworkAccess, OutputChunk, Principal,
+    RequestLimits, TaskId, TaskKind, TaskRecord, TaskResult, TaskState, ValidExec, ValidFile, now,
+    rfc3339,
+};
+use mcp_policy::{PolicyEngine, PolicyInput, RequestContext};
+use mcp_sandbox::{Ending, FileError, FilesRoot, RunSpec, Sandbox};
+use mcp_store::{DecisionRecord, TaskStore};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::error::GatewayError;
+use crate::live::{LiveTask, LiveTasks};
+
+/// The profile used when the policy names none.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// Who is calling and how to refer to this request in logs and errors.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: Uuid,
+    pub source: Option<String>,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, source: Option<String>) -> Self {
+        Self {
+            principal,
+            request_id: Uuid::now_v7(),
+            source,
+        }
+    }
+}
+
+/// What `execute` answers: the task exists and will run.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub created_at: OffsetDateTime,
+}
+
+/// Where a task's output comes from: the live buffer while it runs, the store after.
+#[derive(Debug)]
+pub enum Output {
+    Live(Arc<LiveTask>),
+    Stored(Box<TaskRecord>),
+}
+
+/// Settings of the pipeline that come from configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub limits: RequestLimits,
+    pub max_running: usize,
+    pub max_queued: usize,
+    pub replica_id: String,
+}
+
+/// The gateway's shared state; one per process, shared by all front doors.
+#[derive(Debug)]
+pub struct Gateway {
+    policy: PolicyEngine,
+    sandbox: Sandbox,
+    files: FilesRoot,
+    store: Arc<dyn TaskStore>,
+    settings: PipelineSettings,
+    live: LiveTasks,
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+    started: Instant,
+    closing: CancellationToken,
+    workers: TaskTracker,
+}
+
+impl Gateway {
+    pub fn new(
+        policy: PolicyEngine,
+        sandbox: Sandbox,
+        files: FilesRoot,
+        store: Arc<dyn TaskStore>,
+        settings: PipelineSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
+            sandbox,
+            files,
+            store,
+            slots: Arc::new(Semaphore::new(settings.max_running)),
+            settings,
+            live: LiveTasks::default(),
+            queued: AtomicUsize::new(0),
+            started: Instant::now(),
+            closing: CancellationToken::new(),
+            workers: TaskTracker::new(),
+        })
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn policy_revision(&self) -> &str {
+        self.policy.revision()
+    }
+
+    pub fn running_tasks(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Marks tasks this replica left unfinished (it died while they ran) as
+    /// failed with reason `interrupted`. Run once at start-up.
+    pub async fn recover(&self) -> Result<u64, GatewayError> {
+        let n = self
+            .store
+            .mark_interrupted(&self.settings.replica_id, now())
+            .await
+            .map_err(GatewayError::Store)?;
+        if n > 0 {
+            warn!(count = n, "marked tasks interrupted by the previous run as failed");
+        }
+        Ok(n)
+    }
+
+    /// Decides and starts a command; returns once the task is stored.
+    pub async fn execute(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: ExecRequest,
+    ) -> Result<Started, GatewayError> {
+        if self.closing.is_cancelled() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        let valid = req.validate(&self.settings.limits)?;
+        let resolved = self.sandbox.resolve_command(DEFAULT_PROFILE, &valid.command);
+        let input = PolicyInput::command(
+            &caller.principal,
+            &valid,
+            resolved.as_deref(),
+            &self.context(caller),
+        );
+        let mut decision = self.decide(&input);
+        let profile = decision
+            .obligations
+            .profile
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
+        let mut argv0 = resolved.clone();
+        if decision.allow {
+            if self.sandbox.profiles().get(&profile).is_none() {
+                decision = self.fail_closed(format!("policy chose unknown sandbox profile {profile:?}"));
+            } else if profile != DEFAULT_PROFILE {
+                // What policy approved must be what runs: the command has to
+                // resolve to the same binary in the chosen profile.
+                argv0 = self.sandbox.resolve_command(&profile, &valid.command);
+                if argv0 != resolved {
+                    decision = self.fail_closed(format!(
+                        "command {:?} resolves differently in profile {profile:?}",
+                        valid.command
+                    ));
+                }
+            }
+        }
+        let id = TaskId::new();
+        self.record_decision(caller, "command", &valid.command, &decision, decision.allow.then_some(id))
+            .await?;
+        if !decision.allow {
+            info!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "command denied");
+            return Err(GatewayError::Denied {
+                reasons: decision.deny_reasons,
+            });
+        }
+        let Some(argv0) = argv0 else {
+            // The policy allowed a command that does not resolve; nothing can run.
+            return Err(GatewayError::Denied {
+                reasons: vec![format!("command {:?} was not found in the sandbox", valid.command)],
+            });
+        };
+        if valid.sandbox.network == NetworkAccess::Restricted {
+            return Err(GatewayError::Unsupported {
+                what: "network_access NETWORK_RESTRICTED".to_owned(),
+            });
+        }
+        if self.slots.available_permits() == 0
+            && self.queued.load(Ordering::Relaxed) >= self.settings.max_queued
+        {
+            return Err(GatewayError::Overloaded {
+                queued: self.queued.load(Ordering::Relaxed),
+            });
+        }
+
+        let created_at = now();
+        let record = TaskRecord {
+            id,
+            kind: TaskKind::Command,
+            state: TaskState::Created,
+            tenant: caller.principal.tenant.clone(),
+            principal: caller.principal.id.clone(),
+            command: argv0.clone(),
+            args: valid.args.clone(),
+            profile: Some(profile.clone()),
+            created_at,
+            started_at: None,
+            completed_at: None,
+            metadata: valid.metadata.clone(),
+            result: None,
+            failure_reason: None,
+            owner: self.settings.replica_id.clone(),
+        };
+        // Registered before it is stored, so a task visible in the store is
+        // either live here or finished.
+        let live = self.live.register(id);
+        if let Err(e) = self
+            .store
+            .insert_task(&record)
+            .instrument(info_span!("store.write", op = "insert_task"))
+            .await
+        {
+            self.live.remove(id);
+            return Err(GatewayError::Store(e));
+        }
+        let spec = run_spec(id, caller, profile, argv0, valid);
+        let this = self.clone();
+        let span = info_span!("task", task_id = %id, request_id = %caller.request_id);
+        self.workers
+            .spawn(async move { this.work(id, spec, live).await }.instrument(span));
+        Ok(Started {
+            id,
+            state: TaskState::Created,
+            created_at,
+        })
+    }
+
+    /// Like [`Gateway::execute`], but answers when the task has finished.
+    pub async fn run(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: ExecRequest,
+    ) -> Result<TaskRecord, GatewayError> {
+        let started = self.execute(caller, req).await?;
+        if let Some(live) = self.live.get(started.id) {
+            live.wait_done().await;
+        }
+        self.status(caller, &started.id.to_string()).await
+    }
+
+    pub async fn status(&self, caller: &Caller, id: &str) -> Result<TaskRecord, GatewayError> {
+        let id: TaskId = id.parse()?;
+        self.store
+            .get_task(&caller.principal.tenant, id)
+            .await
+            .map_err(GatewayError::Store)?
+            .ok_or(GatewayError::TaskNotFound { id })
+    }
+
+    /// Cancels a queued or running task and answers with its final record.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<TaskRecord, GatewayError> {
+        let rec = self.status(caller, id).await?;
+        if rec.state.is_terminal() {
+            return Err(GatewayError::TaskFinished {
+                id: rec.id,
+                state: rec.state,
+            });
+        }
+        let Some(live) = self.live.get(rec.id) else {
+            // It finished between the two looks, or another replica runs it.
+            let again = self.status(caller, id).await?;
+            return if again.state.is_terminal() {
+                Err(GatewayError::TaskFinished {
+                    id: again.id,
+                    state: again.state,
+                })
+            } else {
+                Err(GatewayError::Unsupported {
+                    what: format!("cancelling a task run by replica {:?}", again.owner),
+                })
+            };
+        };
+        info!(task_id = %rec.id, request_id = %caller.request_id, "cancel requested");
+        live.cancel("cancelled by client");
+        live.wait_done().await;
+        self.status(caller, id).await
+    }
+
+    /// The output of a task the caller may see.
+    pub async fn output(&self, caller: &Caller, id: &str) -> Result<Output, GatewayError> {
+        let rec = self.status(caller, id).await?;
+        if !rec.state.is_terminal()
+            && let Some(live) = self.live.get(rec.id)
+        {
+            return Ok(Output::Live(live));
+        }
+        // Finished (or finished while we looked): read the final record.
+        let rec = self.status(caller, id).await?;
+        Ok(Output::Stored(Box::new(rec)))
+    }
+
+    pub async fn read_file(&self, caller: &Caller, path: &str) -> Result<(String, Vec<u8>), GatewayError> {
+        let valid = self.decide_file(caller, path, FileOp::Read, 0, 0, false).await?;
+        let content = self
+            .files
+            .read(&caller.principal.tenant, &valid)
+            .await
+            .map_err(file_error)?;
+        Ok((valid.path, content))
+    }
+
+    pub async fn write_file(
+        &self,
+        caller: &Caller,
+        path: &str,
+        content: &[u8],
+        create_dirs: bool,
+        mode: u32,
+    ) -> Result<(String, u64), GatewayError> {
+        let valid = self
+            .decide_file(caller, path, FileOp::Write, content.len(), mode, false)
+            .await?;
+        let n = self
+            .files
+            .write(&caller.principal.tenant, &valid, content, create_dirs)
+            .await
+            .map_err(file_error)?;
+        Ok((valid.path, n))
+    }
+
+    pub async fn delete_file(&self, caller: &Caller, path: &str, recursive: bool) -> Result<String, GatewayError> {
+        let valid = self
+            .decide_file(caller, path, FileOp::Delete, 0, 0, recursive)
+            .await?;
+        self.files
+            .delete(&caller.principal.tenant, &valid)
+            .await
+            .map_err(file_error)?;
+        Ok(valid.path)
+    }
+
+    /// Stops taking work, lets running tasks finish for `grace`, then
+    /// cancels the rest and waits until every task's end is stored.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.closing.cancel();
+        self.workers.close();
+        if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
+            warn!(running = self.live.len(), "grace period over; cancelling running tasks");
+            self.live.cancel_all("gateway shutting down");
+            self.workers.wait().await;
+        }
+    }
+
+    async fn decide_file(
+        &self,
+        caller: &Caller,
+        path: &str,
+        op: FileOp,
+        content_len: usize,
+        mode: u32,
+        recursive: bool,
+    ) -> Result<ValidFile, GatewayError> {
+        let valid = FileRequest {
+            path: path.to_owned(),
+            op,
+            content_len,
+            mode,
+            recursive,
+        }
+        .validate(&self.settings.limits)?;
+        let input = PolicyInput::file(&caller.principal, &valid, &self.context(caller));
+        let decision = self.decide(&input);
+        let summary = format!("{} {}", op.as_str(), valid.path);
+        self.record_decision(caller, "file", &summary, &decision, None).await?;
+        if !decision.allow {
+            return Err(GatewayError::Denied {
+                reasons: decision.deny_reasons,
+            });
+        }
+        Ok(valid)
+    }
+
+    fn context(&self, caller: &Caller) -> RequestContext {
+        RequestContext {
+            time: rfc3339(now()),
+            source: caller.source.clone(),
+            request_id: caller.request_id.to_string(),
+        }
+    }
+
+    fn decide(&self, input: &PolicyInput) -> Decision {
+        let _span = info_span!("policy.eval", revision = self.policy.revision()).entered();
+        let decision = self.policy.decide(input);
+        if decision.allow && !decision.obligations.unknown.is_empty() {
+            // An obligation we cannot enforce makes the allow meaningless.
+            return self.fail_closed(format!(
+                "policy set obligations the gateway does not understand: {}",
+                decision.obligations.unknown.join(", ")
+            ));
+        }
+        decision
+    }
+
+    fn fail_closed(&self, reason: String) -> Decision {
+        warn!(reason = %reason, "failing closed");
+        Decision::fail_closed(reason, self.policy.revision())
+    }
+
+    async fn record_decision(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        summary: &str,
+        decision: &Decision,
+        task_id: Option<TaskId>,
+    ) -> Result<(), GatewayError> {
+        let rec = DecisionRecord {
+            id: caller.request_id,
+            at: now(),
+            tenant: caller.principal.tenant.clone(),
+            principal: caller.principal.id.clone(),
+            kind: kind.to_owned(),
+            summary: summary.to_owned(),
+            allow: decision.allow,
+            deny_reasons: decision.deny_reasons.clone(),
+            policy_revision: decision.policy_revision.clone(),
+            task_id,
+        };
+        self.store
+            .record_decision(&rec)
+            .instrument(info_span!("store.write", op = "record_decision"))
+            .await
+            .map_err(|e| {
+                error!(error = %e, request_id = %caller.request_id, "cannot store decision; refusing the request");
+                GatewayError::Store(e)
+            })
+    }
+
+    /// Runs one accepted task to its end and stores the outcome.
+    async fn work(self: Arc<Self>, id: TaskId, spec: RunSpec, live: Arc<LiveTask>) {
+        let cancel = live.cancel_token();
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                self.set_state(id, TaskState::Queued).await;
+                let p = tokio::select! {
+                    p = self.slots.clone().acquire_owned() => p.ok(),
+                    () = cancel.cancelled() => None,
+                };
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                p
+            }
+        };
+        let (state, result, reason) = match permit {
+            None => (
+                TaskState::Cancelled,
+                None,
+                live.cancel_reason().or(Some("cancelled while queued".to_owned())),
+            ),
+            Some(_permit) => {
+                self.set_state(id, TaskState::Running).await;
+                let timeout = spec.timeout;
+                let on_output = |chunk: OutputChunk| live.push(chunk);
+                let outcome = self
+                    .sandbox
+                    .run(spec, &on_output, cancel)
+                    .instrument(info_span!("sandbox.run"))
+                    .await;
+                match outcome {
+                    Ok(o) => {
+                        let (state, reason) = match o.ending {
+                            Ending::Exited(_) => (TaskState::Completed, None),
+                            Ending::Signaled(sig) => {
+                                (TaskState::Failed, Some(format!("killed by signal {sig}")))
+                            }
+                            Ending::TimedOut => (
+                                TaskState::TimedOut,
+                                Some(format!("timed out after {}s", timeout.as_secs())),
+                            ),
+                            Ending::Cancelled => (
+                                TaskState::Cancelled,
+                                live.cancel_reason().or(Some("cancelled".to_owned())),
+                            ),
+                        };
+                        (state, Some(o.result), reason)
+                    }
+                    Err(e) => {
+                        error!(error = %e, "sandbox failed");
+                        (
+                            TaskState::Failed,
+                            None,
+                            Some("the sandbox could not run the command; see the gateway log".to_owned()),
+                        )
+                    }
+                }
+            }
+        };
+        if let Some(r) = &reason
+            && state != TaskState::Completed
+        {
+            live.push(OutputChunk::new(ChunkKind::Event, r.clone().into_bytes()));
+        }
+        self.finish(id, state, result.as_ref(), reason.as_deref()).await;
+        let code = result.as_ref().map_or(-1, |r| r.exit_code);
+        live.push(OutputChunk::new(ChunkKind::ExitCode, code.to_string().into_bytes()));
+        live.finish();
+        self.live.remove(id);
+        debug!(state = state.as_str(), exit_code = code, "task finished");
+    }
+
+    async fn set_state(&self, id: TaskId, state: TaskState) {
+        if let Err(e) = self.store.set_state(id, state, now()).await {
+            error!(error = %e, task_id = %id, state = state.as_str(), "cannot store task state");
+        }
+    }
+
+    /// Stores a task's end. Retries, because a lost final state would leave
+    /// a task looking like it runs forever (it is reaped as interrupted at
+    /// the next start if every attempt fails).
+    async fn finish(&self, id: TaskId, state: TaskState, result: Option<&TaskResult>, reason: Option<&str>) {
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            match self
+                .store
+                .finish(id, state, now(), result, reason)
+                .instrument(info_span!("store.write", op = "finish"))
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    error!(error = %e, task_id = %id, attempt, "cannot store the end of a task");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
+
+fn run_spec(id: TaskId, caller: &Caller, profile: String, argv0: String, v: ValidExec) -> RunSpec {
+    let mut argv = Vec::with_capacity(v.args.len() + 1);
+    argv.push(argv0);
+    argv.extend(v.args);
+    RunSpec {
+        task_id: id,
+        tenant: caller.principal.tenant.clone(),
+        profile,
+        argv,
+        env: v.env,
+        cwd: v.cwd,
+        timeout: v.timeout,
+        network: v.sandbox.network,
+        limits: v.sandbox.limits,
+        denied_paths: v.sandbox.denied_paths,
+    }
+}
+
+/// Maps file-system outcomes to what a client may learn. Host paths and
+/// I/O details stay in the log.
+fn file_error(e: FileError) -> GatewayError {
+    match e {
+        FileError::NotFound { path } => GatewayError::FileNotFound { path },
+        FileError::IsADirectory { path } => GatewayError::FileConflict {
+            path,
+            reason: "is a directory",
+        },
+        FileError::NotADirectory { path } => GatewayError::FileConflict {
+            path,
+            reason: "a parent is not a directory",
+        },
+        FileError::DirectoryNotEmpty { path } => GatewayError::FileConflict {
+            path,
+            reason: "directory is not empty; set recursive to delete it",
+        },
+        FileError::ParentMissing { path } => GatewayError::FileConflict {
+            path,
+            reason: "parent directory does not exist; set create_dirs to create it",
+        },
+        FileError::Escape { path } => GatewayError::PathEscapes { path },
+        FileError::TooLarge { path, size, max } => GatewayError::FileTooLarge { path, size, max },
+        e @ (FileError::BadTenant { .. } | FileError::Io { .. }) => {
+            error!(error = %e, "file operation failed");
+            GatewayError::FileIo(e)
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real server on 127.0.0.1:0 with the shipped
+//! policies and profiles, real bubblewrap and a real SQLite file, driven over
+//! gRPC with mcp-client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod bad_input;
+mod commands;
+mod files;
+mod harness;
+mod restart;

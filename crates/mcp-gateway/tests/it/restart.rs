@@ -1,0 +1,69 @@
+//! A gateway killed mid-task leaves no task looking alive forever: the next
+//! start marks it failed with reason `interrupted`. Uses the real binary so
+//! the kill is a real SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mcp_client::{Client, TaskStatus};
+
+use crate::harness::{TestGateway, cmd, repo, require_bwrap, state, test_config};
+
+#[tokio::test]
+async fn tasks_running_when_the_gateway_died_are_marked_interrupted() {
+    require_bwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .arg("--policies")
+        .arg(repo().join("policies"))
+        .arg("--profiles")
+        .arg(repo().join("sandbox-profiles"))
+        .env("MCP_GATEWAY_SERVER__REPLICA_ID", "test")
+        .env("MCP_GATEWAY_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "serving" log line.
+    let stderr = child.stderr.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("\"serving\""))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), ready).await.unwrap().unwrap(),
+        "gateway did not start"
+    );
+    let mut client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+    let created = client.execute(cmd("sleep", &["300"])).await.unwrap();
+    for _ in 0..200 {
+        if state(&client.status(&created.task_id).await.unwrap()) == TaskStatus::TaskRunning {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut gw = TestGateway::start_with(test_config(tmp.path())).await;
+    let r = gw.client.status(&created.task_id).await.unwrap();
+    assert_eq!(state(&r), TaskStatus::TaskFailed);
+    let info = r.task_info.unwrap();
+    assert_eq!(info.failure_reason.as_deref(), Some("interrupted"));
+    assert!(info.completed_at.is_some());
+    // The new gateway works on the same data.
+    let r = gw.client.run(cmd("echo", &["after restart"])).await.unwrap();
+    assert_eq!(r.result.unwrap().stdout, "after restart\n");
+    gw.stop().await;
+}
