@@ -103,7 +103,10 @@ impl Client {
         Ok(self.inner.health(HealthRequest {}).await?.into_inner())
     }
 
-    pub async fn execute(&mut self, req: CommandRequest) -> Result<TaskCreatedResponse, ClientError> {
+    pub async fn execute(
+        &mut self,
+        req: CommandRequest,
+    ) -> Result<TaskCreatedResponse, ClientError> {
         Ok(self.inner.execute_command(req).await?.into_inner())
     }
 

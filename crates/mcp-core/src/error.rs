@@ -10,9 +10,17 @@ pub enum ValidationError {
     #[error("{field} contains a NUL byte")]
     NulByte { field: String },
     #[error("{field} is too long: {len} bytes, at most {max} allowed")]
-    TooLong { field: String, len: usize, max: usize },
+    TooLong {
+        field: String,
+        len: usize,
+        max: usize,
+    },
     #[error("too many {field}: {count}, at most {max} allowed")]
-    TooMany { field: String, count: usize, max: usize },
+    TooMany {
+        field: String,
+        count: usize,
+        max: usize,
+    },
     #[error("env name {name:?} is not a valid variable name")]
     BadEnvName { name: String },
     #[error("cwd {cwd:?} must stay inside {root} and may not contain '..'")]

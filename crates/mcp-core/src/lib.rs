@@ -25,8 +25,8 @@ pub use decision::{Decision, Obligations};
 pub use error::ValidationError;
 pub use principal::{AuthMethod, Principal};
 pub use request::{
-    ExecRequest, FileOp, FileRequest, NetworkAccess, RequestLimits, ResourceLimits, SandboxRequest,
-    ValidExec, ValidFile, WORKSPACE_MOUNT, FILES_MOUNT,
+    ExecRequest, FILES_MOUNT, FileOp, FileRequest, NetworkAccess, RequestLimits, ResourceLimits,
+    SandboxRequest, ValidExec, ValidFile, WORKSPACE_MOUNT,
 };
 pub use task::{
     ChunkKind, OutputChunk, ResourceUsage, TaskId, TaskIdError, TaskKind, TaskRecord, TaskResult,

@@ -273,11 +273,10 @@ impl FileRequest {
         if self.path.is_empty() {
             return Err(ValidationError::EmptyPath);
         }
-        let path = confine(&self.path, FILES_MOUNT).ok_or_else(|| {
-            ValidationError::PathOutsideRoot {
+        let path =
+            confine(&self.path, FILES_MOUNT).ok_or_else(|| ValidationError::PathOutsideRoot {
                 path: self.path.clone(),
-            }
-        })?;
+            })?;
         if path.is_empty() {
             return Err(ValidationError::RootOperation {
                 op: match self.op {
@@ -344,7 +343,10 @@ fn is_env_name(name: &str) -> bool {
 
 fn is_clean_absolute(p: &str) -> bool {
     let path = Path::new(p);
-    path.is_absolute() && path.components().all(|c| !matches!(c, Component::ParentDir))
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| !matches!(c, Component::ParentDir))
 }
 
 /// Turns `raw` (relative, or absolute under `mount`) into a clean relative

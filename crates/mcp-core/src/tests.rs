@@ -123,7 +123,10 @@ fn sandbox_paths_must_be_clean_absolute() {
     r.sandbox.limits.cpu_limit = f32::NAN;
     assert!(matches!(
         r.validate(&RequestLimits::default()),
-        Err(ValidationError::BadLimit { field: "cpu_limit", .. })
+        Err(ValidationError::BadLimit {
+            field: "cpu_limit",
+            ..
+        })
     ));
 }
 
@@ -140,8 +143,14 @@ fn file(path: &str, op: FileOp) -> FileRequest {
 #[test]
 fn file_paths_are_confined_to_the_root() {
     let l = RequestLimits::default();
-    assert_eq!(file("a/b.txt", FileOp::Read).validate(&l).unwrap().path, "a/b.txt");
-    assert_eq!(file("/files/a", FileOp::Read).validate(&l).unwrap().path, "a");
+    assert_eq!(
+        file("a/b.txt", FileOp::Read).validate(&l).unwrap().path,
+        "a/b.txt"
+    );
+    assert_eq!(
+        file("/files/a", FileOp::Read).validate(&l).unwrap().path,
+        "a"
+    );
     for bad in ["/etc/passwd", "../x", "a/../../x", "/files/../etc"] {
         assert!(
             matches!(
@@ -155,7 +164,10 @@ fn file_paths_are_confined_to_the_root() {
         file("/files", FileOp::Delete).validate(&l),
         Err(ValidationError::RootOperation { op: "deleted" })
     );
-    assert_eq!(file("", FileOp::Read).validate(&l), Err(ValidationError::EmptyPath));
+    assert_eq!(
+        file("", FileOp::Read).validate(&l),
+        Err(ValidationError::EmptyPath)
+    );
 }
 
 #[test]
@@ -164,7 +176,10 @@ fn file_mode_defaults_and_rejects_special_bits() {
     assert_eq!(file("x", FileOp::Write).validate(&l).unwrap().mode, 0o644);
     let mut f = file("x", FileOp::Write);
     f.mode = 0o4755;
-    assert_eq!(f.validate(&l), Err(ValidationError::BadMode { mode: 0o4755 }));
+    assert_eq!(
+        f.validate(&l),
+        Err(ValidationError::BadMode { mode: 0o4755 })
+    );
 }
 
 #[test]

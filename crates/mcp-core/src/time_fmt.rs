@@ -11,5 +11,6 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     // Formatting a UTC OffsetDateTime as RFC 3339 only fails for years
     // outside 0..=9999, which `now()` cannot produce; fall back to the
     // Unix timestamp rather than panic.
-    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

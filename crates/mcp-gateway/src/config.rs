@@ -229,7 +229,11 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
     load_with_env(file, overrides, Env::prefixed("MCP_GATEWAY_"))
 }
 
-fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Config, ConfigError> {
+fn load_with_env(
+    file: Option<&Path>,
+    overrides: &Overrides,
+    env: Env,
+) -> Result<Config, ConfigError> {
     let mut fig = Figment::new().merge(Serialized::defaults(RawConfig::default()));
     match file {
         Some(path) => {

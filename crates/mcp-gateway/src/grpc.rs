@@ -143,7 +143,10 @@ fn chunk(task_id: &str, c: OutputChunk) -> pb::TaskOutputChunk {
 /// stderr, what ended it, and its exit code.
 fn stored_chunks(t: &TaskRecord) -> Vec<OutputChunk> {
     let ts = i64::try_from(
-        t.completed_at.unwrap_or(t.created_at).unix_timestamp_nanos() / 1_000_000,
+        t.completed_at
+            .unwrap_or(t.created_at)
+            .unix_timestamp_nanos()
+            / 1_000_000,
     )
     .unwrap_or(0);
     let mut out = Vec::new();

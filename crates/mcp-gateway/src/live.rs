@@ -171,6 +171,10 @@ impl LiveTasks {
         self.lock().len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     pub fn cancel_all(&self, reason: &str) {
         for t in self.lock().values() {
             t.cancel(reason);

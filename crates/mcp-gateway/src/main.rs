@@ -11,7 +11,11 @@ use mcp_gateway::{server, telemetry};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Parser)]
-#[command(name = "mcp-gateway", version, about = "Run commands safely: Rego policy + bubblewrap sandbox behind gRPC")]
+#[command(
+    name = "mcp-gateway",
+    version,
+    about = "Run commands safely: Rego policy + bubblewrap sandbox behind gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -116,7 +120,10 @@ const EXIT_CANCELLED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-gateway: cannot start the async runtime: {e}");

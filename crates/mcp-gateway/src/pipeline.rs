@@ -136,7 +136,10 @@ impl Gateway {
             .await
             .map_err(GatewayError::Store)?;
         if n > 0 {
-            warn!(count = n, "marked tasks interrupted by the previous run as failed");
+            warn!(
+                count = n,
+                "marked tasks interrupted by the previous run as failed"
+            );
         }
         Ok(n)
     }
@@ -151,7 +154,9 @@ impl Gateway {
             return Err(GatewayError::ShuttingDown);
         }
         let valid = req.validate(&self.settings.limits)?;
-        let resolved = self.sandbox.resolve_command(DEFAULT_PROFILE, &valid.command);
+        let resolved = self
+            .sandbox
+            .resolve_command(DEFAULT_PROFILE, &valid.command);
         let input = PolicyInput::command(
             &caller.principal,
             &valid,
@@ -167,7 +172,8 @@ impl Gateway {
         let mut argv0 = resolved.clone();
         if decision.allow {
             if self.sandbox.profiles().get(&profile).is_none() {
-                decision = self.fail_closed(format!("policy chose unknown sandbox profile {profile:?}"));
+                decision =
+                    self.fail_closed(format!("policy chose unknown sandbox profile {profile:?}"));
             } else if profile != DEFAULT_PROFILE {
                 // What policy approved must be what runs: the command has to
                 // resolve to the same binary in the chosen profile.
@@ -181,8 +187,14 @@ impl Gateway {
             }
         }
         let id = TaskId::new();
-        self.record_decision(caller, "command", &valid.command, &decision, decision.allow.then_some(id))
-            .await?;
+        self.record_decision(
+            caller,
+            "command",
+            &valid.command,
+            &decision,
+            decision.allow.then_some(id),
+        )
+        .await?;
         if !decision.allow {
             info!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "command denied");
             return Err(GatewayError::Denied {
@@ -192,7 +204,10 @@ impl Gateway {
         let Some(argv0) = argv0 else {
             // The policy allowed a command that does not resolve; nothing can run.
             return Err(GatewayError::Denied {
-                reasons: vec![format!("command {:?} was not found in the sandbox", valid.command)],
+                reasons: vec![format!(
+                    "command {:?} was not found in the sandbox",
+                    valid.command
+                )],
             });
         };
         if valid.sandbox.network == NetworkAccess::Restricted {
@@ -314,8 +329,14 @@ impl Gateway {
         Ok(Output::Stored(Box::new(rec)))
     }
 
-    pub async fn read_file(&self, caller: &Caller, path: &str) -> Result<(String, Vec<u8>), GatewayError> {
-        let valid = self.decide_file(caller, path, FileOp::Read, 0, 0, false).await?;
+    pub async fn read_file(
+        &self,
+        caller: &Caller,
+        path: &str,
+    ) -> Result<(String, Vec<u8>), GatewayError> {
+        let valid = self
+            .decide_file(caller, path, FileOp::Read, 0, 0, false)
+            .await?;
         let content = self
             .files
             .read(&caller.principal.tenant, &valid)
@@ -343,7 +364,12 @@ impl Gateway {
         Ok((valid.path, n))
     }
 
-    pub async fn delete_file(&self, caller: &Caller, path: &str, recursive: bool) -> Result<String, GatewayError> {
+    pub async fn delete_file(
+        &self,
+        caller: &Caller,
+        path: &str,
+        recursive: bool,
+    ) -> Result<String, GatewayError> {
         let valid = self
             .decide_file(caller, path, FileOp::Delete, 0, 0, recursive)
             .await?;
@@ -359,8 +385,14 @@ impl Gateway {
     pub async fn shutdown(&self, grace: Duration) {
         self.closing.cancel();
         self.workers.close();
-        if tokio::time::timeout(grace, self.workers.wait()).await.is_err() {
-            warn!(running = self.live.len(), "grace period over; cancelling running tasks");
+        if tokio::time::timeout(grace, self.workers.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                running = self.live.len(),
+                "grace period over; cancelling running tasks"
+            );
             self.live.cancel_all("gateway shutting down");
             self.workers.wait().await;
         }
@@ -386,7 +418,8 @@ impl Gateway {
         let input = PolicyInput::file(&caller.principal, &valid, &self.context(caller));
         let decision = self.decide(&input);
         let summary = format!("{} {}", op.as_str(), valid.path);
-        self.record_decision(caller, "file", &summary, &decision, None).await?;
+        self.record_decision(caller, "file", &summary, &decision, None)
+            .await?;
         if !decision.allow {
             return Err(GatewayError::Denied {
                 reasons: decision.deny_reasons,
@@ -471,7 +504,8 @@ impl Gateway {
             None => (
                 TaskState::Cancelled,
                 None,
-                live.cancel_reason().or(Some("cancelled while queued".to_owned())),
+                live.cancel_reason()
+                    .or(Some("cancelled while queued".to_owned())),
             ),
             Some(_permit) => {
                 self.set_state(id, TaskState::Running).await;
@@ -505,7 +539,10 @@ impl Gateway {
                         (
                             TaskState::Failed,
                             None,
-                            Some("the sandbox could not run the command; see the gateway log".to_owned()),
+                            Some(
+                                "the sandbox could not run the command; see the gateway log"
+                                    .to_owned(),
+                            ),
                         )
                     }
                 }
@@ -516,9 +553,13 @@ impl Gateway {
         {
             live.push(OutputChunk::new(ChunkKind::Event, r.clone().into_bytes()));
         }
-        self.finish(id, state, result.as_ref(), reason.as_deref()).await;
+        self.finish(id, state, result.as_ref(), reason.as_deref())
+            .await;
         let code = result.as_ref().map_or(-1, |r| r.exit_code);
-        live.push(OutputChunk::new(ChunkKind::ExitCode, code.to_string().into_bytes()));
+        live.push(OutputChunk::new(
+            ChunkKind::ExitCode,
+            code.to_string().into_bytes(),
+        ));
         live.finish();
         self.live.remove(id);
         debug!(state = state.as_str(), exit_code = code, "task finished");
@@ -533,7 +574,13 @@ impl Gateway {
     /// Stores a task's end. Retries, because a lost final state would leave
     /// a task looking like it runs forever (it is reaped as interrupted at
     /// the next start if every attempt fails).
-    async fn finish(&self, id: TaskId, state: TaskState, result: Option<&TaskResult>, reason: Option<&str>) {
+    async fn finish(
+        &self,
+        id: TaskId,
+        state: TaskState,
+        result: Option<&TaskResult>,
+        reason: Option<&str>,
+    ) {
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=5 {
             match self

@@ -22,7 +22,11 @@ pub fn init(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless; ignore the error.
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
     } else {
         builder.try_init()
     };

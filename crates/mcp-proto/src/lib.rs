@@ -11,6 +11,7 @@ pub mod mcp {
 }
 
 /// The encoded `FileDescriptorSet` of `proto/mcp.proto`, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mcp_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/mcp_descriptor.bin"));
 
 pub use mcp::*;

@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<()> {
                 match a.as_str() {
                     "--n" => n = args.next().context("--n needs a number")?.parse()?,
                     "--concurrency" => {
-                        conc = args.next().context("--concurrency needs a number")?.parse()?
+                        conc = args
+                            .next()
+                            .context("--concurrency needs a number")?
+                            .parse()?
                     }
                     other => bail!("unknown bench flag {other}"),
                 }
@@ -87,7 +90,9 @@ fn bench(n: usize, conc: usize) -> anyhow::Result<()> {
         bail!("cargo build --release failed");
     }
     let tmp = tempfile::tempdir()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
 
     // 1. Raw: the exact bwrap command the sandbox would spawn, no gateway.
     let raw = raw_bwrap(&root, tmp.path(), n)?;
@@ -140,7 +145,10 @@ fn bench(n: usize, conc: usize) -> anyhow::Result<()> {
     let (seq, concurrent, wall) = result?;
 
     println!();
-    println!("mcp-gateway bench: {n} × `echo bench`, concurrency {conc}, {} cores", num_cpus());
+    println!(
+        "mcp-gateway bench: {n} × `echo bench`, concurrency {conc}, {} cores",
+        num_cpus()
+    );
     println!(
         "{:<34} {:>8} {:>8} {:>8} {:>8} {:>10}",
         "(milliseconds)", "p50", "p90", "p99", "mean", "throughput"
@@ -153,7 +161,11 @@ fn bench(n: usize, conc: usize) -> anyhow::Result<()> {
     row("fork+exec echo (floor)", &bare_s, None);
     row("raw bwrap, same argv (no gateway)", &raw_s, None);
     row("gateway RunCommand, sequential", &seq_s, Some(seq_tp));
-    row(&format!("gateway RunCommand, concurrency {conc}"), &con_s, Some(n as f64 / wall.as_secs_f64()));
+    row(
+        &format!("gateway RunCommand, concurrency {conc}"),
+        &con_s,
+        Some(n as f64 / wall.as_secs_f64()),
+    );
     println!();
     println!(
         "gateway/raw bwrap at p50: {:.2}×   (target ≤ 1.20×; overhead {} ms)",
@@ -218,9 +230,7 @@ fn raw_bwrap(root: &Path, tmp: &Path, n: usize) -> anyhow::Result<Vec<Duration>>
             limits: Default::default(),
             denied_paths: Vec::new(),
         };
-        let (mut cmd, _guard) = sandbox
-            .raw_command(&spec)
-            .map_err(std::io::Error::other)?;
+        let (mut cmd, _guard) = sandbox.raw_command(&spec).map_err(std::io::Error::other)?;
         let st = cmd.stdout(Stdio::null()).status()?;
         if !st.success() {
             return Err(std::io::Error::other(format!("raw bwrap failed: {st}")));
@@ -230,7 +240,9 @@ fn raw_bwrap(root: &Path, tmp: &Path, n: usize) -> anyhow::Result<Vec<Duration>>
 }
 
 fn start_gateway(root: &Path, tmp: &Path) -> anyhow::Result<(std::process::Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut child = Command::new(root.join("target/release/mcp-gateway"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")

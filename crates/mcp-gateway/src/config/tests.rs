@@ -1,3 +1,7 @@
+// figment::Jail fixes the closures' error type to figment::Error; its size is
+// not ours to change.
+#![allow(clippy::result_large_err)]
+
 use std::path::PathBuf;
 
 use figment::Jail;
@@ -44,7 +48,11 @@ fn precedence_is_file_then_env_then_flags() {
         let cfg = load(Some(Path::new("gw.toml")), &o).map_err(|e| e.to_string())?;
         assert_eq!(cfg.listen.port(), 9001, "env beats file");
         assert_eq!(cfg.max_output_bytes, 20, "env beats file");
-        assert_eq!(cfg.request_limits.max_timeout.as_secs(), 99, "file beats defaults");
+        assert_eq!(
+            cfg.request_limits.max_timeout.as_secs(),
+            99,
+            "file beats defaults"
+        );
         o.listen = Some("127.0.0.1:9002".into());
         let cfg = load(Some(Path::new("gw.toml")), &o).map_err(|e| e.to_string())?;
         assert_eq!(cfg.listen.port(), 9002, "flags beat env");
@@ -90,7 +98,8 @@ fn non_loopback_is_allowed_only_with_explicit_insecure_flag() {
             "open.toml",
             "[server]\nlisten = \"0.0.0.0:8081\"\ninsecure_no_auth = true\n",
         )?;
-        let cfg = load(Some(Path::new("open.toml")), &repo_overrides()).map_err(|e| e.to_string())?;
+        let cfg =
+            load(Some(Path::new("open.toml")), &repo_overrides()).map_err(|e| e.to_string())?;
         assert!(cfg.insecure_no_auth);
         Ok(())
     });

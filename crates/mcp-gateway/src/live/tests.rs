@@ -21,7 +21,10 @@ fn followers_see_appended_bytes_exactly_once() {
     let data: Vec<_> = got.iter().map(|c| (c.kind, c.data.clone())).collect();
     assert_eq!(
         data,
-        vec![(ChunkKind::Stdout, b"cd".to_vec()), (ChunkKind::Stderr, b"e".to_vec())]
+        vec![
+            (ChunkKind::Stdout, b"cd".to_vec()),
+            (ChunkKind::Stderr, b"e".to_vec())
+        ]
     );
     assert!(done);
     // A late follower replays everything from the start.

@@ -35,12 +35,20 @@ async fn health_reports_version_and_standard_health_service_serves() {
 #[tokio::test]
 async fn allowed_command_runs_in_the_sandbox_and_is_stored() {
     let mut gw = TestGateway::start().await;
-    let r = gw.client.run(cmd("echo", &["hello", "world"])).await.unwrap();
+    let r = gw
+        .client
+        .run(cmd("echo", &["hello", "world"]))
+        .await
+        .unwrap();
     assert_eq!(state(&r), TaskStatus::TaskCompleted);
     let info = r.task_info.as_ref().unwrap();
     let id: uuid::Uuid = info.task_id.parse().unwrap();
     assert_eq!(id.get_version_num(), 7, "task ids are UUIDv7");
-    for ts in [Some(&info.created_at), info.started_at.as_ref(), info.completed_at.as_ref()] {
+    for ts in [
+        Some(&info.created_at),
+        info.started_at.as_ref(),
+        info.completed_at.as_ref(),
+    ] {
         let ts = ts.expect("timestamp set");
         time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|e| panic!("{ts} is not RFC 3339: {e}"));
@@ -86,7 +94,10 @@ async fn sandbox_runs_as_unprivileged_user_without_host_env_or_network() {
     assert!(out.contains("cwd /workspace"), "{out}");
     assert!(!out.contains("CARGO"), "host env leaked: {out}");
     assert!(out.contains("ifaces ['lo']"), "{out}");
-    assert!(out.contains("pid1env 0"), "bwrap's own env is readable: {out}");
+    assert!(
+        out.contains("pid1env 0"),
+        "bwrap's own env is readable: {out}"
+    );
     assert!(out.contains("usr read-only"), "{out}");
     gw.stop().await;
 }
@@ -136,7 +147,11 @@ async fn denied_command_runs_nothing_and_decision_is_stored() {
     let d = store.get_decision(request_id).await.unwrap().unwrap();
     assert!(!d.allow);
     assert_eq!(d.task_id, None);
-    assert!(d.deny_reasons.iter().any(|r| r.contains("rm")), "{:?}", d.deny_reasons);
+    assert!(
+        d.deny_reasons.iter().any(|r| r.contains("rm")),
+        "{:?}",
+        d.deny_reasons
+    );
     gw.stop().await;
 }
 
@@ -192,7 +207,7 @@ async fn cancel_kills_the_process_tree_and_cannot_be_repeated() {
     gw.stop().await;
 }
 
-fn process_with(marker: &str) -> bool {
+pub fn process_with(marker: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline"))
             .map(|c| String::from_utf8_lossy(&c).contains(marker))
@@ -217,12 +232,22 @@ async fn output_streams_live_in_order_and_replays_after_the_end() {
             .map(|c| String::from_utf8_lossy(&c.data).into_owned())
             .collect()
     };
-    assert_eq!(collect(OutputChunkType::ChunkStdout), "out 0\nout 1\nout 2\nout 3\nout 4\n");
-    assert_eq!(collect(OutputChunkType::ChunkStderr), "err 0\nerr 1\nerr 2\nerr 3\nerr 4\n");
+    assert_eq!(
+        collect(OutputChunkType::ChunkStdout),
+        "out 0\nout 1\nout 2\nout 3\nout 4\n"
+    );
+    assert_eq!(
+        collect(OutputChunkType::ChunkStderr),
+        "err 0\nerr 1\nerr 2\nerr 3\nerr 4\n"
+    );
     let last = chunks.last().unwrap();
     assert_eq!(last.r#type, OutputChunkType::ChunkExitCode as i32);
     assert_eq!(last.data, b"3");
-    assert!(chunks.windows(2).all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+    assert!(
+        chunks
+            .windows(2)
+            .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms)
+    );
 
     // After the end, the stream replays the stored output.
     let replay = gw.client.collect_output(&created.task_id).await.unwrap();
@@ -338,7 +363,9 @@ async fn exec_cli_streams_output_and_exits_with_the_command_code() {
     assert_eq!(out.status.code(), Some(126), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the allowed command list"));
 
-    let out = run(vec!["--timeout", "1", "--", "sleep", "30"]).await.unwrap();
+    let out = run(vec!["--timeout", "1", "--", "sleep", "30"])
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(124), "{out:?}");
     gw.stop().await;
 }

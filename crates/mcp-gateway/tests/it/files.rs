@@ -25,16 +25,26 @@ async fn files_written_by_the_api_are_seen_by_commands_and_back() {
     assert_eq!(r.content, b"hi there\n");
     assert_eq!(r.mime_type, "text/plain");
     // The same file, as a command sees it.
-    let r = gw.client.run(cmd("cat", &["/files/notes/hello.txt"])).await.unwrap();
+    let r = gw
+        .client
+        .run(cmd("cat", &["/files/notes/hello.txt"]))
+        .await
+        .unwrap();
     assert_eq!(r.result.unwrap().stdout, "hi there\n");
     // A command's output file, read through the API.
     let r = gw
         .client
-        .run(cmd("python3", &["-c", "open('/files/out.txt','w').write('from sandbox')"]))
+        .run(cmd(
+            "python3",
+            &["-c", "open('/files/out.txt','w').write('from sandbox')"],
+        ))
         .await
         .unwrap();
     assert_eq!(r.result.unwrap().exit_code, 0);
-    assert_eq!(gw.client.read_file("/files/out.txt").await.unwrap().content, b"from sandbox");
+    assert_eq!(
+        gw.client.read_file("/files/out.txt").await.unwrap().content,
+        b"from sandbox"
+    );
 
     let d = gw.client.delete_file("notes", true).await.unwrap();
     assert!(d.success);
@@ -46,7 +56,12 @@ async fn files_written_by_the_api_are_seen_by_commands_and_back() {
 #[tokio::test]
 async fn file_requests_cannot_leave_the_root() {
     let mut gw = TestGateway::start().await;
-    for bad in ["../etc/passwd", "/etc/passwd", "a/../../x", "/files/../etc/passwd"] {
+    for bad in [
+        "../etc/passwd",
+        "/etc/passwd",
+        "a/../../x",
+        "/files/../etc/passwd",
+    ] {
         let (code, msg) = code_of(gw.client.read_file(bad).await);
         assert_eq!(code, Code::InvalidArgument, "{bad}: {msg}");
         assert!(msg.contains("leaves the files root"), "{msg}");
@@ -71,8 +86,15 @@ async fn file_requests_cannot_leave_the_root() {
             "{path}: {code:?} {msg}"
         );
     }
-    let (code, _) = code_of(gw.client.write_file(write("up/tmp/pwned", b"x", true)).await);
-    assert!(matches!(code, Code::InvalidArgument | Code::NotFound), "{code:?}");
+    let (code, _) = code_of(
+        gw.client
+            .write_file(write("up/tmp/pwned", b"x", true))
+            .await,
+    );
+    assert!(
+        matches!(code, Code::InvalidArgument | Code::NotFound),
+        "{code:?}"
+    );
     assert!(!std::path::Path::new("/tmp/pwned").exists());
     gw.stop().await;
 }
@@ -80,10 +102,17 @@ async fn file_requests_cannot_leave_the_root() {
 #[tokio::test]
 async fn file_errors_are_precise() {
     let mut gw = TestGateway::start().await;
-    let (code, msg) = code_of(gw.client.write_file(write("missing/dir/x", b"x", false)).await);
+    let (code, msg) = code_of(
+        gw.client
+            .write_file(write("missing/dir/x", b"x", false))
+            .await,
+    );
     assert_eq!(code, Code::FailedPrecondition, "{msg}");
     assert!(msg.contains("create_dirs"), "{msg}");
-    gw.client.write_file(write("d/f", b"x", true)).await.unwrap();
+    gw.client
+        .write_file(write("d/f", b"x", true))
+        .await
+        .unwrap();
     let (code, msg) = code_of(gw.client.delete_file("d", false).await);
     assert_eq!(code, Code::FailedPrecondition, "{msg}");
     let (code, _) = code_of(gw.client.read_file("d").await);

@@ -42,19 +42,36 @@ async fn tasks_running_when_the_gateway_died_are_marked_interrupted() {
             .any(|l| l.contains("\"serving\""))
     });
     assert!(
-        tokio::time::timeout(Duration::from_secs(60), ready).await.unwrap().unwrap(),
+        tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .unwrap()
+            .unwrap(),
         "gateway did not start"
     );
     let mut client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
-    let created = client.execute(cmd("sleep", &["300"])).await.unwrap();
-    for _ in 0..200 {
-        if state(&client.status(&created.task_id).await.unwrap()) == TaskStatus::TaskRunning {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let marker = format!("restart-marker-{}", uuid::Uuid::now_v7());
+    let script = format!("import time\nprint('started', flush=True)\ntime.sleep(300)\n#{marker}");
+    let created = client
+        .execute(cmd("python3", &["-c", &script]))
+        .await
+        .unwrap();
+    // Wait until the command really runs (past bwrap's own start-up).
+    let mut stream = client.stream(&created.task_id).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().data, b"started\n");
+    assert!(crate::commands::process_with(&marker));
     child.kill().unwrap();
     child.wait().unwrap();
+    // The sandbox dies with the gateway that started it.
+    for _ in 0..250 {
+        if !crate::commands::process_with(&marker) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !crate::commands::process_with(&marker),
+        "the sandbox outlived its gateway"
+    );
 
     let mut gw = TestGateway::start_with(test_config(tmp.path())).await;
     let r = gw.client.status(&created.task_id).await.unwrap();
@@ -63,7 +80,11 @@ async fn tasks_running_when_the_gateway_died_are_marked_interrupted() {
     assert_eq!(info.failure_reason.as_deref(), Some("interrupted"));
     assert!(info.completed_at.is_some());
     // The new gateway works on the same data.
-    let r = gw.client.run(cmd("echo", &["after restart"])).await.unwrap();
+    let r = gw
+        .client
+        .run(cmd("echo", &["after restart"]))
+        .await
+        .unwrap();
     assert_eq!(r.result.unwrap().stdout, "after restart\n");
     gw.stop().await;
 }

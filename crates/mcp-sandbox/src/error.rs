@@ -1,0 +1,91 @@
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why the sandbox could not be set up or a command could not be run.
+///
+/// A command that runs and exits non-zero, is killed by a signal, times out
+/// or is cancelled is not an error: it is a [`crate::RunOutcome`].
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error(
+        "bubblewrap not found or not executable at {path}: install it with `apt-get install bubblewrap`"
+    )]
+    BwrapMissing { path: PathBuf },
+    #[error("cannot read sandbox profiles directory {path}")]
+    ProfilesDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid sandbox profiles: {}", problems.join("; "))]
+    BadProfile { problems: Vec<String> },
+    #[error("unknown sandbox profile {name:?}")]
+    UnknownProfile { name: String },
+    #[error("tenant {tenant:?} is not a valid tenant name (1-64 of A-Z a-z 0-9 _ -)")]
+    BadTenant { tenant: String },
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
+    #[error("sandbox profile {profile:?} does not allow host network access")]
+    NetworkNotAllowed { profile: String },
+    #[error("refusing to run sandboxed commands as root: set run_as to an unprivileged (uid, gid)")]
+    RunAsRoot,
+    #[error("argv must not be empty and argv[0] must be an absolute path, got {argv0:?}")]
+    BadArgv { argv0: String },
+    #[error("cwd {cwd:?} must be a clean relative path inside the workspace")]
+    BadCwd { cwd: String },
+    #[error("denied path {path:?} cannot be masked: {reason}")]
+    BadDeniedPath { path: String, reason: String },
+    #[error("cannot prepare sandbox directory {path}")]
+    Workspace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start bubblewrap")]
+    Spawn {
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot wait for the sandboxed process")]
+    Wait {
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "sandbox self-check failed (exit code {exit_code}): {stderr}; make sure bubblewrap is installed \
+         (`apt-get install bubblewrap`), unprivileged user namespaces are enabled \
+         (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1) and the \
+         workspaces and files directories are reachable by the sandbox user"
+    )]
+    Check { exit_code: i32, stderr: String },
+}
+
+/// Why a file operation on a tenant's files root failed. Paths are the
+/// request's paths relative to the tenant root, never host paths.
+#[derive(Debug, Error)]
+pub enum FileError {
+    #[error("{path} does not exist")]
+    NotFound { path: String },
+    #[error("{path} is a directory")]
+    IsADirectory { path: String },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: String },
+    #[error("directory {path} is not empty; delete it recursively")]
+    DirectoryNotEmpty { path: String },
+    #[error("the parent directory of {path} does not exist")]
+    ParentMissing { path: String },
+    #[error("{path} leads outside the files root")]
+    Escape { path: String },
+    #[error("{path} is too large: {size} bytes, at most {max} can be read")]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("tenant {tenant:?} is not a valid tenant name (1-64 of A-Z a-z 0-9 _ -)")]
+    BadTenant { tenant: String },
+    #[error("i/o error on {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}

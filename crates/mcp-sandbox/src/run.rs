@@ -1,0 +1,313 @@
+//! Running one prepared bubblewrap command: live output, timeout and
+//! cancellation, race-free killing and reaping with rusage.
+
+use std::io;
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+use mcp_core::{ChunkKind, OutputChunk, ResourceUsage, TaskResult};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SandboxError;
+use crate::sys;
+use crate::workspace::WorkspaceGuard;
+
+/// How long output pipes may stay open after bubblewrap was reaped. Every
+/// process of the sandbox dies with it (pid namespace + `--die-with-parent`),
+/// so this only bounds the kernel's teardown.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+const READ_BUF: usize = 16 * 1024;
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited with this code.
+    Exited(i32),
+    /// It was killed by this signal (not by us).
+    Signaled(i32),
+    /// The timeout expired and the sandbox was killed.
+    TimedOut,
+    /// The cancellation token fired and the sandbox was killed.
+    Cancelled,
+}
+
+/// What a run produced: how it ended, and its (capped) output and usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub ending: Ending,
+    pub result: TaskResult,
+}
+
+/// The bubblewrap process. `exited` turns true, under the lock, before the
+/// pid is reaped; [`Proc::kill`] only signals while it is false, so a kill
+/// can never reach a reused pid.
+#[derive(Debug)]
+struct Proc {
+    pid: i32,
+    exited: Mutex<bool>,
+}
+
+impl Proc {
+    /// SIGKILLs bwrap's process group if it has not exited. Returns whether
+    /// a signal was sent.
+    fn kill(&self) -> bool {
+        let exited = self.exited.lock().unwrap_or_else(PoisonError::into_inner);
+        if *exited {
+            return false;
+        }
+        match sys::kill_group(self.pid) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, pid = self.pid, "cannot kill sandbox");
+                false
+            }
+        }
+    }
+
+    /// Blocks until bwrap exits, then reaps it.
+    fn wait(&self) -> io::Result<sys::Reaped> {
+        let waited = sys::wait_exited_nowait(self.pid);
+        // Whatever waitid said, the pid must be treated as gone from here on.
+        *self.exited.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        waited?;
+        sys::reap(self.pid)
+    }
+}
+
+type SpawnJob = (Command, tokio::sync::oneshot::Sender<io::Result<Child>>);
+
+/// Spawns `cmd` from one long-lived thread. bwrap's `--die-with-parent` is
+/// `PR_SET_PDEATHSIG`, which fires when the spawning *thread* exits, not the
+/// process: spawning from a tokio blocking-pool thread (or a worker that
+/// `block_in_place` retired) would get sandboxes killed when that thread
+/// idles out. This thread lives as long as the process.
+async fn spawn(cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        let started = std::thread::Builder::new()
+            .name("mcp-sandbox-spawner".to_owned())
+            .spawn(move || {
+                while let Ok((mut cmd, reply)) = rx.recv() {
+                    if let Err(Ok(mut orphan)) = reply.send(cmd.spawn()) {
+                        // The run was dropped while we spawned: nobody
+                        // owns this child, so kill and reap it here.
+                        let _ = orphan.kill();
+                        let _ = orphan.wait();
+                    }
+                }
+            });
+        match started {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the sandbox spawner thread");
+                None
+            }
+        }
+    });
+    let Some(spawner) = spawner else {
+        return Err(io::Error::other(
+            "the sandbox spawner thread could not be started",
+        ));
+    };
+    let (reply, result) = tokio::sync::oneshot::channel();
+    spawner
+        .send((cmd, reply))
+        .map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?;
+    result
+        .await
+        .map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?
+}
+
+/// Kills the sandbox if the run future is dropped before it finished; the
+/// detached reaper still reaps it and removes the workspace.
+struct KillOnDrop(Arc<Proc>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill();
+    }
+}
+
+/// Spawns `cmd` (a fully prepared bwrap command), streams its output to
+/// `on_output`, enforces `timeout` and `cancel`, reaps it and removes the
+/// workspace.
+pub(crate) async fn execute(
+    cmd: Command,
+    workspace: WorkspaceGuard,
+    timeout: Duration,
+    max_output: usize,
+    on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+    cancel: CancellationToken,
+) -> Result<RunOutcome, SandboxError> {
+    let started = Instant::now();
+    let mut child = spawn(cmd)
+        .await
+        .map_err(|source| SandboxError::Spawn { source })?;
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return Err(SandboxError::Spawn {
+            source: io::Error::other("child pid out of range"),
+        });
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    // std's Child neither waits nor kills on drop; from here on the pid is ours.
+    drop(child);
+    tracing::debug!(pid, "sandbox started");
+
+    let proc = Arc::new(Proc {
+        pid,
+        exited: Mutex::new(false),
+    });
+    let _kill_on_drop = KillOnDrop(Arc::clone(&proc));
+    let mut reaper = tokio::task::spawn_blocking({
+        let proc = Arc::clone(&proc);
+        move || {
+            let r = proc.wait();
+            drop(workspace);
+            r
+        }
+    });
+
+    let pipes = (
+        stdout
+            .map(tokio::process::ChildStdout::from_std)
+            .transpose(),
+        stderr
+            .map(tokio::process::ChildStderr::from_std)
+            .transpose(),
+    );
+    let (stdout, stderr) = match pipes {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(source), _) | (_, Err(source)) => {
+            proc.kill();
+            let _ = reaper.await;
+            return Err(SandboxError::Spawn { source });
+        }
+    };
+
+    let reaped = CancellationToken::new();
+    let waiter = async {
+        let killed_for = tokio::select! {
+            r = &mut reaper => return (r, None),
+            () = tokio::time::sleep(timeout) => Ending::TimedOut,
+            () = cancel.cancelled() => Ending::Cancelled,
+        };
+        let killed = proc.kill().then_some(killed_for);
+        if killed.is_some() {
+            tracing::debug!(pid, ending = ?killed_for, "sandbox killed");
+        }
+        (reaper.await, killed)
+    };
+    let waiter = async {
+        let r = waiter.await;
+        reaped.cancel();
+        r
+    };
+    let (out, err, (joined, killed)) = tokio::join!(
+        pump(stdout, ChunkKind::Stdout, max_output, on_output, &reaped),
+        pump(stderr, ChunkKind::Stderr, max_output, on_output, &reaped),
+        waiter,
+    );
+
+    let reaped = joined
+        .map_err(|e| SandboxError::Wait {
+            source: io::Error::other(e),
+        })?
+        .map_err(|source| SandboxError::Wait { source })?;
+    let status = reaped.status;
+    let (ending, exit_code) = if libc::WIFEXITED(status) {
+        let code = libc::WEXITSTATUS(status);
+        (Ending::Exited(code), code)
+    } else if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        (Ending::Signaled(sig), 128 + sig)
+    } else {
+        (Ending::Exited(-1), -1)
+    };
+    let ending = killed.unwrap_or(ending);
+
+    Ok(RunOutcome {
+        ending,
+        result: TaskResult {
+            exit_code,
+            stdout: out.kept,
+            stderr: err.kept,
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
+            usage: ResourceUsage {
+                cpu_time_ms: reaped.cpu_ms,
+                max_memory_kb: reaped.max_rss_kb,
+                io_read_bytes: reaped.in_blocks.saturating_mul(512),
+                io_write_bytes: reaped.out_blocks.saturating_mul(512),
+            },
+            execution_time_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        },
+    })
+}
+
+#[derive(Debug, Default)]
+struct Pumped {
+    kept: Vec<u8>,
+    truncated: bool,
+}
+
+/// Reads one output pipe to EOF: forwards and keeps the first `cap` bytes,
+/// then keeps draining (so the command never blocks on a full pipe) but
+/// drops the rest and says so once with an `Event` chunk. Stops
+/// [`DRAIN_GRACE`] after `reaped` fires even without EOF.
+async fn pump<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    kind: ChunkKind,
+    cap: usize,
+    on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+    reaped: &CancellationToken,
+) -> Pumped {
+    let mut got = Pumped::default();
+    let Some(mut pipe) = pipe else {
+        return got;
+    };
+    let mut buf = vec![0u8; READ_BUF];
+    let grace = async {
+        reaped.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        let n = tokio::select! {
+            r = pipe.read(&mut buf) => match r {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = ?kind, "cannot read sandbox output");
+                    break;
+                }
+            },
+            () = &mut grace => {
+                tracing::warn!(stream = ?kind, "sandbox output still open after the sandbox exited");
+                break;
+            }
+        };
+        let take = cap.saturating_sub(got.kept.len()).min(n);
+        if take > 0 {
+            let data = buf.get(..take).unwrap_or_default();
+            got.kept.extend_from_slice(data);
+            on_output(OutputChunk::new(kind, data.to_vec()));
+        }
+        if take < n && !got.truncated {
+            got.truncated = true;
+            let name = match kind {
+                ChunkKind::Stderr => "stderr",
+                _ => "stdout",
+            };
+            on_output(OutputChunk::new(
+                ChunkKind::Event,
+                format!("{name} truncated at {cap} bytes").into_bytes(),
+            ));
+        }
+    }
+    got
+}

@@ -1,0 +1,549 @@
+//! [`Sandbox`]: turns a [`RunSpec`] and a profile into a bubblewrap command
+//! and runs it.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_core::{FILES_MOUNT, NetworkAccess, OutputChunk, ResourceLimits, TaskId, WORKSPACE_MOUNT};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SandboxError;
+use crate::profile::{Profile, Profiles, is_clean_absolute};
+use crate::run::{self, Ending, RunOutcome};
+use crate::sys::{self, Rlimits};
+use crate::view::{self, Mount, Resolved, View};
+use crate::workspace::{self, WorkspaceGuard};
+
+/// The sandbox user when the gateway runs as root: `nobody`.
+const NOBODY: (u32, u32) = (65534, 65534);
+/// The files directory `check` binds at `/files`; not a valid tenant name,
+/// so it can never be a tenant's files.
+const CHECK_FILES: &str = ".sandbox-check";
+
+/// Host-side settings of the sandbox (from the gateway config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// The bubblewrap binary (0.8 or newer).
+    pub bwrap: PathBuf,
+    /// The (uid, gid) bubblewrap is started as when the gateway runs as
+    /// root. `None` keeps the gateway's uid, which is only allowed when the
+    /// gateway is not root.
+    pub run_as: Option<(u32, u32)>,
+    /// Per-task workspaces are created under here.
+    pub workspaces_dir: PathBuf,
+    /// Per-tenant files roots live at `files_root/<tenant>`.
+    pub files_root: PathBuf,
+    /// Cap per stream (stdout, stderr), both for the stored result and for
+    /// the streamed chunks.
+    pub max_output_bytes: usize,
+}
+
+impl SandboxSettings {
+    /// `Some((65534, 65534))` (nobody) when this process runs as root, else
+    /// `None`.
+    pub fn default_run_as() -> Option<(u32, u32)> {
+        (sys::geteuid() == 0).then_some(NOBODY)
+    }
+}
+
+/// One command to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub task_id: TaskId,
+    /// Selects `files_root/<tenant>`; 1-64 of `A-Z a-z 0-9 _ -`.
+    pub tenant: String,
+    /// Must name a loaded profile.
+    pub profile: String,
+    /// `argv[0]` is the resolved absolute in-sandbox path
+    /// (see [`Sandbox::resolve_command`]).
+    pub argv: Vec<String>,
+    /// Applied on top of the profile's base environment.
+    pub env: BTreeMap<String, String>,
+    /// Relative to `/workspace`, no `..`; created if missing.
+    pub cwd: String,
+    pub timeout: Duration,
+    pub network: NetworkAccess,
+    /// Can only tighten the profile's limits; 0 means unset.
+    pub limits: ResourceLimits,
+    /// Absolute in-sandbox paths to hide: a directory becomes an empty
+    /// read-only tmpfs, anything else `/dev/null`. Paths that do not exist
+    /// in the sandbox are skipped.
+    pub denied_paths: Vec<String>,
+}
+
+/// Runs commands in bubblewrap sandboxes. Cheap to clone; `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: SandboxSettings,
+    profiles: Profiles,
+    /// The identity to switch to (and to chown sandbox dirs to); `None`
+    /// when the gateway is not root.
+    owner: Option<(u32, u32)>,
+}
+
+impl Sandbox {
+    /// Checks that bubblewrap is there and executable, that no sandbox would
+    /// run as root, that every profile's required binds exist, and creates
+    /// the workspaces and files directories (mode 0711: the sandbox user
+    /// can reach its own directory but list none).
+    pub fn new(settings: SandboxSettings, profiles: Profiles) -> Result<Sandbox, SandboxError> {
+        let executable = std::fs::metadata(&settings.bwrap)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !executable {
+            return Err(SandboxError::BwrapMissing {
+                path: settings.bwrap.clone(),
+            });
+        }
+
+        let owner = if sys::geteuid() == 0 {
+            match settings.run_as {
+                Some((uid, gid)) if uid != 0 && gid != 0 => Some((uid, gid)),
+                _ => return Err(SandboxError::RunAsRoot),
+            }
+        } else {
+            if let Some(run_as) = settings.run_as
+                && run_as != (sys::geteuid(), sys::getegid())
+            {
+                tracing::warn!(
+                    uid = run_as.0,
+                    gid = run_as.1,
+                    "run_as ignored: the gateway is not root and cannot switch users"
+                );
+            }
+            None
+        };
+
+        let mut problems = Vec::new();
+        for p in profiles.iter() {
+            for path in &p.filesystem.ro_bind {
+                if std::fs::metadata(path).is_err() {
+                    problems.push(format!(
+                        "{}.toml: filesystem.ro_bind {} does not exist on this host (use ro_bind_try for optional paths)",
+                        p.name,
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(SandboxError::BadProfile { problems });
+        }
+
+        workspace::ensure_dir(&settings.workspaces_dir, 0o711)?;
+        workspace::ensure_dir(&settings.files_root, 0o711)?;
+
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                settings,
+                profiles,
+                owner,
+            }),
+        })
+    }
+
+    pub fn profiles(&self) -> &Profiles {
+        &self.inner.profiles
+    }
+
+    pub fn settings(&self) -> &SandboxSettings {
+        &self.inner.settings
+    }
+
+    /// Really runs `true` in the `default` profile's sandbox; used at
+    /// startup and for readiness. The error says what to install or fix.
+    pub async fn check(&self) -> Result<(), SandboxError> {
+        let Some(argv0) = self.resolve_command("default", "true") else {
+            return Err(SandboxError::Check {
+                exit_code: -1,
+                stderr: "`true` is not on the default profile's PATH".to_owned(),
+            });
+        };
+        let spec = RunSpec {
+            task_id: TaskId::new(),
+            tenant: CHECK_FILES.to_owned(),
+            profile: "default".to_owned(),
+            argv: vec![argv0],
+            env: BTreeMap::new(),
+            cwd: String::new(),
+            timeout: Duration::from_secs(30),
+            network: NetworkAccess::None,
+            limits: ResourceLimits::default(),
+            denied_paths: Vec::new(),
+        };
+        let outcome = self
+            .run_unchecked(spec, &|_| {}, CancellationToken::new())
+            .await?;
+        match outcome.ending {
+            Ending::Exited(0) => Ok(()),
+            _ => Err(SandboxError::Check {
+                exit_code: outcome.result.exit_code,
+                stderr: String::from_utf8_lossy(&outcome.result.stderr)
+                    .chars()
+                    .take(2048)
+                    .collect::<String>()
+                    .trim()
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Finds `command` as the profile's sandbox would: a bare name is looked
+    /// up on the profile's `PATH` (through its binds and symlinks), and the
+    /// in-sandbox path of the first executable regular file is returned; an
+    /// absolute path is returned if it is an executable file in the
+    /// sandbox. Relative paths with a `/` (`./x.sh`) give `None`: they
+    /// depend on the workspace, which does not exist yet. Files under
+    /// `/workspace` and `/files` are not found either, for the same reason.
+    pub fn resolve_command(&self, profile: &str, command: &str) -> Option<String> {
+        let profile = self.inner.profiles.get(profile)?;
+        if command.is_empty() || command.contains('\0') {
+            return None;
+        }
+        let view = View::of_profile(&view::plan(&profile.filesystem));
+        let is_exec = |p: &str| {
+            matches!(view.resolve(Path::new(p)),
+                Resolved::File(_, m) if m.is_file() && m.permissions().mode() & 0o111 != 0)
+        };
+        if command.contains('/') {
+            return (is_clean_absolute(command) && is_exec(command)).then(|| command.to_owned());
+        }
+        if command == "." || command == ".." {
+            return None;
+        }
+        let path = profile.env.get("PATH")?;
+        path.split(':')
+            .map(|dir| format!("{}/{command}", dir.trim_end_matches('/')))
+            .find(|candidate| is_exec(candidate))
+    }
+
+    /// Runs `spec` to completion: live output goes to `on_output` (capped
+    /// per stream, plus one `Event` chunk per truncated stream; no
+    /// `ExitCode` chunk), the sandbox is killed on timeout or when `cancel`
+    /// fires, and the workspace is removed afterwards. A non-zero exit,
+    /// timeout or cancellation is an `Ok` outcome.
+    pub async fn run(
+        &self,
+        spec: RunSpec,
+        on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, SandboxError> {
+        check_tenant(&spec.tenant)?;
+        self.run_unchecked(spec, on_output, cancel).await
+    }
+
+    async fn run_unchecked(
+        &self,
+        spec: RunSpec,
+        on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, SandboxError> {
+        let span = tracing::info_span!(
+            "sandbox.run",
+            task_id = %spec.task_id,
+            profile = %spec.profile
+        );
+        let timeout = spec.timeout;
+        let max_output = self.inner.settings.max_output_bytes;
+        let this = self.clone();
+        let fut = async move {
+            let (cmd, guard) = tokio::task::spawn_blocking(move || this.build(&spec))
+                .await
+                .map_err(|e| SandboxError::Spawn {
+                    source: std::io::Error::other(e),
+                })??;
+            run::execute(cmd, guard, timeout, max_output, on_output, cancel).await
+        };
+        tracing::Instrument::instrument(fut, span).await
+    }
+
+    /// Exactly the bubblewrap command `run` would spawn for `spec` (same
+    /// argv, environment, uid, rlimits, stdio), with the task workspace
+    /// prepared; for benchmarks. The guard removes the workspace on drop.
+    /// Spawn it from a thread that outlives the command: bwrap's
+    /// `--die-with-parent` fires when the spawning *thread* exits.
+    pub fn raw_command(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard), SandboxError> {
+        check_tenant(&spec.tenant)?;
+        self.build(spec)
+    }
+
+    /// Validates `spec`, prepares the workspace, tenant files dir and cwd,
+    /// and builds the bubblewrap command. Blocking (filesystem work).
+    fn build(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard), SandboxError> {
+        let settings = &self.inner.settings;
+        let profile =
+            self.inner
+                .profiles
+                .get(&spec.profile)
+                .ok_or_else(|| SandboxError::UnknownProfile {
+                    name: spec.profile.clone(),
+                })?;
+        let share_net = match spec.network {
+            NetworkAccess::None => false,
+            NetworkAccess::Host if profile.network.allow_host => true,
+            NetworkAccess::Host => {
+                return Err(SandboxError::NetworkNotAllowed {
+                    profile: profile.name.clone(),
+                });
+            }
+            NetworkAccess::Restricted => {
+                return Err(SandboxError::Unsupported {
+                    what: "network access \"restricted\"".to_owned(),
+                });
+            }
+        };
+        match spec.argv.first() {
+            Some(a) if a.starts_with('/') => {}
+            other => {
+                return Err(SandboxError::BadArgv {
+                    argv0: other.cloned().unwrap_or_default(),
+                });
+            }
+        }
+        let cwd_ok = !spec.cwd.starts_with('/')
+            && is_clean_absolute(&format!("/{}", spec.cwd.trim_end_matches('/')));
+        if !(spec.cwd.is_empty() || cwd_ok) {
+            return Err(SandboxError::BadCwd {
+                cwd: spec.cwd.clone(),
+            });
+        }
+        for p in &spec.denied_paths {
+            if !is_clean_absolute(p) || p == "/" {
+                return Err(SandboxError::BadDeniedPath {
+                    path: p.clone(),
+                    reason: "it must be a clean absolute path other than /".to_owned(),
+                });
+            }
+        }
+
+        let owner = self.inner.owner;
+        let ws = workspace::create_workspace(
+            &settings.workspaces_dir,
+            &spec.task_id.to_string(),
+            owner,
+        )?;
+        if !workspace::create_cwd(ws.path(), &spec.cwd, owner)? {
+            return Err(SandboxError::BadCwd {
+                cwd: spec.cwd.clone(),
+            });
+        }
+        let files = workspace::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?;
+
+        let mounts = view::plan(&profile.filesystem);
+        let view = View::of_profile(&mounts).with_fixed(ws.path(), &files);
+        let masks = denied_masks(&view, &spec.denied_paths)?;
+        let args = bwrap_args(&BwrapArgs {
+            mounts: &mounts,
+            share_net,
+            tmp_size: profile.filesystem.tmp_size_bytes,
+            workspace: ws.path(),
+            files: &files,
+            masks: &masks,
+            cwd: &spec.cwd,
+            env: merged_env(profile, &spec.env),
+            argv: &spec.argv,
+        });
+        tracing::debug!(?args, "bwrap command");
+
+        let mut cmd = Command::new(&settings.bwrap);
+        cmd.args(args)
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some((uid, gid)) = owner {
+            // std drops supplementary groups when root switches uid.
+            cmd.uid(uid).gid(gid);
+        }
+        sys::install_child_setup(
+            &mut cmd,
+            effective_limits(profile, &spec.limits, spec.timeout),
+        );
+        Ok((cmd, ws))
+    }
+}
+
+fn check_tenant(tenant: &str) -> Result<(), SandboxError> {
+    if is_valid_tenant(tenant) {
+        Ok(())
+    } else {
+        Err(SandboxError::BadTenant {
+            tenant: tenant.chars().take(80).collect(),
+        })
+    }
+}
+
+/// `[A-Za-z0-9_-]{1,64}`: safe as a single path component.
+pub(crate) fn is_valid_tenant(tenant: &str) -> bool {
+    (1..=64).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The profile's limits, lowered by the request where it set a value.
+/// `cpu_limit` and `io_weight` need cgroups and are not applied yet.
+pub(crate) fn effective_limits(
+    profile: &Profile,
+    req: &ResourceLimits,
+    timeout: Duration,
+) -> Rlimits {
+    let tighten = |p: u64, r: u64| if r == 0 { p } else { p.min(r) };
+    let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+    Rlimits {
+        address_space: tighten(profile.limits.memory_bytes, req.memory_bytes),
+        nproc: tighten(profile.limits.pids, u64::from(req.pids)),
+        nofile: profile.limits.nofile,
+        fsize: profile.limits.fsize_bytes,
+        cpu_secs: secs.saturating_add(1),
+    }
+}
+
+/// The profile's base env with the request's env on top.
+pub(crate) fn merged_env(
+    profile: &Profile,
+    req: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = profile.env.clone();
+    env.extend(req.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// How one denied path is hidden.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mask {
+    Dir(PathBuf),
+    File(PathBuf),
+}
+
+/// Resolves each denied path in the sandbox view. The mask goes on the
+/// resolved path (symlinks followed in sandbox space), so `/bin/sh` masks
+/// `/usr/bin/sh` and no alias of it stays readable.
+fn denied_masks(view: &View, denied: &[String]) -> Result<Vec<Mask>, SandboxError> {
+    let mut masks = Vec::new();
+    for p in denied {
+        match view.resolve(Path::new(p)) {
+            Resolved::Dir(at) if at == Path::new("/") => {
+                return Err(SandboxError::BadDeniedPath {
+                    path: p.clone(),
+                    reason: "it resolves to the sandbox root".to_owned(),
+                });
+            }
+            Resolved::Dir(at) => masks.push(Mask::Dir(at)),
+            Resolved::File(at, _) => masks.push(Mask::File(at)),
+            Resolved::Opaque(at) => {
+                return Err(SandboxError::BadDeniedPath {
+                    path: p.clone(),
+                    reason: format!(
+                        "{} is under /proc or /dev, which cannot be masked",
+                        at.display()
+                    ),
+                });
+            }
+            Resolved::Missing => {
+                tracing::debug!(path = %p, "denied path does not exist in the sandbox");
+            }
+        }
+    }
+    Ok(masks)
+}
+
+pub(crate) struct BwrapArgs<'a> {
+    pub(crate) mounts: &'a [Mount],
+    pub(crate) share_net: bool,
+    pub(crate) tmp_size: u64,
+    pub(crate) workspace: &'a Path,
+    pub(crate) files: &'a Path,
+    pub(crate) masks: &'a [Mask],
+    pub(crate) cwd: &'a str,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) argv: &'a [String],
+}
+
+/// The full bubblewrap argv (without the binary).
+pub(crate) fn bwrap_args(a: &BwrapArgs<'_>) -> Vec<OsString> {
+    let mut v: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+        v.extend(items.iter().map(|i| i.as_ref().to_os_string()));
+    };
+    push(&[
+        &"--unshare-all",
+        // Explicit so bwrap fails instead of running without a user
+        // namespace, and so --disable-userns is allowed.
+        &"--unshare-user",
+        &"--disable-userns",
+        &"--die-with-parent",
+        &"--new-session",
+        &"--clearenv",
+        &"--cap-drop",
+        &"ALL",
+        &"--hostname",
+        &"sandbox",
+    ]);
+    if a.share_net {
+        push(&[&"--share-net"]);
+    }
+    for m in a.mounts {
+        match m {
+            Mount::Bind { path, required, .. } => {
+                let flag = if *required {
+                    "--ro-bind"
+                } else {
+                    "--ro-bind-try"
+                };
+                push(&[&flag, path, path]);
+            }
+            Mount::Symlink { path, target } => push(&[&"--symlink", target, path]),
+        }
+    }
+    let tmp_size = a.tmp_size.to_string();
+    let cwd = if a.cwd.is_empty() {
+        WORKSPACE_MOUNT.to_owned()
+    } else {
+        format!("{WORKSPACE_MOUNT}/{}", a.cwd.trim_end_matches('/'))
+    };
+    push(&[
+        &"--proc",
+        &"/proc",
+        &"--dev",
+        &"/dev",
+        &"--size",
+        &tmp_size,
+        &"--tmpfs",
+        &"/tmp",
+        &"--bind",
+        &a.workspace,
+        &WORKSPACE_MOUNT,
+        &"--bind",
+        &a.files,
+        &FILES_MOUNT,
+    ]);
+    for m in a.masks {
+        match m {
+            Mask::Dir(p) => push(&[&"--tmpfs", p, &"--remount-ro", p]),
+            Mask::File(p) => push(&[&"--ro-bind", &"/dev/null", p]),
+        }
+    }
+    push(&[&"--chdir", &cwd]);
+    for (k, val) in &a.env {
+        push(&[&"--setenv", k, val]);
+    }
+    push(&[&"--"]);
+    for arg in a.argv {
+        push(&[arg]);
+    }
+    v
+}

@@ -1,0 +1,143 @@
+//! Per-task workspaces and the directories the sandbox binds.
+
+use std::fs::{self, DirBuilder, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::SandboxError;
+
+const REMOVE_ATTEMPTS: u32 = 5;
+
+/// Owns a per-task workspace directory and removes it, with everything the
+/// command left in it, when dropped.
+#[derive(Debug)]
+pub struct WorkspaceGuard {
+    path: PathBuf,
+}
+
+impl WorkspaceGuard {
+    /// The workspace on the host (bound at `/workspace` in the sandbox).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkspaceGuard {
+    fn drop(&mut self) {
+        // std's remove_dir_all never follows symlinks, so links the command
+        // planted cannot make the gateway delete anything outside. After a
+        // kill, processes of the sandbox may still be dying for a moment and
+        // create entries concurrently, hence the retries.
+        for attempt in 1..=REMOVE_ATTEMPTS {
+            match fs::remove_dir_all(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) if attempt == REMOVE_ATTEMPTS => tracing::warn!(
+                    error = %e,
+                    path = %self.path.display(),
+                    "cannot remove task workspace"
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(20 * u64::from(attempt))),
+            }
+        }
+    }
+}
+
+fn ws_err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Workspace {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates (if needed) a directory the gateway owns and sets its mode, e.g.
+/// the workspaces dir with 0711 so the sandbox user can reach its own
+/// workspace but not list the others.
+pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    fs::create_dir_all(path).map_err(ws_err(path))?;
+    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(ws_err(path))
+}
+
+/// Creates a fresh private workspace `dir/name`, mode 0700, owned by `owner`.
+/// Fails if it already exists: a workspace is never shared.
+pub(crate) fn create_workspace(
+    dir: &Path,
+    name: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<WorkspaceGuard, SandboxError> {
+    let path = dir.join(name);
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .map_err(ws_err(&path))?;
+    let guard = WorkspaceGuard { path };
+    chown_and_mode(&guard.path, owner, 0o700).map_err(ws_err(&guard.path))?;
+    Ok(guard)
+}
+
+/// Creates `rel` (clean, relative) inside the fresh workspace `ws`, each new
+/// directory owned by `owner`. Returns false if `rel` is not a clean
+/// relative path.
+pub(crate) fn create_cwd(
+    ws: &Path,
+    rel: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<bool, SandboxError> {
+    let mut p = ws.to_path_buf();
+    for c in Path::new(rel).components() {
+        let Component::Normal(name) = c else {
+            return Ok(false);
+        };
+        p.push(name);
+        match DirBuilder::new().mode(0o755).create(&p) {
+            Ok(()) => chown_and_mode(&p, owner, 0o755).map_err(ws_err(&p))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let meta = fs::symlink_metadata(&p).map_err(ws_err(&p))?;
+                if !meta.is_dir() {
+                    return Err(SandboxError::Workspace {
+                        path: p,
+                        source: io::Error::new(io::ErrorKind::AlreadyExists, "not a directory"),
+                    });
+                }
+            }
+            Err(e) => return Err(ws_err(&p)(e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Makes sure `root/name` exists as a real directory; a new one gets mode
+/// 0700 and `owner`. An existing one is left as the operator set it.
+pub(crate) fn ensure_owned_dir(
+    root: &Path,
+    name: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, SandboxError> {
+    let path = root.join(name);
+    match DirBuilder::new().mode(0o700).create(&path) {
+        Ok(()) => chown_and_mode(&path, owner, 0o700).map_err(ws_err(&path))?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let meta = fs::symlink_metadata(&path).map_err(ws_err(&path))?;
+            if !meta.is_dir() {
+                return Err(SandboxError::Workspace {
+                    path,
+                    source: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "exists but is not a directory",
+                    ),
+                });
+            }
+        }
+        Err(e) => return Err(ws_err(&path)(e)),
+    }
+    Ok(path)
+}
+
+fn chown_and_mode(path: &Path, owner: Option<(u32, u32)>, mode: u32) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    fs::set_permissions(path, Permissions::from_mode(mode))
+}
