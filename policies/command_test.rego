@@ -8,7 +8,7 @@ package mcp_test
 # An allowed `ls` request; each test overrides only what it is about.
 command_request(overrides) := object.union(
 	{
-		"principal": {"id": "alice", "tenant": "acme", "roles": ["dev"], "auth": "api_key"},
+		"principal": {"id": "anonymous", "tenant": "default", "roles": [], "auth": "none"},
 		"request": {
 			"kind": "command",
 			"command": {

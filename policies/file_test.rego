@@ -6,7 +6,7 @@ package mcp_test
 # `default` rule as undefined when the package spans several files.
 
 file_request(path, op) := {
-	"principal": {"id": "alice", "tenant": "acme", "roles": [], "auth": "jwt"},
+	"principal": {"id": "anonymous", "tenant": "default", "roles": [], "auth": "none"},
 	"request": {
 		"kind": "file",
 		"file": {"path": path, "op": op, "mode": 420, "recursive": false},

@@ -6,9 +6,9 @@ package mcp_test
 # `default` rule as undefined when the package spans several files.
 
 test_unknown_request_kind_is_denied if {
-	d := data.mcp.decision with input as {"request": {"kind": "network"}}
+	d := data.mcp.decision with input as {"request": {"kind": "teleport"}}
 	d.allow == false
-	d.deny_reasons == [`request kind "network" is not handled`]
+	d.deny_reasons == [`request kind "teleport" is not handled`]
 }
 
 test_missing_input_is_denied if {
@@ -27,6 +27,12 @@ test_file_kind_without_file_is_denied if {
 	d := data.mcp.decision with input as {"request": {"kind": "file"}}
 	d.allow == false
 	"file request has no file" in d.deny_reasons
+}
+
+test_mcp_tool_kind_without_tool_is_denied if {
+	d := data.mcp.decision with input as {"request": {"kind": "mcp_tool"}}
+	d.allow == false
+	"mcp_tool request has no tool" in d.deny_reasons
 }
 
 test_decision_has_the_documented_shape if {

@@ -15,6 +15,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, integration, policy cases, real sandboxes)"
 cargo test --workspace --locked
 
+step "policy tests with line coverage (mcp-gateway policy test)"
+# OPA-style test_* rules beside every shipped policy; fail below 95 % line coverage.
+cargo run --quiet --locked -p mcp-gateway -- policy test policies --threshold 95
+
+step "promtool: Prometheus config, alert rules and their unit tests"
+# Debian's `prometheus` package ships promtool (scripts/bootstrap.sh installs it).
+promtool check rules deploy/prometheus/alerts.yml
+promtool check config deploy/prometheus/prometheus.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+
 step "cargo deny check licenses bans sources"
 # Advisories need the advisory database, which our machines cannot fetch;
 # run `cargo deny check advisories` where the network allows.

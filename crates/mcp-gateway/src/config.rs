@@ -13,11 +13,12 @@ use mcp_core::RequestLimits;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::telemetry::TelemetrySettings;
 
 /// Where the packaged config lives; read when present and no `--config` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/mcp-gateway/config.toml";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     pub server: RawServer,
@@ -26,6 +27,8 @@ pub struct RawConfig {
     pub sandbox: RawSandbox,
     pub limits: RawLimits,
     pub log: RawLog,
+    pub http: RawHttp,
+    pub telemetry: RawTelemetry,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +57,17 @@ pub struct RawStorage {
 #[serde(deny_unknown_fields, default)]
 pub struct RawPolicy {
     pub dir: PathBuf,
+    /// Reload the policy set when a file in `dir` changes (SIGHUP always reloads).
+    pub watch: bool,
+    /// A reload is accepted only when the new set's `*_test.rego` tests pass.
+    pub reload_requires_passing_tests: bool,
+    /// A candidate policy set evaluated beside the active one on live
+    /// traffic, never enforced; disagreements are counted and logged.
+    /// Empty = none.
+    pub shadow_dir: PathBuf,
+    /// Environment tags handed to policy as `input.context.environment`
+    /// (e.g. `env = "prod"`).
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,17 +111,50 @@ pub struct RawLog {
     pub level: String,
 }
 
-impl Default for RawConfig {
+/// The REST/JSON front door (served on `server.listen` beside gRPC).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// Largest JSON request body; file uploads are bounded by
+    /// `limits.max_file_bytes` instead.
+    pub max_body_bytes: usize,
+    /// Time to answer one request (`POST /v1/run` gets the task's timeout
+    /// on top; streams are not cut once they started).
+    pub request_timeout_secs: u64,
+    /// REST requests handled at once; more are refused with 503.
+    pub max_concurrent_requests: usize,
+}
+
+/// Traces. `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`),
+/// `OTEL_SERVICE_NAME` and `OTEL_TRACES_SAMPLER_ARG` override the file;
+/// `MCP_GATEWAY_TELEMETRY__*` overrides those.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTelemetry {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; empty = no export.
+    pub otlp_endpoint: String,
+    pub service_name: String,
+    /// Fraction of new traces recorded, 0.0–1.0 (a sampled parent is
+    /// always followed).
+    pub sample_ratio: f64,
+}
+
+impl Default for RawHttp {
     fn default() -> Self {
         Self {
-            server: RawServer::default(),
-            storage: RawStorage::default(),
-            policy: RawPolicy {
-                dir: PathBuf::from("policies"),
-            },
-            sandbox: RawSandbox::default(),
-            limits: RawLimits::default(),
-            log: RawLog::default(),
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            max_concurrent_requests: 256,
+        }
+    }
+}
+
+impl Default for RawTelemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: crate::telemetry::DEFAULT_SERVICE_NAME.to_owned(),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -136,6 +183,10 @@ impl Default for RawPolicy {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("policies"),
+            watch: true,
+            reload_requires_passing_tests: false,
+            shadow_dir: PathBuf::new(),
+            environment: Default::default(),
         }
     }
 }
@@ -200,6 +251,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub policies_dir: PathBuf,
+    pub policy_watch: bool,
+    pub policy_reload_requires_tests: bool,
+    pub policy_shadow_dir: Option<PathBuf>,
+    pub policy_environment: std::collections::BTreeMap<String, String>,
     pub profiles_dir: PathBuf,
     pub bwrap: PathBuf,
     pub sandbox_uid: u32,
@@ -212,6 +267,16 @@ pub struct Config {
     pub max_queued_tasks: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Limits of the REST front door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
 }
 
 /// Values given as command-line flags; `None` leaves lower layers in charge.
@@ -248,6 +313,19 @@ fn load_with_env(
             fig = fig.merge(Toml::file_exact(SYSTEM_CONFIG));
         }
         None => {}
+    }
+    // The OpenTelemetry variables sit between the file and our own prefix;
+    // the more specific traces endpoint wins over the general one.
+    for (var, key) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "telemetry.otlp_endpoint",
+        ),
+        ("OTEL_SERVICE_NAME", "telemetry.service_name"),
+        ("OTEL_TRACES_SAMPLER_ARG", "telemetry.sample_ratio"),
+    ] {
+        fig = fig.merge(Env::raw().only(&[var]).map(move |_| key.into()));
     }
     // `MCP_GATEWAY_ENDPOINT` belongs to the client and `MCP_GATEWAY_CONFIG`
     // names the file; neither is a config key.
@@ -311,6 +389,12 @@ impl RawConfig {
                 self.policy.dir.display()
             ));
         }
+        if !self.policy.shadow_dir.as_os_str().is_empty() && !self.policy.shadow_dir.is_dir() {
+            problems.push(format!(
+                "policy.shadow_dir {} is not a directory",
+                self.policy.shadow_dir.display()
+            ));
+        }
         if !self.sandbox.profiles_dir.is_dir() {
             problems.push(format!(
                 "sandbox.profiles_dir {} is not a directory",
@@ -355,6 +439,37 @@ impl RawConfig {
             }
         };
 
+        let h = &self.http;
+        for (name, v) in [
+            ("max_body_bytes", h.max_body_bytes),
+            ("max_concurrent_requests", h.max_concurrent_requests),
+            (
+                "request_timeout_secs",
+                usize::try_from(h.request_timeout_secs).unwrap_or(usize::MAX),
+            ),
+        ] {
+            if v == 0 {
+                problems.push(format!("http.{name} must be at least 1"));
+            }
+        }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            problems.push(format!(
+                "telemetry.sample_ratio {} is not between 0.0 and 1.0",
+                t.sample_ratio
+            ));
+        }
+        let endpoint = t.otlp_endpoint.trim();
+        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !(endpoint.is_empty() || is_url) {
+            problems.push(format!(
+                "telemetry.otlp_endpoint {endpoint:?} is not a URL like http://127.0.0.1:4317"
+            ));
+        }
+        if t.service_name.trim().is_empty() {
+            problems.push("telemetry.service_name must not be empty".to_owned());
+        }
+
         let replica_id = if self.server.replica_id.is_empty() {
             host_name()
         } else {
@@ -381,6 +496,11 @@ impl RawConfig {
             data_dir,
             database_url,
             policies_dir: self.policy.dir,
+            policy_watch: self.policy.watch,
+            policy_reload_requires_tests: self.policy.reload_requires_passing_tests,
+            policy_shadow_dir: (!self.policy.shadow_dir.as_os_str().is_empty())
+                .then_some(self.policy.shadow_dir),
+            policy_environment: self.policy.environment,
             profiles_dir: self.sandbox.profiles_dir,
             bwrap: self.sandbox.bwrap,
             sandbox_uid: self.sandbox.uid,
@@ -401,6 +521,19 @@ impl RawConfig {
             max_output_bytes: l.max_output_bytes,
             max_running_tasks: l.max_running_tasks,
             max_queued_tasks: l.max_queued_tasks,
+            http: HttpSettings {
+                max_body_bytes: self.http.max_body_bytes,
+                request_timeout: Duration::from_secs(self.http.request_timeout_secs),
+                max_concurrent_requests: self.http.max_concurrent_requests,
+            },
+            telemetry: TelemetrySettings {
+                log_format,
+                log_level: self.log.level.clone(),
+                otlp_endpoint: Some(self.telemetry.otlp_endpoint.trim().to_owned())
+                    .filter(|e| !e.is_empty()),
+                service_name: self.telemetry.service_name,
+                sample_ratio: self.telemetry.sample_ratio,
+            },
             log_format,
             log_level: self.log.level,
         })

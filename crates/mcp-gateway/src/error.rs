@@ -1,5 +1,7 @@
-//! Errors of the gateway and the one place they become gRPC statuses.
+//! Errors of the gateway and the one place they become error numbers, gRPC
+//! statuses and HTTP statuses.
 
+use axum::http;
 use mcp_core::{TaskId, TaskIdError, TaskState, ValidationError};
 use thiserror::Error;
 use tonic::Code;
@@ -34,12 +36,15 @@ pub enum StartError {
     Recover(#[source] Box<GatewayError>),
     #[error("cannot build the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
-    #[error("the gRPC server failed")]
-    Serve(#[source] tonic::transport::Error),
+    #[error("the server failed")]
+    Serve(#[source] std::io::Error),
 }
 
-/// Why a request did not succeed. Variants name the broken rule; the
-/// mapping to gRPC codes is [`GatewayError::code`].
+/// Why a request did not succeed. Variants name the broken rule; the one
+/// mapping to error number, gRPC code and HTTP status is
+/// [`GatewayError::mapping`]. Some variants only arise at the HTTP front door
+/// (a malformed body, an unknown route); they live here so that every front
+/// door shares one table (`docs/api/errors.md`).
 #[derive(Debug, Error)]
 pub enum GatewayError {
     #[error(transparent)]
@@ -72,29 +77,88 @@ pub enum GatewayError {
     Store(#[source] mcp_store::StoreError),
     #[error("file system error")]
     FileIo(#[source] mcp_sandbox::FileError),
+    /// The request (body, query string or path) is not what the operation
+    /// takes: not JSON, a wrong type, an unknown or missing field. `field`
+    /// is the path to the offending field, when the parser knows it.
+    #[error("{}{reason}", field.as_deref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+    MalformedRequest {
+        field: Option<String>,
+        reason: String,
+    },
+    #[error("request body is larger than the limit of {max} bytes")]
+    BodyTooLarge { max: usize },
+    #[error("content type {got:?} is not accepted; send {expected}")]
+    UnsupportedMediaType { got: String, expected: &'static str },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("{what} is not implemented yet")]
+    Unimplemented { what: &'static str },
+    #[error("the request took longer than {secs}s")]
+    RequestTimeout { secs: u64 },
+    #[error("too many requests in flight (limit {limit}); retry later")]
+    Busy { limit: usize },
+    /// A failure of the gateway itself that fits no other variant.
+    #[error("internal error")]
+    Internal { what: String },
+}
+
+/// Where a [`GatewayError`] lands in each front door's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorMapping {
+    /// The stable error number: 1xxx authentication, 2xxx input, 3xxx
+    /// policy, 4xxx sandbox, 5xxx internal, 6xxx not found.
+    pub number: u16,
+    pub grpc: Code,
+    pub http: http::StatusCode,
+}
+
+const fn m(number: u16, grpc: Code, http: u16) -> ErrorMapping {
+    let http = match http::StatusCode::from_u16(http) {
+        Ok(s) => s,
+        Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ErrorMapping { number, grpc, http }
 }
 
 impl GatewayError {
-    /// The gRPC code for each variant. Exhaustive on purpose: a new variant
-    /// does not compile until someone decides its code.
-    pub fn code(&self) -> Code {
+    /// The error number, gRPC code and HTTP status of each variant.
+    /// Exhaustive on purpose: a new variant does not compile until someone
+    /// decides where it lands, and `docs/api/errors.md` lists the same
+    /// table (a test walks every variant through it).
+    pub fn mapping(&self) -> ErrorMapping {
         match self {
-            GatewayError::InvalidRequest(_) => Code::InvalidArgument,
-            GatewayError::BadTaskId(_) => Code::InvalidArgument,
-            GatewayError::PathEscapes { .. } => Code::InvalidArgument,
-            GatewayError::Denied { .. } => Code::PermissionDenied,
-            GatewayError::TaskNotFound { .. } => Code::NotFound,
-            GatewayError::FileNotFound { .. } => Code::NotFound,
-            GatewayError::TaskFinished { .. } => Code::FailedPrecondition,
-            GatewayError::FileConflict { .. } => Code::FailedPrecondition,
-            GatewayError::FileTooLarge { .. } => Code::FailedPrecondition,
-            GatewayError::Unsupported { .. } => Code::FailedPrecondition,
-            GatewayError::Overloaded { .. } => Code::ResourceExhausted,
-            GatewayError::ShuttingDown => Code::Unavailable,
-            GatewayError::Sandbox(_) => Code::Unavailable,
-            GatewayError::Store(_) => Code::Unavailable,
-            GatewayError::FileIo(_) => Code::Internal,
+            GatewayError::InvalidRequest(_) => m(2001, Code::InvalidArgument, 400),
+            GatewayError::BadTaskId(_) => m(2002, Code::InvalidArgument, 400),
+            GatewayError::PathEscapes { .. } => m(2003, Code::InvalidArgument, 400),
+            GatewayError::MalformedRequest { .. } => m(2004, Code::InvalidArgument, 400),
+            GatewayError::BodyTooLarge { .. } => m(2005, Code::ResourceExhausted, 413),
+            GatewayError::UnsupportedMediaType { .. } => m(2006, Code::InvalidArgument, 415),
+            GatewayError::MethodNotAllowed { .. } => m(2007, Code::Unimplemented, 405),
+            GatewayError::TaskFinished { .. } => m(2008, Code::FailedPrecondition, 409),
+            GatewayError::FileConflict { .. } => m(2009, Code::FailedPrecondition, 409),
+            GatewayError::FileTooLarge { .. } => m(2010, Code::FailedPrecondition, 422),
+            GatewayError::Unsupported { .. } => m(2011, Code::FailedPrecondition, 422),
+            GatewayError::Denied { .. } => m(3001, Code::PermissionDenied, 403),
+            GatewayError::Sandbox(_) => m(4001, Code::Unavailable, 503),
+            GatewayError::FileIo(_) => m(4002, Code::Internal, 500),
+            GatewayError::Overloaded { .. } => m(4003, Code::ResourceExhausted, 429),
+            GatewayError::Internal { .. } => m(5001, Code::Internal, 500),
+            GatewayError::Store(_) => m(5002, Code::Unavailable, 503),
+            GatewayError::ShuttingDown => m(5003, Code::Unavailable, 503),
+            GatewayError::RequestTimeout { .. } => m(5004, Code::DeadlineExceeded, 504),
+            GatewayError::Busy { .. } => m(5005, Code::Unavailable, 503),
+            GatewayError::Unimplemented { .. } => m(5006, Code::Unimplemented, 501),
+            GatewayError::TaskNotFound { .. } => m(6001, Code::NotFound, 404),
+            GatewayError::FileNotFound { .. } => m(6002, Code::NotFound, 404),
+            GatewayError::RouteNotFound { .. } => m(6003, Code::NotFound, 404),
         }
+    }
+
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        self.mapping().grpc
     }
 
     /// Whether the message may reach the client. Internal details (paths on
@@ -102,22 +166,125 @@ impl GatewayError {
     fn is_public(&self) -> bool {
         !matches!(
             self,
-            GatewayError::Sandbox(_) | GatewayError::Store(_) | GatewayError::FileIo(_)
+            GatewayError::Sandbox(_)
+                | GatewayError::Store(_)
+                | GatewayError::FileIo(_)
+                | GatewayError::Internal { .. }
         )
     }
 
+    /// What the client is told, without the request id.
+    pub fn public_message(&self) -> String {
+        if self.is_public() {
+            self.to_string()
+        } else {
+            format!("{self}; see the gateway log")
+        }
+    }
+
+    /// Machine-readable facts about the error for the REST `details`
+    /// object; never internal details.
+    pub fn details(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            GatewayError::InvalidRequest(v) => json!({ "field": validation_field(v) }),
+            GatewayError::BadTaskId(_) => json!({ "field": "task_id" }),
+            GatewayError::Denied { reasons } => json!({ "reasons": reasons }),
+            GatewayError::TaskNotFound { id } => json!({ "task_id": id.to_string() }),
+            GatewayError::TaskFinished { id, state } => {
+                json!({ "task_id": id.to_string(), "state": state.as_str() })
+            }
+            GatewayError::FileNotFound { path }
+            | GatewayError::FileConflict { path, .. }
+            | GatewayError::PathEscapes { path } => json!({ "path": path }),
+            GatewayError::FileTooLarge { path, size, max } => {
+                json!({ "path": path, "size": size, "max": max })
+            }
+            GatewayError::Overloaded { queued } => json!({ "queued": queued }),
+            GatewayError::MalformedRequest { field, .. } => match field {
+                Some(f) => json!({ "field": f }),
+                None => json!({}),
+            },
+            GatewayError::BodyTooLarge { max } => json!({ "max_bytes": max }),
+            GatewayError::UnsupportedMediaType { expected, .. } => {
+                json!({ "expected": expected })
+            }
+            GatewayError::RequestTimeout { secs } => json!({ "timeout_secs": secs }),
+            GatewayError::Busy { limit } => json!({ "limit": limit }),
+            GatewayError::MethodNotAllowed { .. }
+            | GatewayError::RouteNotFound { .. }
+            | GatewayError::Unimplemented { .. }
+            | GatewayError::Unsupported { .. }
+            | GatewayError::ShuttingDown
+            | GatewayError::Sandbox(_)
+            | GatewayError::Store(_)
+            | GatewayError::FileIo(_)
+            | GatewayError::Internal { .. } => json!({}),
+        }
+    }
+
     /// The status a client sees, carrying the request id in the message and
-    /// in the `x-request-id` metadata.
+    /// in the `x-request-id` metadata, and the error number in
+    /// `x-error-code`.
     pub fn to_status(&self, request_id: &str) -> tonic::Status {
         let msg = if self.is_public() {
             format!("{self} (request id {request_id})")
         } else {
             format!("{self}; see the gateway log for request id {request_id}")
         };
-        let mut status = tonic::Status::new(self.code(), msg);
+        let mapping = self.mapping();
+        let mut status = tonic::Status::new(mapping.grpc, msg);
         if let Ok(v) = request_id.parse() {
             status.metadata_mut().insert("x-request-id", v);
         }
+        status.metadata_mut().insert(
+            "x-error-code",
+            tonic::metadata::MetadataValue::from(mapping.number),
+        );
         status
+    }
+}
+
+/// The request field a validation error is about.
+fn validation_field(v: &ValidationError) -> String {
+    match v {
+        ValidationError::EmptyCommand => "command".to_owned(),
+        ValidationError::NulByte { field }
+        | ValidationError::TooLong { field, .. }
+        | ValidationError::TooMany { field, .. }
+        | ValidationError::BadSandboxPath { field, .. } => field.clone(),
+        ValidationError::BadEnvName { .. } => "env".to_owned(),
+        ValidationError::CwdOutsideWorkspace { .. } => "cwd".to_owned(),
+        ValidationError::TimeoutTooLarge { .. } => "timeout".to_owned(),
+        ValidationError::BadLimit { field, .. } => format!("resource_limits.{field}"),
+        ValidationError::PathOutsideRoot { .. }
+        | ValidationError::EmptyPath
+        | ValidationError::RootOperation { .. } => "path".to_owned(),
+        ValidationError::BadMode { .. } => "mode".to_owned(),
+        ValidationError::ContentTooLarge { .. } => "content".to_owned(),
+    }
+}
+
+/// The canonical name of a gRPC code (`PERMISSION_DENIED`), as the REST
+/// error shape and the `status` label of `mcp_api_requests_total` spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -1,9 +1,12 @@
 //! The gRPC front door: `mcp.McpService`. Converts wire messages to domain
 //! requests, calls the [`Gateway`], and converts answers and errors back.
-//! No decisions are made here.
+//! No decisions are made here. Each call gets a `request` span (continuing
+//! the caller's W3C `traceparent`) and is counted in
+//! `mcp_api_requests_total{api="grpc"}`.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::Stream;
 use mcp_core::{
@@ -17,9 +20,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span, warn};
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, code_name};
 use crate::live::Cursor;
+use crate::metrics::Api;
 use crate::pipeline::{Caller, Gateway, Output};
+use crate::telemetry;
 
 #[derive(Debug, Clone)]
 pub struct GrpcService {
@@ -36,14 +41,52 @@ impl GrpcService {
 /// until then every caller is the anonymous principal of the default tenant,
 /// and the server refuses non-loopback listeners unless told otherwise.
 fn caller<T>(req: &Request<T>) -> Caller {
-    Caller::new(
-        Principal::anonymous(),
-        req.remote_addr().map(|a| a.to_string()),
-    )
+    let _authn = info_span!("authn").entered();
+    // Served by tonic's own server the peer is in `remote_addr`; served
+    // beside REST on one listener it is axum's connect info.
+    let peer = req.remote_addr().or_else(|| {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0)
+    });
+    Caller::new(Principal::anonymous(), peer.map(|a| a.to_string()))
 }
 
-fn fail(caller: &Caller, e: GatewayError) -> Status {
-    e.to_status(&caller.request_id.to_string())
+/// One call in progress: who calls, its span, when it began.
+struct Call {
+    caller: Caller,
+    span: tracing::Span,
+    method: &'static str,
+    started: Instant,
+}
+
+impl GrpcService {
+    /// Opens the `request` span (child of the caller's `traceparent`, if
+    /// any) and authenticates inside it.
+    fn begin<T>(&self, method: &'static str, req: &Request<T>) -> Call {
+        let span = telemetry::request_span("grpc", method, telemetry::extract_grpc(req.metadata()));
+        let caller = span.in_scope(|| caller(req));
+        span.record("request_id", tracing::field::display(caller.request_id));
+        span.record("principal", caller.principal.id.as_str());
+        Call {
+            caller,
+            span,
+            method,
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts the answer and turns an error into the client's status.
+    fn end<R>(&self, call: &Call, result: Result<R, GatewayError>) -> Result<R, Status> {
+        let status = match &result {
+            Ok(_) => "OK",
+            Err(e) => code_name(e.code()),
+        };
+        self.gateway
+            .metrics()
+            .observe_api(Api::Grpc, call.method, status, call.started.elapsed());
+        result.map_err(|e| e.to_status(&call.caller.request_id.to_string()))
+    }
 }
 
 pub fn exec_request(r: pb::CommandRequest) -> ExecRequest {
@@ -140,8 +183,8 @@ fn chunk(task_id: &str, c: OutputChunk) -> pb::TaskOutputChunk {
 }
 
 /// The chunks a finished task replays: its stored (capped) stdout and
-/// stderr, what ended it, and its exit code.
-fn stored_chunks(t: &TaskRecord) -> Vec<OutputChunk> {
+/// stderr, what ended it, and its exit code. Shared with the REST door.
+pub(crate) fn stored_chunks(t: &TaskRecord) -> Vec<OutputChunk> {
     let ts = i64::try_from(
         t.completed_at
             .unwrap_or(t.created_at)
@@ -182,27 +225,29 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::TaskOutputChunk, Status>
 impl McpService for GrpcService {
     async fn health(
         &self,
-        _req: Request<pb::HealthRequest>,
+        req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
-        Ok(Response::new(pb::HealthResponse {
+        let call = self.begin("Health", &req);
+        let resp = pb::HealthResponse {
             status: "SERVING".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.gateway.uptime().as_secs(),
-        }))
+            policy_revision: self.gateway.policy_revision(),
+        };
+        self.end(&call, Ok(Response::new(resp)))
     }
 
     async fn execute_command(
         &self,
         req: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::TaskCreatedResponse>, Status> {
-        let c = caller(&req);
-        let span = info_span!("request", request_id = %c.request_id, principal = %c.principal.id, method = "ExecuteCommand");
-        let started = self
+        let call = self.begin("ExecuteCommand", &req);
+        let result = self
             .gateway
-            .execute(&c, exec_request(req.into_inner()))
-            .instrument(span)
-            .await
-            .map_err(|e| fail(&c, e))?;
+            .execute(&call.caller, exec_request(req.into_inner()))
+            .instrument(call.span.clone())
+            .await;
+        let started = self.end(&call, result)?;
         Ok(Response::new(pb::TaskCreatedResponse {
             task_id: started.id.to_string(),
             status: task_status(started.state) as i32,
@@ -214,28 +259,26 @@ impl McpService for GrpcService {
         &self,
         req: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
-        let c = caller(&req);
-        let span = info_span!("request", request_id = %c.request_id, principal = %c.principal.id, method = "RunCommand");
-        let rec = self
+        let call = self.begin("RunCommand", &req);
+        let result = self
             .gateway
-            .run(&c, exec_request(req.into_inner()))
-            .instrument(span)
-            .await
-            .map_err(|e| fail(&c, e))?;
-        Ok(Response::new(status_response(rec)))
+            .run(&call.caller, exec_request(req.into_inner()))
+            .instrument(call.span.clone())
+            .await;
+        Ok(Response::new(status_response(self.end(&call, result)?)))
     }
 
     async fn get_task_status(
         &self,
         req: Request<pb::TaskStatusRequest>,
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
-        let c = caller(&req);
-        let rec = self
+        let call = self.begin("GetTaskStatus", &req);
+        let result = self
             .gateway
-            .status(&c, &req.get_ref().task_id)
-            .await
-            .map_err(|e| fail(&c, e))?;
-        Ok(Response::new(status_response(rec)))
+            .status(&call.caller, &req.get_ref().task_id)
+            .instrument(call.span.clone())
+            .await;
+        Ok(Response::new(status_response(self.end(&call, result)?)))
     }
 
     type StreamTaskOutputStream = ChunkStream;
@@ -244,13 +287,14 @@ impl McpService for GrpcService {
         &self,
         req: Request<pb::TaskStatusRequest>,
     ) -> Result<Response<Self::StreamTaskOutputStream>, Status> {
-        let c = caller(&req);
+        let call = self.begin("StreamTaskOutput", &req);
         let task_id = req.into_inner().task_id;
-        let output = self
+        let result = self
             .gateway
-            .output(&c, &task_id)
-            .await
-            .map_err(|e| fail(&c, e))?;
+            .output(&call.caller, &task_id)
+            .instrument(call.span.clone())
+            .await;
+        let output = self.end(&call, result)?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             match output {
@@ -290,26 +334,27 @@ impl McpService for GrpcService {
         &self,
         req: Request<pb::TaskStatusRequest>,
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
-        let c = caller(&req);
-        let rec = self
+        let call = self.begin("CancelTask", &req);
+        let result = self
             .gateway
-            .cancel(&c, &req.get_ref().task_id)
-            .await
-            .map_err(|e| fail(&c, e))?;
-        Ok(Response::new(status_response(rec)))
+            .cancel(&call.caller, &req.get_ref().task_id)
+            .instrument(call.span.clone())
+            .await;
+        Ok(Response::new(status_response(self.end(&call, result)?)))
     }
 
     async fn read_file(
         &self,
         req: Request<pb::ReadFileRequest>,
     ) -> Result<Response<pb::ReadFileResponse>, Status> {
-        let c = caller(&req);
+        let call = self.begin("ReadFile", &req);
         let path = req.into_inner().path;
-        let (clean, content) = self
+        let result = self
             .gateway
-            .read_file(&c, &path)
-            .await
-            .map_err(|e| fail(&c, e))?;
+            .read_file(&call.caller, &path)
+            .instrument(call.span.clone())
+            .await;
+        let (clean, content) = self.end(&call, result)?;
         let mime_type = mime_guess::from_path(&clean)
             .first_or_octet_stream()
             .essence_str()
@@ -326,13 +371,14 @@ impl McpService for GrpcService {
         &self,
         req: Request<pb::WriteFileRequest>,
     ) -> Result<Response<pb::WriteFileResponse>, Status> {
-        let c = caller(&req);
+        let call = self.begin("WriteFile", &req);
         let r = req.into_inner();
-        let (_, n) = self
+        let result = self
             .gateway
-            .write_file(&c, &r.path, &r.content, r.create_dirs, r.mode)
-            .await
-            .map_err(|e| fail(&c, e))?;
+            .write_file(&call.caller, &r.path, &r.content, r.create_dirs, r.mode)
+            .instrument(call.span.clone())
+            .await;
+        let (_, n) = self.end(&call, result)?;
         Ok(Response::new(pb::WriteFileResponse {
             path: r.path,
             bytes_written: n,
@@ -344,12 +390,14 @@ impl McpService for GrpcService {
         &self,
         req: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::DeleteFileResponse>, Status> {
-        let c = caller(&req);
+        let call = self.begin("DeleteFile", &req);
         let r = req.into_inner();
-        self.gateway
-            .delete_file(&c, &r.path, r.recursive)
-            .await
-            .map_err(|e| fail(&c, e))?;
+        let result = self
+            .gateway
+            .delete_file(&call.caller, &r.path, r.recursive)
+            .instrument(call.span.clone())
+            .await;
+        self.end(&call, result)?;
         Ok(Response::new(pb::DeleteFileResponse {
             path: r.path,
             success: true,

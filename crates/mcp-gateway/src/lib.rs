@@ -4,15 +4,19 @@
 //!
 //! Invariants:
 //! - the pipeline ([`pipeline::Gateway`]) is the only path from a request to
-//!   a sandbox; front doors ([`grpc`]) only translate;
+//!   a sandbox; front doors ([`grpc`], [`rest`]) only translate;
 //! - nothing runs unless the policy allowed it and the decision was stored;
-//! - errors become gRPC statuses in exactly one place,
-//!   [`error::GatewayError::code`].
+//! - errors become error numbers, gRPC statuses and HTTP statuses in exactly
+//!   one place, [`error::GatewayError::mapping`].
 
+pub mod cmd_policy;
+pub mod cmd_sandbox;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod live;
+pub mod metrics;
 pub mod pipeline;
+pub mod rest;
 pub mod server;
 pub mod telemetry;

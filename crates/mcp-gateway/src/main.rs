@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use mcp_client::{Client, ClientError, DEFAULT_ENDPOINT, OutputChunkType, TaskStatus};
 use mcp_gateway::config::{self, Overrides};
 use mcp_gateway::{server, telemetry};
@@ -32,6 +32,19 @@ enum Command {
     Task(TaskCommand),
     /// Validate the configuration, policies and profiles without starting.
     CheckConfig(ServerArgs),
+    /// Test, evaluate, check and replay policies; export the decision log.
+    #[command(subcommand)]
+    Policy(mcp_gateway::cmd_policy::PolicyCommand),
+    /// Report what this host offers the sandbox and which profiles it can enforce.
+    #[command(subcommand)]
+    Sandbox(mcp_gateway::cmd_sandbox::SandboxCommand),
+    /// Print a shell completion script (used by packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print a man page in roff: mcp-gateway(1), or that of a subcommand,
+    /// e.g. `man task status` for mcp-gateway-task-status(1) (used by packaging).
+    #[command(hide = true)]
+    Man { subcommand: Vec<String> },
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +149,31 @@ fn main() -> ExitCode {
             Command::CheckConfig(args) => check_config(args),
             Command::Exec(args) => run_exec(args).await,
             Command::Task(cmd) => run_task(cmd).await,
+            Command::Policy(cmd) => Ok(mcp_gateway::cmd_policy::run(cmd).await?),
+            Command::Sandbox(cmd) => mcp_gateway::cmd_sandbox::run(cmd).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "mcp-gateway",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Man { subcommand } => {
+                // Built, so that subcommands carry their page names
+                // (mcp-gateway-task-status) and full usage lines.
+                let mut cmd = Cli::command();
+                cmd.build();
+                for name in &subcommand {
+                    cmd = cmd
+                        .find_subcommand(name)
+                        .with_context(|| format!("no subcommand {name:?}"))?
+                        .clone();
+                }
+                clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -149,10 +187,11 @@ fn main() -> ExitCode {
 
 async fn run_serve(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let cfg = config::load(args.config.as_deref(), &args.overrides())?;
-    telemetry::init(cfg.log_format, &cfg.log_level);
+    let telemetry = telemetry::init_with(&cfg.telemetry)?;
     let gateway = server::build(&cfg).await?;
     let (_, listener) = server::bind(&cfg).await?;
     server::serve(&cfg, gateway, listener, shutdown_signal()).await?;
+    telemetry.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -18,9 +18,9 @@ use mcp_core::{
     RequestLimits, TaskId, TaskKind, TaskRecord, TaskResult, TaskState, ValidExec, ValidFile, now,
     rfc3339,
 };
-use mcp_policy::{PolicyEngine, PolicyInput, RequestContext};
+use mcp_policy::{PolicyInput, PolicyService, RequestContext};
 use mcp_sandbox::{Ending, FileError, FilesRoot, RunSpec, Sandbox};
-use mcp_store::{DecisionRecord, TaskStore};
+use mcp_store::{DecisionDetails, DecisionRecord, TaskStore};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,13 @@ use uuid::Uuid;
 
 use crate::error::GatewayError;
 use crate::live::{LiveTask, LiveTasks};
+use crate::metrics::{Metrics, Snapshot};
+
+/// How long a sandbox self-check answers `/ready` before it is run again
+/// (each check starts a real sandbox).
+const SANDBOX_CHECK_TTL: Duration = Duration::from_secs(30);
+/// How long a readiness probe waits for the store or the sandbox.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The profile used when the policy names none.
 pub const DEFAULT_PROFILE: &str = "default";
@@ -67,6 +74,26 @@ pub enum Output {
     Stored(Box<TaskRecord>),
 }
 
+/// What `GET /ready` reports: whether each dependency is usable now.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// `Err` carries a public, detail-free reason; details go to the log.
+    pub store: Result<(), String>,
+    pub sandbox: Result<(), String>,
+    pub policy_revision: String,
+    /// False once shutdown began.
+    pub accepting: bool,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.store.is_ok()
+            && self.sandbox.is_ok()
+            && !self.policy_revision.is_empty()
+            && self.accepting
+    }
+}
+
 /// Settings of the pipeline that come from configuration.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -74,12 +101,14 @@ pub struct PipelineSettings {
     pub max_running: usize,
     pub max_queued: usize,
     pub replica_id: String,
+    /// Environment tags handed to policy (`input.context.environment`).
+    pub environment: std::collections::BTreeMap<String, String>,
 }
 
 /// The gateway's shared state; one per process, shared by all front doors.
 #[derive(Debug)]
 pub struct Gateway {
-    policy: PolicyEngine,
+    policy: Arc<PolicyService>,
     sandbox: Sandbox,
     files: FilesRoot,
     store: Arc<dyn TaskStore>,
@@ -90,11 +119,15 @@ pub struct Gateway {
     started: Instant,
     closing: CancellationToken,
     workers: TaskTracker,
+    metrics: Metrics,
+    sandbox_check: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Watches the policy directory for the gateway's lifetime.
+    policy_watcher: std::sync::Mutex<Option<mcp_policy::PolicyWatcher>>,
 }
 
 impl Gateway {
     pub fn new(
-        policy: PolicyEngine,
+        policy: Arc<PolicyService>,
         sandbox: Sandbox,
         files: FilesRoot,
         store: Arc<dyn TaskStore>,
@@ -112,6 +145,9 @@ impl Gateway {
             started: Instant::now(),
             closing: CancellationToken::new(),
             workers: TaskTracker::new(),
+            metrics: Metrics::new(),
+            sandbox_check: tokio::sync::Mutex::new(None),
+            policy_watcher: std::sync::Mutex::new(None),
         })
     }
 
@@ -119,12 +155,93 @@ impl Gateway {
         self.started.elapsed()
     }
 
-    pub fn policy_revision(&self) -> &str {
+    pub fn policy_revision(&self) -> String {
         self.policy.revision()
+    }
+
+    /// Keeps the policy directory watcher alive as long as the gateway.
+    pub fn keep_policy_watcher(&self, watcher: Option<mcp_policy::PolicyWatcher>) {
+        *self
+            .policy_watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = watcher;
+    }
+
+    /// The policy service, for reloads (SIGHUP) and its statistics.
+    pub fn policy_service(&self) -> Arc<PolicyService> {
+        self.policy.clone()
     }
 
     pub fn running_tasks(&self) -> usize {
         self.live.len()
+    }
+
+    /// The gateway's Prometheus metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics exposition (OpenMetrics text), gauges read now.
+    pub fn metrics_text(&self) -> Result<String, GatewayError> {
+        let running = self
+            .settings
+            .max_running
+            .saturating_sub(self.slots.available_permits());
+        self.metrics
+            .encode(&Snapshot {
+                running,
+                queued: self.queued.load(Ordering::Relaxed),
+                slots: self.settings.max_running,
+                queue_capacity: self.settings.max_queued,
+                policy_revision: &self.policy.revision(),
+            })
+            .map_err(|_| GatewayError::Internal {
+                what: "cannot encode metrics".to_owned(),
+            })
+    }
+
+    /// Whether the store answers, the sandbox starts and a policy set is
+    /// loaded. The sandbox check starts a real sandbox, so its answer is
+    /// reused for [`SANDBOX_CHECK_TTL`].
+    pub async fn readiness(&self) -> Readiness {
+        let store = match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                warn!(error = %e, "readiness: store ping failed");
+                Err("store unavailable; see the gateway log".to_owned())
+            }
+            Err(_) => {
+                warn!("readiness: store ping timed out");
+                Err("store did not answer in time".to_owned())
+            }
+        };
+        let sandbox = {
+            let mut cached = self.sandbox_check.lock().await;
+            match &*cached {
+                Some((at, r)) if at.elapsed() < SANDBOX_CHECK_TTL => r.clone(),
+                _ => {
+                    let r = match tokio::time::timeout(READY_TIMEOUT, self.sandbox.check()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "readiness: sandbox check failed");
+                            Err("sandbox unavailable; see the gateway log".to_owned())
+                        }
+                        Err(_) => {
+                            warn!("readiness: sandbox check timed out");
+                            Err("sandbox did not start in time".to_owned())
+                        }
+                    };
+                    *cached = Some((Instant::now(), r.clone()));
+                    r
+                }
+            }
+        };
+        Readiness {
+            store,
+            sandbox,
+            policy_revision: self.policy.revision(),
+            accepting: !self.closing.is_cancelled(),
+        }
     }
 
     /// Marks tasks this replica left unfinished (it died while they ran) as
@@ -163,7 +280,7 @@ impl Gateway {
             resolved.as_deref(),
             &self.context(caller),
         );
-        let mut decision = self.decide(&input);
+        let (mut decision, details) = self.decide(&input);
         let profile = decision
             .obligations
             .profile
@@ -192,6 +309,7 @@ impl Gateway {
             "command",
             &valid.command,
             &decision,
+            &details,
             decision.allow.then_some(id),
         )
         .await?;
@@ -224,6 +342,12 @@ impl Gateway {
         }
 
         let created_at = now();
+        let accepted = Instant::now();
+        let mut metadata = valid.metadata.clone();
+        // Links the stored task to the trace of the request that created it.
+        if let Some(tp) = crate::telemetry::current_traceparent() {
+            metadata.insert("traceparent".to_owned(), tp);
+        }
         let record = TaskRecord {
             id,
             kind: TaskKind::Command,
@@ -236,7 +360,7 @@ impl Gateway {
             created_at,
             started_at: None,
             completed_at: None,
-            metadata: valid.metadata.clone(),
+            metadata,
             result: None,
             failure_reason: None,
             owner: self.settings.replica_id.clone(),
@@ -257,7 +381,7 @@ impl Gateway {
         let this = self.clone();
         let span = info_span!("task", task_id = %id, request_id = %caller.request_id);
         self.workers
-            .spawn(async move { this.work(id, spec, live).await }.instrument(span));
+            .spawn(async move { this.work(id, spec, live, accepted).await }.instrument(span));
         Ok(Started {
             id,
             state: TaskState::Created,
@@ -416,9 +540,9 @@ impl Gateway {
         }
         .validate(&self.settings.limits)?;
         let input = PolicyInput::file(&caller.principal, &valid, &self.context(caller));
-        let decision = self.decide(&input);
+        let (decision, details) = self.decide(&input);
         let summary = format!("{} {}", op.as_str(), valid.path);
-        self.record_decision(caller, "file", &summary, &decision, None)
+        self.record_decision(caller, "file", &summary, &decision, &details, None)
             .await?;
         if !decision.allow {
             return Err(GatewayError::Denied {
@@ -436,17 +560,42 @@ impl Gateway {
         }
     }
 
-    fn decide(&self, input: &PolicyInput) -> Decision {
-        let _span = info_span!("policy.eval", revision = self.policy.revision()).entered();
-        let decision = self.policy.decide(input);
+    /// Evaluates `input` with the active policy set (and the shadow set,
+    /// if configured) and returns the decision with what the decision log
+    /// keeps of it: the masked input, latency, profile, obligations.
+    fn decide(&self, input: &PolicyInput) -> (Decision, DecisionDetails) {
+        let span = info_span!("policy.eval", revision = tracing::field::Empty);
+        let _entered = span.enter();
+        let input = input
+            .clone()
+            .with_environment(&self.settings.environment)
+            .with_trace_id(crate::telemetry::current_traceparent());
+        let started = Instant::now();
+        let ev = self.policy.decide(&input);
+        self.metrics.observe_policy_eval(started.elapsed());
+        span.record("revision", ev.revision.as_str());
+        let details = DecisionDetails {
+            input: Some(ev.logged_input(&input)),
+            latency_us: u64::try_from(ev.latency.as_micros()).unwrap_or(u64::MAX),
+            profile: ev.obligations.profile.clone(),
+            obligations: serde_json::to_value(&ev.obligations)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_default(),
+            warnings: ev.decision.warnings.clone(),
+        };
+        let decision = ev.decision;
         if decision.allow && !decision.obligations.unknown.is_empty() {
             // An obligation we cannot enforce makes the allow meaningless.
-            return self.fail_closed(format!(
-                "policy set obligations the gateway does not understand: {}",
-                decision.obligations.unknown.join(", ")
-            ));
+            return (
+                self.fail_closed(format!(
+                    "policy set obligations the gateway does not understand: {}",
+                    decision.obligations.unknown.join(", ")
+                )),
+                details,
+            );
         }
-        decision
+        (decision, details)
     }
 
     fn fail_closed(&self, reason: String) -> Decision {
@@ -460,6 +609,7 @@ impl Gateway {
         kind: &str,
         summary: &str,
         decision: &Decision,
+        details: &DecisionDetails,
         task_id: Option<TaskId>,
     ) -> Result<(), GatewayError> {
         let rec = DecisionRecord {
@@ -475,17 +625,25 @@ impl Gateway {
             task_id,
         };
         self.store
-            .record_decision(&rec)
+            .record_decision_with(&rec, details)
             .instrument(info_span!("store.write", op = "record_decision"))
             .await
             .map_err(|e| {
                 error!(error = %e, request_id = %caller.request_id, "cannot store decision; refusing the request");
                 GatewayError::Store(e)
-            })
+            })?;
+        self.metrics.observe_decision(decision.allow);
+        Ok(())
     }
 
     /// Runs one accepted task to its end and stores the outcome.
-    async fn work(self: Arc<Self>, id: TaskId, spec: RunSpec, live: Arc<LiveTask>) {
+    async fn work(
+        self: Arc<Self>,
+        id: TaskId,
+        spec: RunSpec,
+        live: Arc<LiveTask>,
+        accepted: Instant,
+    ) {
         let cancel = live.cancel_token();
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => Some(p),
@@ -511,11 +669,8 @@ impl Gateway {
                 self.set_state(id, TaskState::Running).await;
                 let timeout = spec.timeout;
                 let on_output = |chunk: OutputChunk| live.push(chunk);
-                let outcome = self
-                    .sandbox
-                    .run(spec, &on_output, cancel)
-                    .instrument(info_span!("sandbox.run"))
-                    .await;
+                // mcp-sandbox opens the `sandbox.run` span itself.
+                let outcome = self.sandbox.run(spec, &on_output, cancel).await;
                 match outcome {
                     Ok(o) => {
                         let (state, reason) = match o.ending {
@@ -530,6 +685,14 @@ impl Gateway {
                             Ending::Cancelled => (
                                 TaskState::Cancelled,
                                 live.cancel_reason().or(Some("cancelled".to_owned())),
+                            ),
+                            Ending::CpuTimeLimit => (
+                                TaskState::Failed,
+                                Some("killed at its CPU-time limit".to_owned()),
+                            ),
+                            Ending::OutOfMemory => (
+                                TaskState::Failed,
+                                Some("killed at its memory limit (out of memory)".to_owned()),
                             ),
                         };
                         (state, Some(o.result), reason)
@@ -555,6 +718,8 @@ impl Gateway {
         }
         self.finish(id, state, result.as_ref(), reason.as_deref())
             .await;
+        self.metrics
+            .observe_task(state.as_str(), accepted.elapsed());
         let code = result.as_ref().map_or(-1, |r| r.exit_code);
         live.push(OutputChunk::new(
             ChunkKind::ExitCode,
@@ -566,7 +731,12 @@ impl Gateway {
     }
 
     async fn set_state(&self, id: TaskId, state: TaskState) {
-        if let Err(e) = self.store.set_state(id, state, now()).await {
+        if let Err(e) = self
+            .store
+            .set_state(id, state, now())
+            .instrument(info_span!("store.write", op = "set_state"))
+            .await
+        {
             error!(error = %e, task_id = %id, state = state.as_str(), "cannot store task state");
         }
     }

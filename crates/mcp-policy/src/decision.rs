@@ -1,8 +1,12 @@
-//! Turns the value of `data.mcp.decision` into a [`Decision`], strictly: any
-//! shape the gateway does not understand is an error, and the caller fails
-//! closed on errors.
+//! Turns the value of `data.mcp.decision` into a [`Decision`] and the typed
+//! [`ObligationSet`], strictly: any shape the gateway does not understand is
+//! an error, and the caller fails closed on errors.
+
+use std::collections::BTreeSet;
+use std::fmt;
 
 use mcp_core::{Decision, Obligations};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::DecisionError;
@@ -11,7 +15,150 @@ use crate::error::DecisionError;
 /// carries at least one reason.
 const NO_REASON: &str = "denied by policy";
 
-pub(crate) fn from_value(value: &Value, revision: &str) -> Result<Decision, DecisionError> {
+/// The shape `data.mcp.decision` must have; quoted in every shape error so
+/// that the policy author sees what is expected, not only what is wrong.
+pub const DECISION_SHAPE: &str = r#"{"allow": bool, "deny_reasons": [string], "warnings": [string], "obligations": {"profile"?: string, "limits"?: {"cpu_limit"?: number, "memory_bytes"?: int, "pids"?: int, "timeout_secs"?: int}, "require_approval"?: {"roles": [string], "reason": string}, "redact"?: [regex string], "network"?: [{"host": string, "port"?: int, "protocol"?: "tcp"|"udp"}]}}"#;
+
+/// The obligations a policy may attach to an allow. The gateway enforces the
+/// ones it was built for (see [`crate::EngineOptions::enforced`]); a known
+/// obligation it does not enforce is treated like an unknown one and denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObligationKind {
+    /// `profile`: the sandbox profile to run in.
+    Profile,
+    /// `limits`: clamps on the sandbox's resource limits and timeout.
+    Limits,
+    /// `require_approval`: a human with one of `roles` must approve first.
+    RequireApproval,
+    /// `redact`: extra regular expressions to redact from output and logs.
+    Redact,
+    /// `network`: the only destinations the sandbox may reach.
+    Network,
+}
+
+impl ObligationKind {
+    pub const ALL: [ObligationKind; 5] = [
+        ObligationKind::Profile,
+        ObligationKind::Limits,
+        ObligationKind::RequireApproval,
+        ObligationKind::Redact,
+        ObligationKind::Network,
+    ];
+
+    /// The key in `obligations`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObligationKind::Profile => "profile",
+            ObligationKind::Limits => "limits",
+            ObligationKind::RequireApproval => "require_approval",
+            ObligationKind::Redact => "redact",
+            ObligationKind::Network => "network",
+        }
+    }
+
+    fn from_key(key: &str) -> Option<ObligationKind> {
+        ObligationKind::ALL.into_iter().find(|k| k.as_str() == key)
+    }
+}
+
+impl fmt::Display for ObligationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `obligations.limits`: upper bounds the sandbox must apply on top of what
+/// the request asked; absent fields do not clamp.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitsObligation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `obligations.require_approval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalObligation {
+    /// Any one of these roles may approve.
+    pub roles: Vec<String>,
+    /// Shown to the approver.
+    pub reason: String,
+}
+
+/// One entry of `obligations.network`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp` (the default) or `udp`.
+    pub protocol: String,
+}
+
+/// Every obligation of a decision, typed. `unknown` holds the keys that are
+/// not obligations at all (a typo, or one from a newer policy set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObligationSet {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsObligation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_approval: Option<ApprovalObligation>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Vec<Destination>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
+}
+
+impl ObligationSet {
+    /// The known obligations this set actually carries, in key order.
+    /// An empty `redact` list is no obligation; an empty `network` list is
+    /// one (no destination at all).
+    pub fn present(&self) -> Vec<ObligationKind> {
+        let mut out = Vec::new();
+        if self.profile.is_some() {
+            out.push(ObligationKind::Profile);
+        }
+        if self.limits.is_some() {
+            out.push(ObligationKind::Limits);
+        }
+        if self.require_approval.is_some() {
+            out.push(ObligationKind::RequireApproval);
+        }
+        if !self.redact.is_empty() {
+            out.push(ObligationKind::Redact);
+        }
+        if self.network.is_some() {
+            out.push(ObligationKind::Network);
+        }
+        out
+    }
+}
+
+/// A decoded decision: the gateway-facing [`Decision`] and the typed
+/// obligations behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Decoded {
+    pub decision: Decision,
+    pub obligations: ObligationSet,
+}
+
+/// Decodes `value`; obligations outside `enforced` are reported in
+/// `decision.obligations.unknown` and turn an allow into a deny.
+pub(crate) fn from_value(
+    value: &Value,
+    revision: &str,
+    enforced: &BTreeSet<ObligationKind>,
+) -> Result<Decoded, DecisionError> {
     let obj = value.as_object().ok_or(DecisionError::NotObject)?;
     if let Some(key) = obj.keys().find(|k| {
         !matches!(
@@ -29,29 +176,47 @@ pub(crate) fn from_value(value: &Value, revision: &str) -> Result<Decision, Deci
     };
     let mut deny_reasons = strings(obj, "deny_reasons")?;
     let warnings = strings(obj, "warnings")?;
-    let obligations = obligations(obj.get("obligations"))?;
+    let set = obligations(obj.get("obligations"))?;
 
     if allow && !deny_reasons.is_empty() {
         return Err(DecisionError::AllowWithReasons(deny_reasons.len()));
     }
+    // What the gateway cannot enforce: keys that are no obligation at all,
+    // and known obligations this gateway was not built to enforce.
+    let mut unenforced: Vec<String> = set.unknown.clone();
+    unenforced.extend(
+        set.present()
+            .into_iter()
+            .filter(|k| !enforced.contains(k))
+            .map(|k| k.as_str().to_owned()),
+    );
+    unenforced.sort();
     let mut allow = allow;
-    // An obligation the gateway cannot enforce turns an allow into a deny:
-    // running the command without honouring it would break the policy's intent.
-    for name in &obligations.unknown {
-        allow = false;
-        deny_reasons.push(format!(
-            "obligation {name:?} is not supported by this gateway"
-        ));
+    // Running the command without honouring an obligation would break the
+    // policy's intent, so each one the gateway cannot enforce denies.
+    if allow {
+        for name in &unenforced {
+            allow = false;
+            deny_reasons.push(format!(
+                "obligation {name:?} is not supported by this gateway"
+            ));
+        }
     }
     if !allow && deny_reasons.is_empty() {
         deny_reasons.push(NO_REASON.to_owned());
     }
-    Ok(Decision {
-        allow,
-        deny_reasons,
-        warnings,
-        obligations,
-        policy_revision: revision.to_owned(),
+    Ok(Decoded {
+        decision: Decision {
+            allow,
+            deny_reasons,
+            warnings,
+            obligations: Obligations {
+                profile: set.profile.clone(),
+                unknown: unenforced,
+            },
+            policy_revision: revision.to_owned(),
+        },
+        obligations: set,
     })
 }
 
@@ -60,35 +225,133 @@ pub(crate) fn from_value(value: &Value, revision: &str) -> Result<Decision, Deci
 fn strings(obj: &Map<String, Value>, field: &'static str) -> Result<Vec<String>, DecisionError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(DecisionError::NotStrings { field }),
-        Some(_) => Err(DecisionError::NotStrings { field }),
+        Some(v) => string_list(v).ok_or(DecisionError::NotStrings { field }),
     }
 }
 
-fn obligations(value: Option<&Value>) -> Result<Obligations, DecisionError> {
-    let mut out = Obligations::default();
+fn string_list(v: &Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn obligations(value: Option<&Value>) -> Result<ObligationSet, DecisionError> {
+    let mut out = ObligationSet::default();
     let obj = match value {
         None | Some(Value::Null) => return Ok(out),
         Some(Value::Object(obj)) => obj,
         Some(_) => return Err(DecisionError::ObligationsNotObject),
     };
     for (key, value) in obj {
-        match key.as_str() {
-            "profile" => match value {
-                Value::String(s) => out.profile = Some(s.clone()),
-                _ => return Err(DecisionError::ProfileNotString),
-            },
-            _ => out.unknown.push(key.clone()),
+        let Some(kind) = ObligationKind::from_key(key) else {
+            out.unknown.push(key.clone());
+            continue;
+        };
+        let bad = |expected: &'static str| DecisionError::Obligation {
+            name: kind.as_str(),
+            expected,
+            got: kind_of(value),
+        };
+        // `null` means "not set" for every obligation, so a policy can build
+        // the object with optional parts.
+        if value.is_null() {
+            continue;
+        }
+        match kind {
+            ObligationKind::Profile => {
+                out.profile = Some(value.as_str().ok_or(bad("a string"))?.to_owned());
+            }
+            ObligationKind::Limits => out.limits = Some(limits(value).ok_or(bad(LIMITS_SHAPE))?),
+            ObligationKind::RequireApproval => {
+                out.require_approval = Some(approval(value).ok_or(bad(APPROVAL_SHAPE))?);
+            }
+            ObligationKind::Redact => {
+                let patterns = string_list(value).ok_or(bad("an array of regex strings"))?;
+                for p in &patterns {
+                    // Checked here so that a broken pattern denies now
+                    // rather than failing where output is redacted.
+                    regex::Regex::new(p).map_err(|_| bad("an array of valid regexes"))?;
+                }
+                out.redact = patterns;
+            }
+            ObligationKind::Network => {
+                out.network = Some(destinations(value).ok_or(bad(NETWORK_SHAPE))?);
+            }
         }
     }
     Ok(out)
 }
 
-fn kind_of(v: &Value) -> &'static str {
+const LIMITS_SHAPE: &str = r#"an object {"cpu_limit"?: number, "memory_bytes"?: int, "pids"?: int, "timeout_secs"?: int} of non-negative numbers"#;
+const APPROVAL_SHAPE: &str = r#"an object {"roles": [string, at least one], "reason": string}"#;
+const NETWORK_SHAPE: &str =
+    r#"an array of {"host": string, "port"?: 1-65535, "protocol"?: "tcp"|"udp"}"#;
+
+fn limits(v: &Value) -> Option<LimitsObligation> {
+    let obj = v.as_object()?;
+    let mut out = LimitsObligation::default();
+    for (k, v) in obj {
+        if v.is_null() {
+            continue;
+        }
+        match k.as_str() {
+            "cpu_limit" => out.cpu_limit = Some(v.as_f64().filter(|f| *f >= 0.0)?),
+            "memory_bytes" => out.memory_bytes = Some(v.as_u64()?),
+            "pids" => out.pids = Some(v.as_u64()?),
+            "timeout_secs" => out.timeout_secs = Some(v.as_u64()?),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn approval(v: &Value) -> Option<ApprovalObligation> {
+    let obj = v.as_object()?;
+    if obj.keys().any(|k| k != "roles" && k != "reason") {
+        return None;
+    }
+    let roles = string_list(obj.get("roles")?)?;
+    if roles.is_empty() {
+        return None;
+    }
+    let reason = obj.get("reason")?.as_str()?.to_owned();
+    Some(ApprovalObligation { roles, reason })
+}
+
+fn destinations(v: &Value) -> Option<Vec<Destination>> {
+    v.as_array()?
+        .iter()
+        .map(|d| {
+            let obj = d.as_object()?;
+            if obj
+                .keys()
+                .any(|k| !matches!(k.as_str(), "host" | "port" | "protocol"))
+            {
+                return None;
+            }
+            let host = obj.get("host")?.as_str()?.to_owned();
+            let port = match obj.get("port") {
+                None | Some(Value::Null) => None,
+                Some(p) => Some(u16::try_from(p.as_u64()?).ok().filter(|p| *p > 0)?),
+            };
+            let protocol = match obj.get("protocol") {
+                None | Some(Value::Null) => "tcp".to_owned(),
+                Some(p) => match p.as_str()? {
+                    s @ ("tcp" | "udp") => s.to_owned(),
+                    _ => return None,
+                },
+            };
+            Some(Destination {
+                host,
+                port,
+                protocol,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -1,18 +1,29 @@
+use std::collections::BTreeSet;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mcp_core::Decision;
 use regorus::utils::limits::ExecutionTimerConfig;
 use sha2::{Digest, Sha256};
 
-use crate::decision;
+use crate::decision::{self, Decoded, ObligationKind, ObligationSet};
 use crate::error::{DecisionError, PolicyError};
 use crate::input::PolicyInput;
 
 /// The rule every request is decided by.
 pub(crate) const DECISION_RULE: &str = "data.mcp.decision";
+
+/// The rule naming the JSON pointers of the input that the decision log must
+/// not keep (OPA's `system.log.mask`, in our namespace).
+pub const MASK_RULE: &str = "data.mcp.log.mask";
+
+/// What regorus answers when asked for a rule path that no policy defines.
+const NO_SUCH_RULE: &str = "not a valid rule path";
+
+/// The package [`MASK_RULE`] lives in.
+const MASK_PACKAGE: &str = "data.mcp.log";
 
 /// The reason given to the client when evaluation fails; the details go to
 /// the log only, since they may describe policy internals.
@@ -25,6 +36,99 @@ pub const DEFAULT_EVAL_TIME_LIMIT: Duration = Duration::from_millis(500);
 
 /// How many interpreter work units pass between two clock reads.
 const TIMER_CHECK_INTERVAL: u32 = 64;
+
+/// Bounds on the input document, checked before it reaches the evaluator:
+/// a request past them is denied without evaluating any policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// The input document as JSON, in bytes. The default, 1 MiB, is well
+    /// above the largest request the gateway validates (128 KiB of args).
+    pub max_bytes: usize,
+    /// Nesting of arrays and objects. The typed parts of the input are at
+    /// most 5 deep; the default 32 leaves room for MCP tool arguments.
+    pub max_depth: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_bytes: 1024 * 1024,
+            max_depth: 32,
+        }
+    }
+}
+
+/// How a policy set is loaded and evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Wall-clock budget of one evaluation.
+    pub eval_time_limit: Duration,
+    /// The obligations the caller enforces. Any other obligation a policy
+    /// sets denies the request. The gateway enforces `profile` only today.
+    pub enforced: BTreeSet<ObligationKind>,
+    pub input_limits: InputLimits,
+    /// Use this file as `data` instead of `DIR/data.json` (`policy eval
+    /// --data`, tests).
+    pub data_file: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            eval_time_limit: DEFAULT_EVAL_TIME_LIMIT,
+            enforced: BTreeSet::from([ObligationKind::Profile]),
+            input_limits: InputLimits::default(),
+            data_file: None,
+        }
+    }
+}
+
+/// The outcome of one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluated {
+    /// What the gateway enforces. Obligations it does not enforce are listed
+    /// in `decision.obligations.unknown` and have already turned an allow
+    /// into a deny.
+    pub decision: Decision,
+    /// Every obligation the policy set, typed.
+    pub obligations: ObligationSet,
+    /// JSON pointers (RFC 6901, `*` matching any key or index) of the input
+    /// to mask in the decision log, from [`MASK_RULE`]. `[""]` (the whole
+    /// document) when the rule failed, so nothing leaks by mistake.
+    pub mask: Vec<String>,
+    /// The revision that decided.
+    pub revision: String,
+    /// Wall-clock time of the evaluation, input encoding included.
+    pub latency: Duration,
+    /// The decision of the shadow (candidate) policy set, when one is
+    /// configured ([`crate::PolicyService`]); never enforced.
+    pub shadow: Option<Decision>,
+    /// Why the decision failed closed, in full. It may quote input values
+    /// (argv), so it is for `policy eval` and debug logs only.
+    pub failure: Option<String>,
+}
+
+impl Evaluated {
+    /// The input as the decision log keeps it: [`Evaluated::mask`] applied,
+    /// then the built-in redaction rules and the policy's `redact` patterns.
+    pub fn logged_input(&self, input: &PolicyInput) -> serde_json::Value {
+        let value = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
+        crate::mask::masked_value(value, &self.mask, &self.obligations.redact)
+    }
+}
+
+/// What `policy eval --explain` shows besides the decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub evaluated: Evaluated,
+    /// Every rule of package `mcp` that is defined for this input, with its
+    /// value: the rules that contributed to the decision.
+    pub rules: serde_json::Value,
+    /// The output of `print()` calls, in order.
+    pub prints: Vec<String>,
+    /// Per policy file, the lines the evaluation went through.
+    pub lines: Vec<(String, Vec<u32>)>,
+}
 
 /// One policy source file as read from disk.
 #[derive(Debug)]
@@ -47,7 +151,10 @@ pub(crate) struct SourceFile {
 pub struct PolicyEngine {
     engine: regorus::Engine,
     revision: String,
+    dir: PathBuf,
     files: Vec<String>,
+    has_mask: bool,
+    options: EngineOptions,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -55,6 +162,7 @@ impl fmt::Debug for PolicyEngine {
         // The regorus engine's own Debug dumps whole ASTs; names suffice.
         f.debug_struct("PolicyEngine")
             .field("revision", &self.revision)
+            .field("dir", &self.dir)
             .field("files", &self.files)
             .finish_non_exhaustive()
     }
@@ -66,9 +174,26 @@ impl PolicyEngine {
     /// compiles them. Parse and analysis errors surface here, with the file
     /// and position, never at the first request.
     pub fn load(dir: &Path) -> Result<PolicyEngine, PolicyError> {
+        PolicyEngine::load_with(dir, EngineOptions::default())
+    }
+
+    /// [`PolicyEngine::load`] with options.
+    pub fn load_with(dir: &Path, options: EngineOptions) -> Result<PolicyEngine, PolicyError> {
         let sources = read_sources(dir, false)?;
-        let data = read_data(dir)?;
-        let engine = prepare(dir, &sources, data.as_ref())?;
+        let data = match &options.data_file {
+            Some(path) => Some(read_file(path)?),
+            None => read_data(dir)?,
+        };
+        let mut engine = prepare(dir, &sources, data.as_ref())?;
+        set_time_limit(&mut engine, options.eval_time_limit);
+        let has_mask = engine
+            .get_packages()
+            .map_err(|e| PolicyError::Compile {
+                dir: dir.to_owned(),
+                message: describe(&e),
+            })?
+            .iter()
+            .any(|p| p == MASK_PACKAGE);
 
         let mut hashed: Vec<(&str, &str)> = sources
             .iter()
@@ -83,7 +208,10 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             engine,
             revision,
+            dir: dir.to_owned(),
             files: sources.into_iter().map(|s| s.name).collect(),
+            has_mask,
+            options,
         })
     }
 
@@ -91,6 +219,7 @@ impl PolicyEngine {
     /// ([`DEFAULT_EVAL_TIME_LIMIT`] by default).
     pub fn with_eval_time_limit(mut self, limit: Duration) -> PolicyEngine {
         set_time_limit(&mut self.engine, limit);
+        self.options.eval_time_limit = limit;
         self
     }
 
@@ -98,6 +227,20 @@ impl PolicyEngine {
     /// contents of the loaded policy set; stamped on every decision.
     pub fn revision(&self) -> &str {
         &self.revision
+    }
+
+    /// The directory the set was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The names of the loaded policy files, sorted.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     /// Evaluates `data.mcp.decision` for `input`.
@@ -108,26 +251,107 @@ impl PolicyEngine {
     /// location at error level, the full message (which may quote input
     /// values such as argv) at debug level only.
     pub fn decide(&self, input: &PolicyInput) -> Decision {
-        match self.evaluate(input) {
-            Ok(decision) => decision,
-            Err(err) => {
-                tracing::error!(
-                    error = %err.redacted(),
-                    revision = %self.revision,
-                    "policy evaluation failed, denying"
-                );
-                // The full message may quote input values (argv), so it
-                // only goes out at debug level.
-                tracing::debug!(error = %err, revision = %self.revision, "policy evaluation error detail");
-                Decision::fail_closed(EVAL_FAILED, self.revision.clone())
-            }
+        self.evaluate(input).decision
+    }
+
+    /// [`PolicyEngine::decide`] with everything the decision log and the
+    /// policy tools need: typed obligations, the log mask, the latency.
+    pub fn evaluate(&self, input: &PolicyInput) -> Evaluated {
+        let started = Instant::now();
+        let limits = self.options.input_limits;
+        // Only MCP tool arguments are free-form; the rest has a fixed depth.
+        if let Some(tool) = &input.request.mcp_tool
+            && depth_exceeds(&tool.arguments, limits.max_depth.saturating_sub(3))
+        {
+            return self.bounded(started, too_deep(limits));
+        }
+        match serde_json::to_string(input) {
+            Ok(json) => self.evaluate_str(&json, started),
+            Err(e) => self.failed(started, DecisionError::Input(e.to_string())),
         }
     }
 
-    pub(crate) fn evaluate(&self, input: &PolicyInput) -> Result<Decision, DecisionError> {
-        let json = serde_json::to_string(input).map_err(|e| DecisionError::Input(e.to_string()))?;
+    /// Evaluates a raw input document, as stored in the decision log or
+    /// written by a policy author; it need not have the shape of
+    /// [`PolicyInput`] (the policy decides what to make of it). Bounded like
+    /// [`PolicyEngine::evaluate`].
+    pub fn evaluate_json(&self, input: &serde_json::Value) -> Evaluated {
+        let started = Instant::now();
+        let limits = self.options.input_limits;
+        if depth_exceeds(input, limits.max_depth) {
+            return self.bounded(started, too_deep(limits));
+        }
+        match serde_json::to_string(input) {
+            Ok(json) => self.evaluate_str(&json, started),
+            Err(e) => self.failed(started, DecisionError::Input(e.to_string())),
+        }
+    }
+
+    /// Evaluates `input` like [`PolicyEngine::evaluate_json`] and also
+    /// reports which rules were defined, the `print()` output and the lines
+    /// evaluated.
+    pub fn explain(&self, input: &serde_json::Value) -> Explanation {
+        let evaluated = self.evaluate_json(input);
+        let mut engine = self.engine.clone();
+        engine.set_enable_coverage(true);
+        let mut rules = serde_json::Value::Null;
+        let mut prints = Vec::new();
+        let mut lines = Vec::new();
+        if let Ok(value) = regorus::Value::from_json_str(&input.to_string()) {
+            engine.set_input(value);
+            // The whole package: every rule defined for this input.
+            if let Ok(results) = engine.eval_query("data.mcp".to_owned(), false)
+                && let Some(v) = results
+                    .result
+                    .first()
+                    .and_then(|r| r.expressions.first())
+                    .map(|e| &e.value)
+            {
+                rules = to_json(v).unwrap_or(serde_json::Value::Null);
+            }
+            prints = engine.take_prints().unwrap_or_default();
+            if let Ok(report) = engine.get_coverage_report() {
+                for file in report.files {
+                    lines.push((file.path, file.covered.into_iter().collect()));
+                }
+            }
+        }
+        Explanation {
+            evaluated,
+            rules,
+            prints,
+            lines,
+        }
+    }
+
+    fn evaluate_str(&self, json: &str, started: Instant) -> Evaluated {
+        let max = self.options.input_limits.max_bytes;
+        if json.len() > max {
+            return self.bounded(
+                started,
+                format!(
+                    "input document is {} bytes, over the limit of {max}",
+                    json.len()
+                ),
+            );
+        }
+        match self.eval_inner(json) {
+            Ok((decoded, mask)) => Evaluated {
+                decision: decoded.decision,
+                obligations: decoded.obligations,
+                mask,
+                revision: self.revision.clone(),
+                latency: started.elapsed(),
+                shadow: None,
+                failure: None,
+            },
+            Err(err) => self.failed(started, err),
+        }
+    }
+
+    fn eval_inner(&self, json: &str) -> Result<(Decoded, Vec<String>), DecisionError> {
         let input =
-            regorus::Value::from_json_str(&json).map_err(|e| DecisionError::Input(describe(&e)))?;
+            regorus::Value::from_json_str(json).map_err(|e| DecisionError::Input(describe(&e)))?;
 
         // Cheap: the clone shares the compiled policy (an Arc) and copies
         // only per-evaluation state, so concurrent requests never contend.
@@ -135,17 +359,120 @@ impl PolicyEngine {
         engine.set_input(input);
         let value = engine
             .eval_rule(DECISION_RULE.to_owned())
-            .map_err(|e| DecisionError::Eval(describe(&e)))?;
+            .map_err(|e| match describe(&e) {
+                // regorus' answer when no rule of that path exists at all.
+                m if m == NO_SUCH_RULE => DecisionError::Undefined,
+                m => DecisionError::Eval(m),
+            })?;
         if value == regorus::Value::Undefined {
             return Err(DecisionError::Undefined);
         }
-        let json = value
-            .to_json_str()
-            .map_err(|e| DecisionError::Decode(describe(&e)))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&json).map_err(|e| DecisionError::Decode(e.to_string()))?;
-        decision::from_value(&value, &self.revision)
+        let value = to_json(&value)?;
+        let decoded = decision::from_value(&value, &self.revision, &self.options.enforced)?;
+        let mask = if self.has_mask {
+            self.mask(&mut engine)
+        } else {
+            Vec::new()
+        };
+        Ok((decoded, mask))
     }
+
+    /// Evaluates [`MASK_RULE`] on the engine that just decided. A failure
+    /// masks the whole input: the log must never keep more than intended.
+    fn mask(&self, engine: &mut regorus::Engine) -> Vec<String> {
+        let whole = || vec![String::new()];
+        let value = match engine.eval_rule(MASK_RULE.to_owned()) {
+            Ok(regorus::Value::Undefined) => return Vec::new(),
+            Ok(v) => v,
+            Err(e) if describe(&e) == NO_SUCH_RULE => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %DecisionError::Eval(describe(&e)).redacted(), revision = %self.revision, "data.mcp.log.mask failed; masking the whole input");
+                return whole();
+            }
+        };
+        match to_json(&value).map(|v| {
+            v.as_array().and_then(|items| {
+                items
+                    .iter()
+                    .map(|p| p.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+            })
+        }) {
+            Ok(Some(pointers)) => pointers,
+            _ => {
+                tracing::warn!(revision = %self.revision, "data.mcp.log.mask is not a set of strings; masking the whole input");
+                whole()
+            }
+        }
+    }
+
+    fn failed(&self, started: Instant, err: DecisionError) -> Evaluated {
+        tracing::error!(
+            error = %err.redacted(),
+            revision = %self.revision,
+            "policy evaluation failed, denying"
+        );
+        // The full message may quote input values (argv), so it only goes
+        // out at debug level.
+        tracing::debug!(error = %err, revision = %self.revision, "policy evaluation error detail");
+        Evaluated {
+            decision: Decision::fail_closed(EVAL_FAILED, self.revision.clone()),
+            obligations: ObligationSet::default(),
+            mask: vec![String::new()],
+            revision: self.revision.clone(),
+            latency: started.elapsed(),
+            shadow: None,
+            failure: Some(err.to_string()),
+        }
+    }
+
+    /// A denial for an input past [`InputLimits`]; the reason quotes sizes
+    /// only, so it is safe to show the client.
+    fn bounded(&self, started: Instant, reason: String) -> Evaluated {
+        tracing::warn!(reason = %reason, revision = %self.revision, "input document refused before evaluation");
+        Evaluated {
+            decision: Decision::fail_closed(reason.clone(), self.revision.clone()),
+            obligations: ObligationSet::default(),
+            mask: vec![String::new()],
+            revision: self.revision.clone(),
+            latency: started.elapsed(),
+            shadow: None,
+            failure: Some(reason),
+        }
+    }
+}
+
+fn too_deep(limits: InputLimits) -> String {
+    format!(
+        "input document nests deeper than {} levels",
+        limits.max_depth
+    )
+}
+
+/// Whether `v` nests arrays/objects deeper than `max`, without recursing
+/// further than `max + 1` levels (so a hostile document cannot blow the
+/// stack here either).
+pub(crate) fn depth_exceeds(v: &serde_json::Value, max: usize) -> bool {
+    let mut stack: Vec<(&serde_json::Value, usize)> = vec![(v, 1)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > max {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
+}
+
+fn to_json(value: &regorus::Value) -> Result<serde_json::Value, DecisionError> {
+    let json = value
+        .to_json_str()
+        .map_err(|e| DecisionError::Decode(describe(&e)))?;
+    serde_json::from_str(&json).map_err(|e| DecisionError::Decode(e.to_string()))
 }
 
 pub(crate) const DATA_FILE: &str = "data.json";
@@ -196,6 +523,15 @@ pub(crate) fn read_data(dir: &Path) -> Result<Option<(PathBuf, String)>, PolicyE
     }
 }
 
+fn read_file(path: &Path) -> Result<(PathBuf, String), PolicyError> {
+    std::fs::read_to_string(path)
+        .map(|text| (path.to_owned(), text))
+        .map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// Parses and analyses the sources once and returns the prepared engine that
 /// every evaluation clones.
 pub(crate) fn prepare(
@@ -206,6 +542,10 @@ pub(crate) fn prepare(
     let mut engine = regorus::Engine::new();
     engine.set_rego_v0(false);
     set_time_limit(&mut engine, DEFAULT_EVAL_TIME_LIMIT);
+    // print() output is kept per evaluation (and shown by `policy eval
+    // --explain`), never written to the gateway's stdout or stderr, where
+    // it could leak input values.
+    engine.set_gather_prints(true);
 
     for src in sources {
         engine

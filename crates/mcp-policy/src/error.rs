@@ -28,33 +28,62 @@ pub enum PolicyError {
     Compile { dir: PathBuf, message: String },
     #[error("policy data {path} is invalid: {message}")]
     Data { path: PathBuf, message: String },
+    /// `reload_requires_passing_tests` is set and the new set's Rego tests
+    /// fail; `failed` names each failing test (`package.rule: why`).
+    #[error("policies in {dir} fail {} test(s): {}", failed.len(), failed.join("; "))]
+    TestsFailed { dir: PathBuf, failed: Vec<String> },
+    /// The policy directory cannot be watched for changes.
+    #[error("cannot watch policy directory {dir}")]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+    /// A test filter (`-r REGEX`) is not a valid regular expression.
+    #[error("test filter {pattern:?} is not a valid regex")]
+    Filter {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    /// The coverage report could not be produced.
+    #[error("coverage of {dir} cannot be computed: {message}")]
+    Coverage { dir: PathBuf, message: String },
 }
 
 /// Why a policy evaluation did not yield a usable decision. These never leave
 /// the crate: [`crate::PolicyEngine::decide`] logs them and fails closed.
+/// Shape errors quote [`crate::DECISION_SHAPE`] so that the author of a
+/// broken policy reads what is expected in the log or in `policy eval`.
 #[derive(Debug, Error)]
 pub(crate) enum DecisionError {
     #[error("input document cannot be encoded: {0}")]
     Input(String),
     #[error("evaluation of data.mcp.decision failed: {0}")]
     Eval(String),
-    #[error("data.mcp.decision is undefined")]
+    #[error("data.mcp.decision is undefined: define it in package mcp as {shape}", shape = crate::DECISION_SHAPE)]
     Undefined,
     #[error("data.mcp.decision cannot be decoded: {0}")]
     Decode(String),
-    #[error("data.mcp.decision is not an object")]
+    #[error("data.mcp.decision is not an object; expected {shape}", shape = crate::DECISION_SHAPE)]
     NotObject,
-    #[error("data.mcp.decision has unknown key {0:?}")]
+    #[error("data.mcp.decision has unknown key {0:?}; expected {shape}", shape = crate::DECISION_SHAPE)]
     UnknownKey(String),
-    #[error("data.mcp.decision.allow is {0}, not a boolean")]
+    #[error("data.mcp.decision.allow is {0}, not a boolean; expected {shape}", shape = crate::DECISION_SHAPE)]
     AllowNotBool(String),
-    #[error("data.mcp.decision.{field} must be an array of strings")]
+    #[error("data.mcp.decision.{field} must be an array of strings (or a set of strings)")]
     NotStrings { field: &'static str },
-    #[error("data.mcp.decision.obligations must be an object")]
+    #[error("data.mcp.decision.obligations must be an object; expected {shape}", shape = crate::DECISION_SHAPE)]
     ObligationsNotObject,
-    #[error("data.mcp.decision.obligations.profile must be a string")]
-    ProfileNotString,
-    #[error("data.mcp.decision allows the request but also gives {0} deny reason(s)")]
+    #[error("data.mcp.decision.obligations.{name} is {got}; expected {expected}")]
+    Obligation {
+        name: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error(
+        "data.mcp.decision allows the request but also gives {0} deny reason(s); allow must be false when deny_reasons is not empty"
+    )]
     AllowWithReasons(usize),
 }
 

@@ -4,8 +4,13 @@
 //! [`PolicyEngine::load`] reads a policy directory (the shipped one is
 //! `policies/`) once; [`PolicyEngine::decide`] then answers each request by
 //! evaluating `data.mcp.decision` against a [`PolicyInput`] and returns a
-//! [`mcp_core::Decision`]. [`PolicyEngine::run_tests`] runs the Rego unit tests
-//! (`*_test.rego`, rules named `test_*`) that ship beside the policies.
+//! [`mcp_core::Decision`]; [`PolicyEngine::evaluate`] also returns the typed
+//! [`ObligationSet`], the decision-log mask and the latency.
+//! [`PolicyService`] holds the active engine for a running gateway: atomic
+//! hot reload, a directory watcher and an optional shadow (candidate) set.
+//! [`PolicyEngine::run_tests_with`] runs the Rego unit tests (`*_test.rego`,
+//! rules named `test_*`) with line coverage, [`check`] reports every error of
+//! a directory, and [`masked_input`] is what the decision log keeps.
 //!
 //! Invariants:
 //! - this is the only crate that uses `regorus`;
@@ -14,25 +19,43 @@
 //!   the first request, and requests never re-parse;
 //! - `decide` fails closed: an evaluation error, a time-out, an undefined
 //!   decision or a decision of the wrong shape is a denial, never an allow;
-//!   an obligation the gateway does not understand turns an allow into a
-//!   denial;
-//! - every evaluation is bounded in wall-clock time
-//!   ([`DEFAULT_EVAL_TIME_LIMIT`]), so a runaway policy cannot hang a request;
+//!   an obligation the caller does not enforce
+//!   ([`EngineOptions::enforced`]) turns an allow into a denial;
+//! - every evaluation is bounded: the input by size and depth
+//!   ([`InputLimits`]) before it reaches the evaluator, the evaluation in
+//!   wall-clock time ([`DEFAULT_EVAL_TIME_LIMIT`]), so a runaway policy or a
+//!   hostile input cannot hang a request;
+//! - a reload swaps a completely compiled (and, if asked, tested) set in one
+//!   atomic store; a broken set never replaces a working one;
 //! - the input document carries environment variable names, never values,
-//!   and nothing here logs the input.
+//!   and nothing here logs the input or argv above debug level.
 
+mod check;
 mod decision;
 mod engine;
 mod error;
 mod input;
+mod mask;
+mod service;
 mod testing;
 
-pub use engine::{DEFAULT_EVAL_TIME_LIMIT, PolicyEngine};
+pub use check::{Diagnostic, check};
+pub use decision::{
+    ApprovalObligation, DECISION_SHAPE, Destination, LimitsObligation, ObligationKind,
+    ObligationSet,
+};
+pub use engine::{
+    DEFAULT_EVAL_TIME_LIMIT, EngineOptions, Evaluated, Explanation, InputLimits, MASK_RULE,
+    PolicyEngine,
+};
 pub use error::PolicyError;
 pub use input::{
-    CommandInput, FileInput, LimitsInput, PolicyInput, RequestContext, RequestInput, SandboxInput,
+    CommandInput, ContextInput, FileInput, INPUT_VERSION, LimitsInput, McpToolInput, NetworkInput,
+    PolicyInput, RequestContext, RequestInput, SandboxInput,
 };
-pub use testing::TestOutcome;
+pub use mask::{MASKED, masked_input, masked_value};
+pub use service::{PolicyService, PolicyWatcher, ServiceOptions, ServiceStats, WATCH_DEBOUNCE};
+pub use testing::{CoverageReport, FileCoverage, TestOptions, TestOutcome, TestReport};
 
 #[cfg(test)]
 mod tests;

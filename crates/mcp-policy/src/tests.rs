@@ -1,13 +1,23 @@
+use std::collections::BTreeSet;
+
+use mcp_core::Decision;
 use serde_json::json;
 
-use crate::decision::from_value;
+use crate::decision::{ObligationKind, from_value as decode};
 use crate::engine::revision;
 use crate::testing::{rule_prefix, test_candidates};
+
+fn from_value(v: &serde_json::Value, revision: &str) -> Result<Decision, String> {
+    decode(v, revision, &BTreeSet::from([ObligationKind::Profile]))
+        .map(|d| d.decision)
+        .map_err(|e| e.to_string())
+}
 
 #[test]
 fn engine_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<crate::PolicyEngine>();
+    assert_send_sync::<crate::PolicyService>();
 }
 
 #[test]
@@ -115,4 +125,176 @@ fn redacted_eval_errors_keep_the_location_and_drop_values() {
         "evaluation of data.mcp.decision failed at /p/main.rego:3:5"
     );
     assert!(err.to_string().contains("secret"));
+}
+
+#[test]
+fn known_obligations_are_typed_and_unenforced_ones_deny() {
+    let v = json!({"allow": true, "obligations": {
+        "profile": "build",
+        "limits": {"cpu_limit": 0.5, "memory_bytes": 1024, "pids": 10, "timeout_secs": 5},
+        "require_approval": {"roles": ["lead"], "reason": "write scope"},
+        "redact": ["sk-[a-z0-9]+"],
+        "network": [{"host": "api.github.com", "port": 443}],
+    }});
+    let only_profile = decode(&v, "r", &BTreeSet::from([ObligationKind::Profile])).unwrap();
+    assert!(!only_profile.decision.allow);
+    assert_eq!(
+        only_profile.decision.obligations.unknown,
+        vec!["limits", "network", "redact", "require_approval"]
+    );
+    assert!(
+        only_profile.decision.deny_reasons.contains(
+            &r#"obligation "require_approval" is not supported by this gateway"#.to_owned()
+        )
+    );
+    let set = &only_profile.obligations;
+    assert_eq!(set.limits.and_then(|l| l.pids), Some(10));
+    assert_eq!(
+        set.require_approval.as_ref().map(|a| a.roles.clone()),
+        Some(vec!["lead".to_owned()])
+    );
+    let net = set.network.clone().unwrap_or_default();
+    assert_eq!(net.len(), 1);
+    assert_eq!(net[0].protocol, "tcp");
+    assert_eq!(net[0].port, Some(443));
+
+    let all = decode(&v, "r", &ObligationKind::ALL.into_iter().collect()).unwrap();
+    assert!(all.decision.allow, "{:?}", all.decision);
+    assert!(all.decision.obligations.unknown.is_empty());
+}
+
+#[test]
+fn null_and_empty_obligations_are_absent() {
+    let d = from_value(
+        &json!({"allow": true, "obligations": {"profile": "default", "require_approval": null, "redact": []}}),
+        "r",
+    )
+    .unwrap();
+    assert!(d.allow, "{d:?}");
+}
+
+#[test]
+fn malformed_obligations_are_errors_that_name_the_expected_shape() {
+    for (bad, name) in [
+        (json!({"limits": {"pids": -1}}), "limits"),
+        (json!({"limits": {"cpus": 1}}), "limits"),
+        (json!({"limits": "small"}), "limits"),
+        (
+            json!({"require_approval": {"roles": [], "reason": "x"}}),
+            "require_approval",
+        ),
+        (
+            json!({"require_approval": {"roles": ["a"]}}),
+            "require_approval",
+        ),
+        (json!({"redact": "x"}), "redact"),
+        (json!({"redact": ["("]}), "redact"),
+        (
+            json!({"network": [{"host": "h", "port": 70000}]}),
+            "network",
+        ),
+        (
+            json!({"network": [{"host": "h", "protocol": "icmp"}]}),
+            "network",
+        ),
+        (json!({"profile": 3}), "profile"),
+    ] {
+        let err = from_value(&json!({"allow": true, "obligations": bad}), "r").unwrap_err();
+        assert!(
+            err.contains(&format!("obligations.{name} is")) && err.contains("expected"),
+            "{err}"
+        );
+    }
+    let err = from_value(&json!([]), "r").unwrap_err();
+    assert!(err.contains(r#"{"allow": bool"#), "{err}");
+}
+
+#[test]
+fn deny_does_not_collect_reasons_for_unenforced_obligations() {
+    let d = from_value(
+        &json!({"allow": false, "deny_reasons": ["no"], "obligations": {"limits": {}}}),
+        "r",
+    )
+    .unwrap();
+    assert_eq!(d.deny_reasons, vec!["no"]);
+}
+
+#[test]
+fn depth_is_measured_without_deep_recursion() {
+    use crate::engine::depth_exceeds;
+    assert!(!depth_exceeds(&json!(1), 0));
+    assert!(!depth_exceeds(&json!({"a": [1]}), 2));
+    assert!(depth_exceeds(&json!({"a": [[1]]}), 2));
+    // 100 000 levels: a recursive walk would overflow the stack.
+    let mut deep = json!(0);
+    for _ in 0..100_000 {
+        deep = serde_json::Value::Array(vec![deep]);
+    }
+    assert!(depth_exceeds(&deep, 32));
+    // serde_json's own drop is recursive: leak the value instead of
+    // dropping 100 000 levels on a test thread's small stack.
+    std::mem::forget(deep);
+}
+
+#[test]
+fn masking_follows_pointers_with_wildcards_and_escapes() {
+    use crate::mask::{MASKED, masked_value};
+    let doc = json!({
+        "request": {"metadata": {"a/b": "x", "c~d": "y", "keep": "z"}, "args": ["1", "2"]},
+        "principal": {"id": "alice"},
+    });
+    let out = masked_value(
+        doc.clone(),
+        &[
+            "/request/metadata/a~1b".into(),
+            "/request/metadata/c~0d".into(),
+            "/request/args/*".into(),
+            "/missing/x".into(),
+            "not-a-pointer".into(),
+        ],
+        &[],
+    );
+    assert_eq!(out["request"]["metadata"]["a/b"], MASKED);
+    assert_eq!(out["request"]["metadata"]["c~d"], MASKED);
+    assert_eq!(out["request"]["metadata"]["keep"], "z");
+    assert_eq!(out["request"]["args"], json!([MASKED, MASKED]));
+    assert_eq!(out["principal"]["id"], "alice");
+    assert_eq!(masked_value(doc, &["".into()], &[]), json!(MASKED));
+}
+
+#[test]
+fn built_in_redaction_catches_common_secrets() {
+    use crate::mask::{built_in_rule_count, redact_str};
+    assert_eq!(
+        built_in_rule_count(),
+        7,
+        "a built-in pattern does not compile"
+    );
+    for (raw, want) in [
+        ("--password=hunter2", "--password=<masked>"),
+        ("DB_TOKEN: abc123", "DB_TOKEN: <masked>"),
+        (
+            "Authorization: Bearer eyJhbGciOi.x.y",
+            "Authorization: <masked>",
+        ),
+        ("curl -H 'bearer abc.def'", "curl -H 'Bearer <masked>'"),
+        (
+            "https://bob:s3cret@example.com/x",
+            "https://bob:<masked>@example.com/x",
+        ),
+        ("AKIAABCDEFGHIJKLMNOP", "<masked>"),
+        ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "<masked>"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+            "<masked>",
+        ),
+    ] {
+        assert_eq!(redact_str(raw, &[]).as_deref(), Some(want), "{raw}");
+    }
+    assert_eq!(redact_str("ls -la /workspace", &[]), None);
+    let extra = [regex::Regex::new("sk-[a-z0-9]+").unwrap()];
+    assert_eq!(
+        redact_str("key sk-abc1 here", &extra).as_deref(),
+        Some("key <masked> here")
+    );
 }

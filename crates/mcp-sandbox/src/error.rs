@@ -27,12 +27,14 @@ pub enum SandboxError {
     BadTenant { tenant: String },
     #[error("{what} is not supported yet")]
     Unsupported { what: String },
-    #[error("sandbox profile {profile:?} does not allow host network access")]
+    #[error("sandbox profile {profile:?} does not allow the requested network access")]
     NetworkNotAllowed { profile: String },
     #[error("refusing to run sandboxed commands as root: set run_as to an unprivileged (uid, gid)")]
     RunAsRoot,
     #[error("argv must not be empty and argv[0] must be an absolute path, got {argv0:?}")]
     BadArgv { argv0: String },
+    #[error("an argument or environment value contains a NUL byte")]
+    NulByte,
     #[error("cwd {cwd:?} must be a clean relative path inside the workspace")]
     BadCwd { cwd: String },
     #[error("denied path {path:?} cannot be masked: {reason}")]
@@ -54,12 +56,30 @@ pub enum SandboxError {
         source: io::Error,
     },
     #[error(
-        "sandbox self-check failed (exit code {exit_code}): {stderr}; make sure bubblewrap is installed \
-         (`apt-get install bubblewrap`), unprivileged user namespaces are enabled \
-         (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1) and the \
-         workspaces and files directories are reachable by the sandbox user"
+        "sandbox self-check of profile {profile:?} failed (exit code {exit_code}): {stderr}; make sure \
+         bubblewrap 0.8+ is installed (`apt-get install bubblewrap`), unprivileged user namespaces \
+         are enabled (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1), \
+         the kernel has seccomp, and the workspaces and files directories are reachable by the \
+         sandbox user; `mcp-gateway sandbox check` reports each of these"
     )]
-    Check { exit_code: i32, stderr: String },
+    Check {
+        profile: String,
+        exit_code: i32,
+        stderr: String,
+    },
+    #[error("cannot build the seccomp filter of profile {profile:?}: {reason}")]
+    Seccomp { profile: String, reason: String },
+    #[error(
+        "sandbox profiles cannot be enforced on this host: {}; `mcp-gateway sandbox check` reports what this host offers",
+        problems.join("; ")
+    )]
+    NotEnforceable { problems: Vec<String> },
+    #[error("cannot set up the task cgroup at {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why a file operation on a tenant's files root failed. Paths are the

@@ -1,56 +1,76 @@
 //! The only crate of mcp-security-gateway that spawns processes.
 //!
 //! It turns a sandbox profile (`sandbox-profiles/*.toml`, see [`Profiles`])
-//! and a [`RunSpec`] into a bubblewrap command, runs it with rlimits, streams
-//! its capped output, enforces timeout and cancellation, reaps it with
-//! resource usage and removes its workspace ([`Sandbox`]). It also owns the
-//! gateway's own file operations on tenant files roots ([`FilesRoot`]).
+//! and a [`RunSpec`] into a bubblewrap command with a seccomp filter and a
+//! task cgroup, runs it with rlimits, streams its capped output, enforces
+//! timeout, CPU time and cancellation, reaps it with resource usage and
+//! removes its cgroup and task directory ([`Sandbox`]). It also owns the
+//! gateway's own file operations on tenant files roots ([`FilesRoot`]) and
+//! the host report of `mcp-gateway sandbox check` ([`probe_host`]).
+//! The threat model is `docs/security/THREAT_MODEL.md`; the escape suite
+//! (`tests/it/escape.rs`) tries each escape for real.
 //!
 //! Invariants:
 //! - every command runs inside bubblewrap with all namespaces unshared
 //!   (network only with `NetworkAccess::Host` on a profile that allows it),
-//!   no capabilities, an empty environment plus the profile's and request's
+//!   nested user namespaces disabled, no capabilities, no-new-privs, a
+//!   read-only root, an empty environment plus the profile's and request's
 //!   variables, and, when the gateway is root, as the unprivileged `run_as`
 //!   user; a sandbox never runs as root;
+//! - every command runs under the default-deny seccomp filter of its
+//!   profile, compiled once per profile at [`Sandbox::new`] (`seccomp`
+//!   module); other ABIs are killed;
+//! - every command's whole process tree is in its own task cgroup (memory
+//!   + swap, pids, CPU bandwidth) before bubblewrap can fork, and the
+//!   cgroup is emptied and removed after the run; a profile that needs
+//!   cgroups refuses to run without them ([`Sandbox::new`] fails closed,
+//!   saying what to change);
 //! - bubblewrap itself starts with an empty environment, stdin `/dev/null`,
 //!   its own process group and the profile's rlimits (a request can only
-//!   lower them);
+//!   lower any limit);
 //! - a sandbox's process group is only signalled while its leader is
-//!   unreaped, so a kill can never hit a reused pid; every started sandbox
-//!   is reaped, also when the run future is dropped;
+//!   unreaped, and cgroup members only through pidfds checked to be in the
+//!   task cgroup, so a kill can never hit a reused pid; every started
+//!   sandbox is reaped, also when the run future is dropped;
 //! - bubblewrap is spawned from one thread that lives as long as the
 //!   process, with its parent-death signal armed before exec, so a sandbox
 //!   dies with the gateway, not with whichever tokio thread started it;
-//! - a per-task workspace is fresh, private (0700) and removed after the
-//!   run, on every path;
+//! - `/workspace` is a fresh size-capped tmpfs per task; the task's host
+//!   directory is private (0700) and removed after the run, on every path;
 //! - gateway-side file access to a tenant root goes through `cap-std`, so
 //!   symlinks planted by commands can never lead outside it;
 //! - argv, env and output are never logged above debug level;
 //! - `unsafe` lives only in the private `sys` module.
 //!
-//! Not yet here (later issues): seccomp filters, cgroup limits (CPU share,
-//! I/O weight, per-sandbox pids and memory), restricted network access.
-//! Until cgroups land, one gap remains: bubblewrap arms the parent-death
-//! signal of the sandbox's init only after its mount setup (a few ms), so a
-//! gateway that crashes inside that window can leave that sandbox running;
-//! the service manager's cgroup kill (systemd `KillMode=control-group`)
-//! covers it.
+//! Not yet here: `NetworkAccess::Restricted` (the egress proxy) fails with
+//! [`SandboxError::Unsupported`]. bubblewrap arms the parent-death signal
+//! of the sandbox's init only after its mount setup (a few ms), so a
+//! gateway SIGKILLed inside that window can leave that sandbox running
+//! until the next gateway start kills what is left in the dead gateway's
+//! task cgroups.
 
+mod cgroup;
 mod error;
 mod files;
+mod host;
 mod profile;
 mod run;
 mod sandbox;
+mod seccomp;
 #[allow(unsafe_code)]
 mod sys;
 mod view;
 mod workspace;
 
+pub use cgroup::CgroupMode;
 pub use error::{FileError, SandboxError};
 pub use files::FilesRoot;
-pub use profile::{FilesystemPolicy, NetworkPolicy, Profile, ProfileLimits, Profiles};
-pub use run::{Ending, RunOutcome};
-pub use sandbox::{RunSpec, Sandbox, SandboxSettings};
+pub use host::{Feature, HostReport, ProfileReport, probe_host};
+pub use profile::{
+    FilesystemPolicy, NetworkPolicy, Profile, ProfileLimits, Profiles, SeccompPolicy,
+};
+pub use run::{Ending, LimitHits, RunOutcome};
+pub use sandbox::{Enforcement, RunSpec, Sandbox, SandboxSettings};
 pub use workspace::WorkspaceGuard;
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub struct Profile {
     pub filesystem: FilesystemPolicy,
     pub network: NetworkPolicy,
     pub limits: ProfileLimits,
+    pub seccomp: SeccompPolicy,
     /// The base environment of every command; request env is applied on top.
     /// Always contains `PATH`.
     pub env: BTreeMap<String, String>,
@@ -50,26 +51,62 @@ pub struct FilesystemPolicy {
     pub ro_bind_try: Vec<PathBuf>,
     /// Size cap of the private `/tmp` tmpfs.
     pub tmp_size_bytes: u64,
+    /// Size cap of `/workspace`, a fresh tmpfs per task (its pages count
+    /// against the task's memory limit).
+    pub workspace_size_bytes: u64,
 }
 
+/// The loosest network access a request may ask for; `NetworkAccess::None`
+/// (an empty network namespace) is always allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetworkPolicy {
     /// Whether a request may get the host network (`NetworkAccess::Host`).
     pub allow_host: bool,
+    /// Whether a request may get egress through the gateway's proxy
+    /// (`NetworkAccess::Restricted`); implied by `allow_host`. Not
+    /// supported yet: such requests fail with `SandboxError::Unsupported`.
+    pub allow_restricted: bool,
+    /// Whether `AF_INET`/`AF_INET6` sockets are allowed without network
+    /// access, for programs (test suites) that talk to themselves over the
+    /// namespace's loopback. Without it only `AF_UNIX` works offline.
+    pub loopback: bool,
 }
 
-/// Per-process rlimits applied to every command of the profile. A request
-/// can only lower them.
+/// The profile's additions to the built-in seccomp filter (see
+/// `sandbox-profiles/README.md`); it can only deny more.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SeccompPolicy {
+    /// Syscalls that fail with `EPERM` on top of the built-in denials.
+    pub deny: Vec<String>,
+}
+
+/// Limits applied to every command of the profile: to the whole task
+/// through its cgroup, and to each process through rlimits. A request can
+/// only lower them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProfileLimits {
-    /// RLIMIT_AS: address space per process.
+    /// cgroup `memory.max` of the task (swap 0), and RLIMIT_AS per process.
     pub memory_bytes: u64,
-    /// RLIMIT_NPROC: processes of the sandbox uid.
+    /// cgroup `pids.max` of the task; RLIMIT_NPROC (counted per uid) when
+    /// no pids cgroup enforces it.
     pub pids: u64,
     /// RLIMIT_NOFILE: open files per process.
     pub nofile: u64,
     /// RLIMIT_FSIZE: largest file a process may write.
     pub fsize_bytes: u64,
+    /// CPU bandwidth in thousandths of a core (cgroup `cpu.max`); `None`
+    /// leaves it unlimited.
+    pub cpu_millicores: Option<u64>,
+    /// Total CPU time of the task in seconds (all its processes, through
+    /// the cgroup; RLIMIT_CPU per process as a backstop). `None`: only the
+    /// wall-clock timeout bounds it.
+    pub cpu_time_secs: Option<u64>,
+    /// Relative I/O weight (1-10000, default 100), applied when the host's
+    /// cgroups offer it.
+    pub io_weight: Option<u32>,
+    /// Whether the profile refuses to run without cgroup limits (memory,
+    /// pids, cpu for the whole task). True unless the profile opts out.
+    pub require_cgroup: bool,
 }
 
 impl Profiles {
@@ -139,6 +176,19 @@ impl Profiles {
         self.by_name.keys().map(String::as_str).collect()
     }
 
+    /// Only profile `name` (empty if there is none), to check one profile
+    /// on its own.
+    pub(crate) fn only(&self, name: &str) -> Profiles {
+        Profiles {
+            by_name: self
+                .by_name
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(n, p)| (n.clone(), p.clone()))
+                .collect(),
+        }
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Profile> {
         self.by_name.values()
     }
@@ -163,6 +213,8 @@ struct RawProfile {
     #[serde(default)]
     network: RawNetwork,
     limits: RawLimits,
+    #[serde(default)]
+    seccomp: RawSeccomp,
     env: BTreeMap<String, String>,
 }
 
@@ -174,6 +226,7 @@ struct RawFilesystem {
     #[serde(default)]
     ro_bind_try: Vec<String>,
     tmp_size: ByteSize,
+    workspace_size: ByteSize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +234,10 @@ struct RawFilesystem {
 struct RawNetwork {
     #[serde(default)]
     allow_host: bool,
+    #[serde(default)]
+    allow_restricted: bool,
+    #[serde(default)]
+    loopback: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,7 +247,26 @@ struct RawLimits {
     pids: u64,
     nofile: u64,
     fsize: ByteSize,
+    cpus: Option<f64>,
+    cpu_time_secs: Option<u64>,
+    io_weight: Option<u32>,
+    #[serde(default = "yes")]
+    require_cgroup: bool,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeccomp {
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Largest CPU bandwidth a profile may name, in cores.
+const MAX_CPUS: f64 = 4096.0;
 
 impl RawProfile {
     fn validate(self, name: &str) -> Result<Profile, Vec<String>> {
@@ -226,6 +302,9 @@ impl RawProfile {
         if fs.tmp_size.0 == 0 {
             problems.push("filesystem.tmp_size must be greater than 0".to_owned());
         }
+        if fs.workspace_size.0 == 0 {
+            problems.push("filesystem.workspace_size must be greater than 0".to_owned());
+        }
 
         let l = &self.limits;
         for (field, value, min) in [
@@ -236,6 +315,35 @@ impl RawProfile {
         ] {
             if value < min {
                 problems.push(format!("{field} is {value}, it must be at least {min}"));
+            }
+        }
+        let cpu_millicores = match l.cpus {
+            None => None,
+            Some(c) if c.is_finite() && (0.01..=MAX_CPUS).contains(&c) => {
+                // In range, so the rounded value fits a u64 exactly.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Some((c * 1000.0).round() as u64)
+            }
+            Some(c) => {
+                problems.push(format!(
+                    "limits.cpus is {c}, it must be between 0.01 and {MAX_CPUS} cores"
+                ));
+                None
+            }
+        };
+        if l.cpu_time_secs == Some(0) {
+            problems.push("limits.cpu_time_secs must be at least 1".to_owned());
+        }
+        if let Some(w) = l.io_weight
+            && !(1..=10_000).contains(&w)
+        {
+            problems.push(format!("limits.io_weight is {w}, it must be 1-10000"));
+        }
+        for name in &self.seccomp.deny {
+            if !crate::seccomp::is_known_syscall(name) {
+                problems.push(format!(
+                    "seccomp.deny: {name:?} is not a syscall of this architecture"
+                ));
             }
         }
 
@@ -280,15 +388,25 @@ impl RawProfile {
                     .map(PathBuf::from)
                     .collect(),
                 tmp_size_bytes: self.filesystem.tmp_size.0,
+                workspace_size_bytes: self.filesystem.workspace_size.0,
             },
             network: NetworkPolicy {
                 allow_host: self.network.allow_host,
+                allow_restricted: self.network.allow_restricted || self.network.allow_host,
+                loopback: self.network.loopback,
             },
             limits: ProfileLimits {
                 memory_bytes: self.limits.memory.0,
                 pids: self.limits.pids,
                 nofile: self.limits.nofile,
                 fsize_bytes: self.limits.fsize.0,
+                cpu_millicores,
+                cpu_time_secs: self.limits.cpu_time_secs,
+                io_weight: self.limits.io_weight,
+                require_cgroup: self.limits.require_cgroup,
+            },
+            seccomp: SeccompPolicy {
+                deny: self.seccomp.deny,
             },
             env: self.env,
         })

@@ -10,6 +10,7 @@ use mcp_core::{ChunkKind, OutputChunk, ResourceUsage, TaskResult};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::{CgroupStats, TaskCgroup};
 use crate::error::SandboxError;
 use crate::sys;
 use crate::workspace::WorkspaceGuard;
@@ -19,6 +20,8 @@ use crate::workspace::WorkspaceGuard;
 /// so this only bounds the kernel's teardown.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const READ_BUF: usize = 16 * 1024;
+/// How often a task's CPU time is compared with its CPU-time limit.
+const CPU_POLL: Duration = Duration::from_millis(100);
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +34,44 @@ pub enum Ending {
     TimedOut,
     /// The cancellation token fired and the sandbox was killed.
     Cancelled,
+    /// The task used up its CPU-time limit (all processes together, or
+    /// one process its RLIMIT_CPU) and was killed. Distinct from
+    /// [`Ending::TimedOut`], which is wall-clock time.
+    CpuTimeLimit,
+    /// The kernel's OOM killer killed (part of) the task at its memory
+    /// limit.
+    OutOfMemory,
 }
 
-/// What a run produced: how it ended, and its (capped) output and usage.
+/// Limits a task ran into, as its cgroup counted them (all zero when the
+/// host gives sandboxes no cgroups).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitHits {
+    /// Processes the OOM killer killed at the memory limit.
+    pub oom_kills: u64,
+    /// Forks that failed at the pids limit.
+    pub pids_max: u64,
+    /// CPU bandwidth periods in which the task was throttled.
+    pub cpu_throttled_periods: u64,
+}
+
+/// What a run produced: how it ended, its (capped) output and usage, and
+/// the limits it ran into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutcome {
     pub ending: Ending,
     pub result: TaskResult,
+    pub limits: LimitHits,
+}
+
+/// The limits [`execute`] enforces or classifies beyond the timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunLimits {
+    pub(crate) timeout: Duration,
+    /// The task's CPU-time limit, watched through its cgroup.
+    pub(crate) cpu_time: Option<Duration>,
+    /// RLIMIT_CPU of each process, to recognise a kill by the kernel.
+    pub(crate) rlimit_cpu_secs: u64,
 }
 
 /// The bubblewrap process. `exited` turns true, under the lock, before the
@@ -47,6 +81,7 @@ pub struct RunOutcome {
 struct Proc {
     pid: i32,
     exited: Mutex<bool>,
+    cgroup: Option<Arc<TaskCgroup>>,
 }
 
 impl Proc {
@@ -57,13 +92,19 @@ impl Proc {
         if *exited {
             return false;
         }
-        match sys::kill_group(self.pid) {
+        let killed = match sys::kill_group(self.pid) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, pid = self.pid, "cannot kill sandbox");
                 false
             }
+        };
+        // Also everything that left bwrap's process group (the command's
+        // own session): the cgroup holds the whole tree.
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
         }
+        killed
     }
 
     /// Blocks until bwrap exits, then reaps it.
@@ -132,17 +173,18 @@ impl Drop for KillOnDrop {
 }
 
 /// Spawns `cmd` (a fully prepared bwrap command), streams its output to
-/// `on_output`, enforces `timeout` and `cancel`, reaps it and removes the
-/// workspace.
+/// `on_output`, enforces the timeout, the CPU-time limit and `cancel`,
+/// reaps it, empties and removes its cgroup and removes the workspace.
 pub(crate) async fn execute(
     cmd: Command,
     workspace: WorkspaceGuard,
-    timeout: Duration,
+    limits: RunLimits,
     max_output: usize,
     on_output: &(dyn Fn(OutputChunk) + Send + Sync),
     cancel: CancellationToken,
 ) -> Result<RunOutcome, SandboxError> {
     let started = Instant::now();
+    let cgroup = workspace.cgroup().cloned();
     let mut child = spawn(cmd)
         .await
         .map_err(|source| SandboxError::Spawn { source })?;
@@ -160,14 +202,18 @@ pub(crate) async fn execute(
     let proc = Arc::new(Proc {
         pid,
         exited: Mutex::new(false),
+        cgroup: cgroup.clone(),
     });
     let _kill_on_drop = KillOnDrop(Arc::clone(&proc));
     let mut reaper = tokio::task::spawn_blocking({
         let proc = Arc::clone(&proc);
         move || {
             let r = proc.wait();
+            // bwrap's pid-namespace init is gone, so the kernel is killing
+            // whatever is left; make sure of it, then measure and remove.
+            let stats = workspace.cgroup().map(|c| c.finish());
             drop(workspace);
-            r
+            r.map(|reaped| (reaped, stats))
         }
     });
 
@@ -189,11 +235,26 @@ pub(crate) async fn execute(
     };
 
     let reaped = CancellationToken::new();
+    let cpu_watch = async {
+        match (&cgroup, limits.cpu_time) {
+            (Some(cg), Some(limit)) => {
+                let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+                loop {
+                    tokio::time::sleep(CPU_POLL).await;
+                    if cg.cpu_ms().is_some_and(|ms| ms >= limit_ms) {
+                        return;
+                    }
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
     let waiter = async {
         let killed_for = tokio::select! {
             r = &mut reaper => return (r, None),
-            () = tokio::time::sleep(timeout) => Ending::TimedOut,
+            () = tokio::time::sleep(limits.timeout) => Ending::TimedOut,
             () = cancel.cancelled() => Ending::Cancelled,
+            () = cpu_watch => Ending::CpuTimeLimit,
         };
         let killed = proc.kill().then_some(killed_for);
         if killed.is_some() {
@@ -212,11 +273,12 @@ pub(crate) async fn execute(
         waiter,
     );
 
-    let reaped = joined
+    let (reaped, stats) = joined
         .map_err(|e| SandboxError::Wait {
             source: io::Error::other(e),
         })?
         .map_err(|source| SandboxError::Wait { source })?;
+    let stats = stats.unwrap_or_default();
     let status = reaped.status;
     let (ending, exit_code) = if libc::WIFEXITED(status) {
         let code = libc::WEXITSTATUS(status);
@@ -227,7 +289,19 @@ pub(crate) async fn execute(
     } else {
         (Ending::Exited(-1), -1)
     };
-    let ending = killed.unwrap_or(ending);
+    let usage = ResourceUsage {
+        cpu_time_ms: stats.cpu_ms.unwrap_or(reaped.cpu_ms),
+        max_memory_kb: stats
+            .peak_memory_bytes
+            .map_or(reaped.max_rss_kb, |b| b / 1024),
+        io_read_bytes: stats
+            .io_read_bytes
+            .unwrap_or(reaped.in_blocks.saturating_mul(512)),
+        io_write_bytes: stats
+            .io_write_bytes
+            .unwrap_or(reaped.out_blocks.saturating_mul(512)),
+    };
+    let ending = killed.unwrap_or_else(|| classify(ending, &stats, &usage, &limits));
 
     Ok(RunOutcome {
         ending,
@@ -237,15 +311,43 @@ pub(crate) async fn execute(
             stderr: err.kept,
             stdout_truncated: out.truncated,
             stderr_truncated: err.truncated,
-            usage: ResourceUsage {
-                cpu_time_ms: reaped.cpu_ms,
-                max_memory_kb: reaped.max_rss_kb,
-                io_read_bytes: reaped.in_blocks.saturating_mul(512),
-                io_write_bytes: reaped.out_blocks.saturating_mul(512),
-            },
+            usage,
             execution_time_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         },
+        limits: LimitHits {
+            oom_kills: stats.oom_kills,
+            pids_max: stats.pids_max_hits,
+            cpu_throttled_periods: stats.cpu_throttled_periods,
+        },
     })
+}
+
+/// Why a task that we did not kill ended: an OOM kill anywhere in the task
+/// makes it `OutOfMemory` (its result cannot be trusted); a SIGKILL or
+/// SIGXCPU (bwrap reports the command's signal as 128 + n) after using up
+/// RLIMIT_CPU is `CpuTimeLimit`.
+pub(crate) fn classify(
+    ending: Ending,
+    stats: &CgroupStats,
+    usage: &ResourceUsage,
+    limits: &RunLimits,
+) -> Ending {
+    if stats.oom_kills > 0 {
+        return Ending::OutOfMemory;
+    }
+    let by_signal = |s: i32| s == libc::SIGKILL || s == libc::SIGXCPU;
+    let signalled = match ending {
+        Ending::Exited(code) => code > 128 && by_signal(code - 128),
+        Ending::Signaled(sig) => by_signal(sig),
+        _ => false,
+    };
+    // RLIMIT_CPU counts whole seconds per process; allow for that.
+    let used_rlimit =
+        usage.cpu_time_ms.saturating_add(1000) >= limits.rlimit_cpu_secs.saturating_mul(1000);
+    if signalled && used_rlimit {
+        return Ending::CpuTimeLimit;
+    }
+    ending
 }
 
 #[derive(Debug, Default)]

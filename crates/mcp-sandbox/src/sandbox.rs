@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,12 @@ use std::time::Duration;
 use mcp_core::{FILES_MOUNT, NetworkAccess, OutputChunk, ResourceLimits, TaskId, WORKSPACE_MOUNT};
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::{CgroupLimits, CgroupMode, Cgroups, TaskCgroup};
 use crate::error::SandboxError;
 use crate::profile::{Profile, Profiles, is_clean_absolute};
-use crate::run::{self, Ending, RunOutcome};
-use crate::sys::{self, Rlimits};
+use crate::run::{self, Ending, RunLimits, RunOutcome};
+use crate::seccomp::{Families, ProfileFilters};
+use crate::sys::{self, ChildSetup, Rlimits};
 use crate::view::{self, Mount, Resolved, View};
 use crate::workspace::{self, WorkspaceGuard};
 
@@ -25,6 +28,11 @@ const NOBODY: (u32, u32) = (65534, 65534);
 /// The files directory `check` binds at `/files`; not a valid tenant name,
 /// so it can never be a tenant's files.
 const CHECK_FILES: &str = ".sandbox-check";
+/// With a pids cgroup bounding each task, RLIMIT_NPROC (counted per uid,
+/// shared by every sandbox of the same user) is only a backstop; set to the
+/// task's pids times this, so one task's fork bomb cannot starve the
+/// others of the same uid.
+const NPROC_BACKSTOP_FACTOR: u64 = 64;
 
 /// Host-side settings of the sandbox (from the gateway config).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,13 +98,35 @@ struct Inner {
     /// The identity to switch to (and to chown sandbox dirs to); `None`
     /// when the gateway is not root.
     owner: Option<(u32, u32)>,
+    /// The compiled seccomp filters, by profile name.
+    filters: BTreeMap<String, ProfileFilters>,
+    /// This process's task cgroups; `None` when the host offers none (only
+    /// profiles with `require_cgroup = false` run then).
+    cgroups: Option<&'static Cgroups>,
+}
+
+/// How this sandbox enforces its profiles on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enforcement {
+    /// The cgroup layout in use, `None` without cgroup limits.
+    pub cgroup_mode: Option<CgroupMode>,
+    /// The cgroup controllers in use.
+    pub cgroup_controllers: Vec<String>,
+    /// Where task cgroups are created (`<dir>/<task id>`), one per
+    /// hierarchy.
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// Why there are no cgroup limits, when there are none.
+    pub cgroup_unavailable: Option<String>,
 }
 
 impl Sandbox {
     /// Checks that bubblewrap is there and executable, that no sandbox would
-    /// run as root, that every profile's required binds exist, and creates
-    /// the workspaces and files directories (mode 0711: the sandbox user
-    /// can reach its own directory but list none).
+    /// run as root, that every profile's required binds exist, compiles
+    /// each profile's seccomp filter, sets up this process's cgroups and
+    /// checks that every profile can be enforced with them, and creates the
+    /// workspaces and files directories (mode 0711: the sandbox user can
+    /// reach its own directory but list none). Fails closed, with a message
+    /// saying what to change, when any profile cannot be enforced here.
     pub fn new(settings: SandboxSettings, profiles: Profiles) -> Result<Sandbox, SandboxError> {
         let executable = std::fs::metadata(&settings.bwrap)
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -141,6 +171,33 @@ impl Sandbox {
             return Err(SandboxError::BadProfile { problems });
         }
 
+        let mut filters = BTreeMap::new();
+        for p in profiles.iter() {
+            let f =
+                ProfileFilters::build(&p.seccomp.deny).map_err(|reason| SandboxError::Seccomp {
+                    profile: p.name.clone(),
+                    reason,
+                })?;
+            filters.insert(p.name.clone(), f);
+        }
+
+        let cgroups = Cgroups::for_this_process();
+        let mut problems = Vec::new();
+        if let Err(reason) = cgroups {
+            for p in profiles.iter().filter(|p| p.limits.require_cgroup) {
+                problems.push(format!(
+                    "profile {:?} needs cgroup limits, but {reason}; run the gateway as root \
+                     or in a delegated cgroup v2 subtree (systemd: Delegate=yes) offering \
+                     memory, pids and cpu, or set limits.require_cgroup = false in {}.toml \
+                     to accept per-process rlimits only",
+                    p.name, p.name
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(SandboxError::NotEnforceable { problems });
+        }
+
         workspace::ensure_dir(&settings.workspaces_dir, 0o711)?;
         workspace::ensure_dir(&settings.files_root, 0o711)?;
 
@@ -149,8 +206,34 @@ impl Sandbox {
                 settings,
                 profiles,
                 owner,
+                filters,
+                cgroups: cgroups.as_ref().ok(),
             }),
         })
+    }
+
+    /// How profiles are enforced on this host (for `sandbox check`).
+    pub fn enforcement(&self) -> Enforcement {
+        match (self.inner.cgroups, Cgroups::for_this_process()) {
+            (Some(c), _) => Enforcement {
+                cgroup_mode: Some(c.mode()),
+                cgroup_controllers: c.controllers(),
+                cgroup_dirs: c.dirs(),
+                cgroup_unavailable: None,
+            },
+            (None, Err(reason)) => Enforcement {
+                cgroup_mode: None,
+                cgroup_controllers: Vec::new(),
+                cgroup_dirs: Vec::new(),
+                cgroup_unavailable: Some(reason.clone()),
+            },
+            (None, Ok(_)) => Enforcement {
+                cgroup_mode: None,
+                cgroup_controllers: Vec::new(),
+                cgroup_dirs: Vec::new(),
+                cgroup_unavailable: Some("not in use".to_owned()),
+            },
+        }
     }
 
     pub fn profiles(&self) -> &Profiles {
@@ -161,19 +244,29 @@ impl Sandbox {
         &self.inner.settings
     }
 
-    /// Really runs `true` in the `default` profile's sandbox; used at
-    /// startup and for readiness. The error says what to install or fix.
+    /// Really runs `true` in every profile's sandbox, with its seccomp
+    /// filter, cgroup and limits; used at startup. The error names the
+    /// profile and says what to install or fix.
     pub async fn check(&self) -> Result<(), SandboxError> {
-        let Some(argv0) = self.resolve_command("default", "true") else {
+        for name in self.inner.profiles.names() {
+            self.check_profile(name).await?;
+        }
+        Ok(())
+    }
+
+    /// Really runs `true` in profile `name`'s sandbox.
+    pub async fn check_profile(&self, name: &str) -> Result<(), SandboxError> {
+        let Some(argv0) = self.resolve_command(name, "true") else {
             return Err(SandboxError::Check {
+                profile: name.to_owned(),
                 exit_code: -1,
-                stderr: "`true` is not on the default profile's PATH".to_owned(),
+                stderr: "`true` is not on the profile's PATH".to_owned(),
             });
         };
         let spec = RunSpec {
             task_id: TaskId::new(),
             tenant: CHECK_FILES.to_owned(),
-            profile: "default".to_owned(),
+            profile: name.to_owned(),
             argv: vec![argv0],
             env: BTreeMap::new(),
             cwd: String::new(),
@@ -188,6 +281,7 @@ impl Sandbox {
         match outcome.ending {
             Ending::Exited(0) => Ok(()),
             _ => Err(SandboxError::Check {
+                profile: name.to_owned(),
                 exit_code: outcome.result.exit_code,
                 stderr: String::from_utf8_lossy(&outcome.result.stderr)
                     .chars()
@@ -254,33 +348,36 @@ impl Sandbox {
             task_id = %spec.task_id,
             profile = %spec.profile
         );
-        let timeout = spec.timeout;
         let max_output = self.inner.settings.max_output_bytes;
         let this = self.clone();
         let fut = async move {
-            let (cmd, guard) = tokio::task::spawn_blocking(move || this.build(&spec))
+            let (cmd, guard, limits) = tokio::task::spawn_blocking(move || this.build(&spec))
                 .await
                 .map_err(|e| SandboxError::Spawn {
                     source: std::io::Error::other(e),
                 })??;
-            run::execute(cmd, guard, timeout, max_output, on_output, cancel).await
+            run::execute(cmd, guard, limits, max_output, on_output, cancel).await
         };
         tracing::Instrument::instrument(fut, span).await
     }
 
     /// Exactly the bubblewrap command `run` would spawn for `spec` (same
-    /// argv, environment, uid, rlimits, stdio), with the task workspace
-    /// prepared; for benchmarks. The guard removes the workspace on drop.
-    /// Spawn it from a thread that outlives the command: bwrap's
-    /// `--die-with-parent` fires when the spawning *thread* exits.
+    /// argv, environment, uid, rlimits, seccomp filter, cgroup, stdio),
+    /// with the task's host directory and cgroup prepared; for benchmarks.
+    /// The guard kills what is left in the cgroup and removes it and the
+    /// directory on drop. Spawn it from a thread that outlives the
+    /// command: bwrap's `--die-with-parent` fires when the spawning
+    /// *thread* exits. Limits that need watching (timeout, CPU time) are
+    /// the caller's business.
     pub fn raw_command(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard), SandboxError> {
         check_tenant(&spec.tenant)?;
-        self.build(spec)
+        self.build(spec).map(|(cmd, guard, _)| (cmd, guard))
     }
 
-    /// Validates `spec`, prepares the workspace, tenant files dir and cwd,
-    /// and builds the bubblewrap command. Blocking (filesystem work).
-    fn build(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard), SandboxError> {
+    /// Validates `spec`, prepares the task directory, cgroup and tenant
+    /// files dir, and builds the bubblewrap command. Blocking (filesystem
+    /// work).
+    fn build(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard, RunLimits), SandboxError> {
         let settings = &self.inner.settings;
         let profile =
             self.inner
@@ -297,9 +394,14 @@ impl Sandbox {
                     profile: profile.name.clone(),
                 });
             }
-            NetworkAccess::Restricted => {
+            NetworkAccess::Restricted if profile.network.allow_restricted => {
                 return Err(SandboxError::Unsupported {
                     what: "network access \"restricted\"".to_owned(),
+                });
+            }
+            NetworkAccess::Restricted => {
+                return Err(SandboxError::NetworkNotAllowed {
+                    profile: profile.name.clone(),
                 });
             }
         };
@@ -328,26 +430,59 @@ impl Sandbox {
         }
 
         let owner = self.inner.owner;
-        let ws = workspace::create_workspace(
-            &settings.workspaces_dir,
-            &spec.task_id.to_string(),
-            owner,
-        )?;
-        if !workspace::create_cwd(ws.path(), &spec.cwd, owner)? {
-            return Err(SandboxError::BadCwd {
-                cwd: spec.cwd.clone(),
-            });
-        }
+        let task = spec.task_id.to_string();
+        let mut ws = workspace::create_workspace(&settings.workspaces_dir, &task, owner)?;
         let files = workspace::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?;
 
+        let mut rlimits = effective_limits(profile, &spec.limits, spec.timeout);
+        let mut cgroup_procs = Vec::new();
+        match self.inner.cgroups {
+            Some(cgroups) => {
+                let limits = cgroup_limits(profile, &spec.limits);
+                let cgroup_err = |(path, source)| SandboxError::Cgroup { path, source };
+                let cg = TaskCgroup::create(cgroups, &task, &limits).map_err(cgroup_err)?;
+                let opened = cg.procs_files();
+                ws.set_cgroup(cg);
+                cgroup_procs = opened.map_err(cgroup_err)?;
+                rlimits.nproc = rlimits.nproc.saturating_mul(NPROC_BACKSTOP_FACTOR);
+            }
+            None if profile.limits.require_cgroup => {
+                return Err(SandboxError::NotEnforceable {
+                    problems: vec![format!(
+                        "profile {:?} needs cgroup limits, which this host does not offer",
+                        profile.name
+                    )],
+                });
+            }
+            None => {}
+        }
+
+        let families = if share_net || profile.network.loopback {
+            Families::WithInet
+        } else {
+            Families::UnixOnly
+        };
+        let bpf = self
+            .inner
+            .filters
+            .get(&profile.name)
+            .map(|f| f.get(families))
+            .ok_or_else(|| SandboxError::Seccomp {
+                profile: profile.name.clone(),
+                reason: "no compiled filter".to_owned(),
+            })?;
+        let seccomp = sys::sealed_memfd(c"mcp-sandbox-seccomp", bpf)
+            .map_err(|source| SandboxError::Spawn { source })?;
+
         let mounts = view::plan(&profile.filesystem);
-        let view = View::of_profile(&mounts).with_fixed(ws.path(), &files);
+        let view = View::of_profile(&mounts).with_fixed(&files);
         let masks = denied_masks(&view, &spec.denied_paths)?;
         let args = bwrap_args(&BwrapArgs {
             mounts: &mounts,
             share_net,
             tmp_size: profile.filesystem.tmp_size_bytes,
-            workspace: ws.path(),
+            workspace_size: profile.filesystem.workspace_size_bytes,
+            seccomp_fd: seccomp.as_raw_fd(),
             files: &files,
             masks: &masks,
             cwd: &spec.cwd,
@@ -355,9 +490,36 @@ impl Sandbox {
             argv: &spec.argv,
         });
         tracing::debug!(?args, "bwrap command");
+        // The options (request env values, host paths) reach bwrap through a
+        // sealed memfd, not its argv: argv is readable by every host user
+        // (`ps`) and by the sandbox itself (/proc/1/cmdline). bwrap takes
+        // the command itself only from argv, after `--`; it is visible in
+        // the command's own /proc/<pid>/cmdline anyway.
+        // The `--` that bwrap_args puts right before the command (an env
+        // value may be "--" too, so it is found from the end).
+        let split = args
+            .len()
+            .checked_sub(spec.argv.len() + 1)
+            .filter(|i| args.get(*i).is_some_and(|a| a == "--"))
+            .ok_or_else(|| SandboxError::BadArgv {
+                argv0: spec.argv.first().cloned().unwrap_or_default(),
+            })?;
+        let (options, command) = args.split_at(split);
+        let mut blob = Vec::new();
+        for a in options {
+            if a.as_encoded_bytes().contains(&0) {
+                return Err(SandboxError::NulByte);
+            }
+            blob.extend_from_slice(a.as_encoded_bytes());
+            blob.push(0);
+        }
+        let args_fd = sys::sealed_memfd(c"mcp-sandbox-args", &blob)
+            .map_err(|source| SandboxError::Spawn { source })?;
 
         let mut cmd = Command::new(&settings.bwrap);
-        cmd.args(args)
+        cmd.arg("--args")
+            .arg(args_fd.as_raw_fd().to_string())
+            .args(command)
             .env_clear()
             .current_dir("/")
             .stdin(Stdio::null())
@@ -368,11 +530,20 @@ impl Sandbox {
             // std drops supplementary groups when root switches uid.
             cmd.uid(uid).gid(gid);
         }
+        let run_limits = RunLimits {
+            timeout: spec.timeout,
+            cpu_time: profile.limits.cpu_time_secs.map(Duration::from_secs),
+            rlimit_cpu_secs: rlimits.cpu_secs,
+        };
         sys::install_child_setup(
             &mut cmd,
-            effective_limits(profile, &spec.limits, spec.timeout),
+            ChildSetup {
+                limits: rlimits,
+                cgroup_procs,
+                inherit: vec![seccomp, args_fd],
+            },
         );
-        Ok((cmd, ws))
+        Ok((cmd, ws, run_limits))
     }
 }
 
@@ -394,21 +565,53 @@ pub(crate) fn is_valid_tenant(tenant: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// The profile's limits, lowered by the request where it set a value.
-/// `cpu_limit` and `io_weight` need cgroups and are not applied yet.
+fn tighten(p: u64, r: u64) -> u64 {
+    if r == 0 { p } else { p.min(r) }
+}
+
+/// The per-process rlimits: the profile's limits, lowered by the request
+/// where it set a value. RLIMIT_CPU is the CPU-time limit or the timeout,
+/// whichever is lower, plus a second (the task-wide CPU-time limit is
+/// watched through the cgroup; this is the per-process backstop).
 pub(crate) fn effective_limits(
     profile: &Profile,
     req: &ResourceLimits,
     timeout: Duration,
 ) -> Rlimits {
-    let tighten = |p: u64, r: u64| if r == 0 { p } else { p.min(r) };
     let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+    let secs = profile.limits.cpu_time_secs.map_or(secs, |c| c.min(secs));
     Rlimits {
         address_space: tighten(profile.limits.memory_bytes, req.memory_bytes),
         nproc: tighten(profile.limits.pids, u64::from(req.pids)),
         nofile: profile.limits.nofile,
         fsize: profile.limits.fsize_bytes,
         cpu_secs: secs.saturating_add(1),
+    }
+}
+
+/// The task cgroup's limits: the profile's, lowered by the request where it
+/// set a value (`cpu_limit` in cores, `io_weight`).
+pub(crate) fn cgroup_limits(profile: &Profile, req: &ResourceLimits) -> CgroupLimits {
+    let req_cpu = (req.cpu_limit.is_finite() && req.cpu_limit > 0.0).then(|| {
+        // Clamped to a sane range first, so the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let m = (f64::from(req.cpu_limit).clamp(0.001, 1.0e6) * 1000.0).round() as u64;
+        m.max(1)
+    });
+    let cpu_millicores = match (profile.limits.cpu_millicores, req_cpu) {
+        (Some(p), Some(r)) => Some(p.min(r)),
+        (p, r) => p.or(r),
+    };
+    let req_io = (req.io_weight > 0).then_some(req.io_weight.min(10_000));
+    let io_weight = match (profile.limits.io_weight, req_io) {
+        (Some(p), Some(r)) => Some(p.min(r)),
+        (p, r) => p.or(r),
+    };
+    CgroupLimits {
+        memory_bytes: tighten(profile.limits.memory_bytes, req.memory_bytes),
+        pids: tighten(profile.limits.pids, u64::from(req.pids)),
+        cpu_millicores,
+        io_weight,
     }
 }
 
@@ -465,7 +668,9 @@ pub(crate) struct BwrapArgs<'a> {
     pub(crate) mounts: &'a [Mount],
     pub(crate) share_net: bool,
     pub(crate) tmp_size: u64,
-    pub(crate) workspace: &'a Path,
+    pub(crate) workspace_size: u64,
+    /// The descriptor bubblewrap reads the seccomp BPF program from.
+    pub(crate) seccomp_fd: i32,
     pub(crate) files: &'a Path,
     pub(crate) masks: &'a [Mask],
     pub(crate) cwd: &'a str,
@@ -510,6 +715,7 @@ pub(crate) fn bwrap_args(a: &BwrapArgs<'_>) -> Vec<OsString> {
         }
     }
     let tmp_size = a.tmp_size.to_string();
+    let ws_size = a.workspace_size.to_string();
     let cwd = if a.cwd.is_empty() {
         WORKSPACE_MOUNT.to_owned()
     } else {
@@ -520,27 +726,50 @@ pub(crate) fn bwrap_args(a: &BwrapArgs<'_>) -> Vec<OsString> {
         &"/proc",
         &"--dev",
         &"/dev",
+        // POSIX shared memory stays writable when /dev is made read-only.
+        &"--size",
+        &tmp_size,
+        &"--tmpfs",
+        &"/dev/shm",
         &"--size",
         &tmp_size,
         &"--tmpfs",
         &"/tmp",
-        &"--bind",
-        &a.workspace,
+        // The workspace lives and dies with the sandbox: a size-capped
+        // tmpfs (charged to the task's memory cgroup) cannot fill the
+        // host's disk.
+        &"--perms",
+        &"0700",
+        &"--size",
+        &ws_size,
+        &"--tmpfs",
         &WORKSPACE_MOUNT,
         &"--bind",
         &a.files,
         &FILES_MOUNT,
     ]);
+    let mut dir = WORKSPACE_MOUNT.to_owned();
+    for part in a.cwd.split('/').filter(|p| !p.is_empty()) {
+        dir.push('/');
+        dir.push_str(part);
+        push(&[&"--dir", &dir]);
+    }
     for m in a.masks {
         match m {
             Mask::Dir(p) => push(&[&"--tmpfs", p, &"--remount-ro", p]),
             Mask::File(p) => push(&[&"--ro-bind", &"/dev/null", p]),
         }
     }
+    // bwrap's root and /dev are tmpfs mounts: without this a command
+    // could fill them (in memory) and plant files in /, /etc or /dev.
+    // Only /workspace, /tmp, /dev/shm and /files stay writable.
+    push(&[&"--remount-ro", &"/dev", &"--remount-ro", &"/"]);
     push(&[&"--chdir", &cwd]);
     for (k, val) in &a.env {
         push(&[&"--setenv", k, val]);
     }
+    let seccomp_fd = a.seccomp_fd.to_string();
+    push(&[&"--seccomp", &seccomp_fd]);
     push(&[&"--"]);
     for arg in a.argv {
         push(&[arg]);

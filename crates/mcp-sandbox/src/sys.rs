@@ -1,9 +1,13 @@
 //! The only module with `unsafe`: thin wrappers over the libc calls std does
-//! not offer (euid, rlimits in the forked child, `waitid(WNOWAIT)`, `wait4`
-//! with rusage, killing a process group).
+//! not offer (euid, rlimits and cgroup placement in the forked child,
+//! `waitid(WNOWAIT)`, `wait4` with rusage, killing a process group or a
+//! pidfd, sealed memfds for the seccomp program, the landlock ABI probe).
 
-use std::io;
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -32,16 +36,35 @@ pub(crate) struct Rlimits {
     pub(crate) cpu_secs: u64,
 }
 
-/// Makes `cmd` apply `limits` in the child and mark every inherited
-/// descriptor above stderr close-on-exec, so nothing the gateway has open
-/// leaks into the sandbox even if some library forgot `O_CLOEXEC`.
+/// What the forked child does between fork and exec, besides what std
+/// already does (uid/gid switch, process group).
+#[derive(Debug)]
+pub(crate) struct ChildSetup {
+    pub(crate) limits: Rlimits,
+    /// `cgroup.procs` (v2) or `tasks` (v1) files of the task's cgroup(s),
+    /// opened by the gateway. The child writes `0` (itself) to each before
+    /// exec, so bubblewrap and everything it starts is inside the task
+    /// cgroup before it can fork.
+    /// The kernel checks the opener's credentials, so this works after the
+    /// switch to the unprivileged sandbox user.
+    pub(crate) cgroup_procs: Vec<OwnedFd>,
+    /// Descriptors bubblewrap must inherit (the seccomp program); every
+    /// other inherited descriptor above stderr is closed on exec.
+    pub(crate) inherit: Vec<OwnedFd>,
+}
+
+/// Makes `cmd` join the task cgroups, apply `setup.limits` and mark every
+/// inherited descriptor above stderr close-on-exec except `setup.inherit`,
+/// so nothing the gateway has open leaks into the sandbox even if some
+/// library forgot `O_CLOEXEC`.
 ///
 /// It also binds the child's life to the spawning thread right away
 /// (`PR_SET_PDEATHSIG`): bwrap's own `--die-with-parent` only takes effect
 /// some milliseconds into its start, and a gateway dying in that window
 /// would otherwise leave an orphaned sandbox running.
-pub(crate) fn install_child_setup(cmd: &mut Command, limits: Rlimits) {
+pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
     let parent = std::process::id();
+    let limits = setup.limits;
     let hook = move || -> io::Result<()> {
         // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are plain syscalls
         // with integer arguments.
@@ -55,6 +78,14 @@ pub(crate) fn install_child_setup(cmd: &mut Command, limits: Rlimits) {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
         }
+        for fd in &setup.cgroup_procs {
+            // SAFETY: writes one byte from a static buffer to a descriptor
+            // the closure owns; write is async-signal-safe.
+            let n = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+            if n != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         set_limit(libc::RLIMIT_AS, limits.address_space)?;
         set_limit(libc::RLIMIT_NPROC, limits.nproc)?;
         set_limit(libc::RLIMIT_NOFILE, limits.nofile)?;
@@ -62,12 +93,20 @@ pub(crate) fn install_child_setup(cmd: &mut Command, limits: Rlimits) {
         set_limit(libc::RLIMIT_CPU, limits.cpu_secs)?;
         set_limit(libc::RLIMIT_CORE, 0)?;
         mark_fds_cloexec();
+        for fd in &setup.inherit {
+            // SAFETY: fcntl(F_SETFD) on a descriptor the closure owns only
+            // changes its close-on-exec flag.
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         Ok(())
     };
     // SAFETY: the hook runs in the forked child of a possibly multi-threaded
     // process, so it must be async-signal-safe: it only calls prctl,
-    // getppid, getrlimit, setrlimit and close_range (plain syscalls),
-    // allocates nothing, takes no locks and only reads copied integers.
+    // getppid, write, getrlimit, setrlimit, close_range and fcntl (plain
+    // syscalls), allocates nothing, takes no locks and only reads data
+    // captured before the fork.
     unsafe {
         cmd.pre_exec(hook);
     }
@@ -188,4 +227,95 @@ pub(crate) fn kill_group(pgid: i32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A sealed, read-only-content memfd holding `data`, positioned at its
+/// start, close-on-exec (see [`ChildSetup::inherit`] to pass it on).
+pub(crate) fn sealed_memfd(name: &CStr, data: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = File::from(fd);
+    file.write_all(data)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) with integer flags on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// An anonymous memfd to export data into (e.g. a BPF program from
+/// libseccomp), close-on-exec.
+pub(crate) fn scratch_memfd(name: &CStr) -> io::Result<File> {
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a fresh descriptor nobody else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// A pidfd for `pid`, which pins it: signals sent through it can only
+/// reach that process, even if the pid is reused afterwards.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel returned a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// SIGKILLs the process behind `pidfd`. A process that is already gone is
+/// not an error.
+pub(crate) fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a descriptor we own, a signal number
+    // and null siginfo (the kernel fills in a default).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// The landlock ABI version the kernel offers, without creating anything
+/// (`LANDLOCK_CREATE_RULESET_VERSION`). `Err` carries the errno: ENOSYS
+/// (not built) or EOPNOTSUPP (disabled at boot).
+pub(crate) fn landlock_abi() -> io::Result<u32> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attr, size 0 and the VERSION flag the kernel only
+    // returns a number; no memory is read or written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(rc).map_err(|_| io::Error::other("landlock ABI out of range"))
 }

@@ -14,6 +14,7 @@ description = "test"
 [filesystem]
 ro_bind = ["/usr"]
 tmp_size = "1MiB"
+workspace_size = "2MiB"
 [limits]
 memory = "64MiB"
 pids = 16
@@ -195,7 +196,8 @@ fn bwrap_args_have_isolation_mounts_and_argv_last() {
         mounts: &mounts,
         share_net: false,
         tmp_size: 1024,
-        workspace: Path::new("/ws/1"),
+        workspace_size: 4096,
+        seccomp_fd: 7,
         files: Path::new("/files/t"),
         masks: &masks,
         cwd: "sub/dir",
@@ -216,16 +218,30 @@ fn bwrap_args_have_isolation_mounts_and_argv_last() {
         &["--symlink", "usr/bin", "/bin"],
         &["--ro-bind-try", "/etc/passwd", "/etc/passwd"],
         &[
-            "--proc", "/proc", "--dev", "/dev", "--size", "1024", "--tmpfs", "/tmp",
+            "--proc", "/proc", "--dev", "/dev", "--size", "1024", "--tmpfs", "/dev/shm",
+        ],
+        &["--size", "1024", "--tmpfs", "/tmp"],
+        &[
+            "--remount-ro",
+            "/dev",
+            "--remount-ro",
+            "/",
+            "--chdir",
+            "/workspace/sub/dir",
         ],
         &[
-            "--bind",
-            "/ws/1",
+            "--perms",
+            "0700",
+            "--size",
+            "4096",
+            "--tmpfs",
             "/workspace",
             "--bind",
             "/files/t",
             "/files",
         ],
+        &["--dir", "/workspace/sub", "--dir", "/workspace/sub/dir"],
+        &["--seccomp", "7", "--"],
         &["--tmpfs", "/usr/share", "--remount-ro", "/usr/share"],
         &["--ro-bind", "/dev/null", "/etc/passwd"],
         &["--chdir", "/workspace/sub/dir"],
@@ -253,7 +269,8 @@ fn share_net_only_when_asked() {
             mounts: &[],
             share_net,
             tmp_size: 1,
-            workspace: Path::new("/w"),
+            workspace_size: 1,
+            seccomp_fd: 3,
             files: Path::new("/f"),
             masks: &[],
             cwd: "",
@@ -340,6 +357,7 @@ fn plan_turns_merged_usr_links_into_symlinks() {
         ro_bind: vec![r.join("usr")],
         ro_bind_try: vec![r.join("bin"), r.join("other"), r.join("absent")],
         tmp_size_bytes: 1,
+        workspace_size_bytes: 1,
     };
     let plan = view::plan(&fs);
     assert_eq!(plan.len(), 3, "{plan:?}");
@@ -353,4 +371,485 @@ fn plan_turns_merged_usr_links_into_symlinks() {
         host: std::fs::canonicalize(r.join("elsewhere")).unwrap(),
         required: false
     }));
+}
+
+// ------------------------------------------------------------- seccomp
+
+#[test]
+fn complement_blocks_cover_everything_but_the_points_exactly_once() {
+    use crate::seccomp::{DENIED_IOCTLS, complement};
+    let check = |points: &[u32], samples: &[u32]| {
+        let blocks = complement(points);
+        assert!(blocks.len() <= 32 * points.len(), "{}", blocks.len());
+        for &x in samples {
+            let hits = blocks
+                .iter()
+                .filter(|(m, v)| u64::from(x) & m == *v)
+                .count();
+            let want = usize::from(!points.contains(&x));
+            assert_eq!(hits, want, "x = {x:#x}, points {points:x?}");
+        }
+    };
+    // Around the points, bit flips of them, and a spread of other values.
+    let mut samples: Vec<u32> = vec![0, 1, u32::MAX, 0x8000_0000, 0x5400, 0x541f];
+    for p in DENIED_IOCTLS.iter().chain(&[0u32, u32::MAX]) {
+        samples.extend((0..32).map(|b| p ^ (1 << b)));
+        samples.extend([p.wrapping_sub(1), *p, p.wrapping_add(1)]);
+    }
+    let mut x: u32 = 0x1234_5678;
+    for _ in 0..20_000 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        samples.push(x);
+    }
+    check(&DENIED_IOCTLS, &samples);
+    check(&[0, u32::MAX], &samples);
+    check(&[42], &samples);
+}
+
+#[test]
+fn seccomp_filters_compile_for_both_families_and_extra_denials() {
+    use crate::seccomp::{Families, ProfileFilters, build};
+    let f = ProfileFilters::build(&[]).unwrap();
+    let (unix, inet) = (f.get(Families::UnixOnly), f.get(Families::WithInet));
+    // Whole sock_filter instructions, and different socket rules.
+    assert!(!unix.is_empty() && unix.len() % 8 == 0);
+    assert_ne!(unix, inet);
+    let denied = build(
+        Families::UnixOnly,
+        &["socket".to_owned(), "ioctl".to_owned()],
+    )
+    .unwrap();
+    assert_ne!(denied, unix);
+}
+
+#[test]
+fn profile_seccomp_deny_names_must_be_syscalls() {
+    let text = format!("{MINIMAL}\n[seccomp]\ndeny = [\"ptrace\", \"no_such_call\"]\n")
+        .replace("[env]\nPATH = \"/usr/bin\"\n", "")
+        + "[env]\nPATH = \"/usr/bin\"\n";
+    let err = Profile::from_toml("t", &text).unwrap_err();
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert!(err[0].contains("no_such_call"), "{err:?}");
+    let ok = text.replace(", \"no_such_call\"", "");
+    assert_eq!(
+        Profile::from_toml("t", &ok).unwrap().seccomp.deny,
+        vec!["ptrace"]
+    );
+}
+
+// -------------------------------------------------------------- limits
+
+#[test]
+fn new_limit_fields_parse_and_validate() {
+    let p = Profile::from_toml("t", MINIMAL).unwrap();
+    assert_eq!(p.filesystem.workspace_size_bytes, 2 << 20);
+    assert_eq!(
+        (
+            p.limits.cpu_millicores,
+            p.limits.cpu_time_secs,
+            p.limits.io_weight
+        ),
+        (None, None, None)
+    );
+    assert!(p.limits.require_cgroup);
+    assert!(!p.network.allow_restricted && !p.network.loopback);
+
+    let text = MINIMAL.replace(
+        "fsize = 4096",
+        "fsize = 4096\ncpus = 1.5\ncpu_time_secs = 9\nio_weight = 50\nrequire_cgroup = false",
+    );
+    let p = Profile::from_toml("t", &text).unwrap();
+    assert_eq!(p.limits.cpu_millicores, Some(1500));
+    assert_eq!(p.limits.cpu_time_secs, Some(9));
+    assert_eq!(p.limits.io_weight, Some(50));
+    assert!(!p.limits.require_cgroup);
+
+    let bad = MINIMAL
+        .replace(
+            "fsize = 4096",
+            "fsize = 4096\ncpus = 0.0\ncpu_time_secs = 0\nio_weight = 0",
+        )
+        .replace(r#"workspace_size = "2MiB""#, "workspace_size = 0");
+    let err = Profile::from_toml("t", &bad).unwrap_err();
+    let all = err.join("\n");
+    for needle in [
+        "limits.cpus",
+        "cpu_time_secs",
+        "io_weight",
+        "workspace_size",
+    ] {
+        assert!(all.contains(needle), "missing {needle}: {all}");
+    }
+    // allow_host implies restricted (tighter) access.
+    let host = MINIMAL.replace("[limits]", "[network]\nallow_host = true\n[limits]");
+    assert!(
+        Profile::from_toml("t", &host)
+            .unwrap()
+            .network
+            .allow_restricted
+    );
+}
+
+#[test]
+fn cgroup_limits_only_tighten() {
+    use crate::sandbox::cgroup_limits;
+    let text = MINIMAL.replace("fsize = 4096", "fsize = 4096\ncpus = 2.0\nio_weight = 200");
+    let p = Profile::from_toml("t", &text).unwrap();
+    let none = cgroup_limits(&p, &ResourceLimits::default());
+    assert_eq!(
+        (
+            none.memory_bytes,
+            none.pids,
+            none.cpu_millicores,
+            none.io_weight
+        ),
+        (64 << 20, 16, Some(2000), Some(200))
+    );
+    let lower = ResourceLimits {
+        cpu_limit: 0.5,
+        memory_bytes: 32 << 20,
+        pids: 8,
+        io_weight: 10,
+    };
+    let l = cgroup_limits(&p, &lower);
+    assert_eq!(
+        (l.memory_bytes, l.pids, l.cpu_millicores, l.io_weight),
+        (32 << 20, 8, Some(500), Some(10))
+    );
+    let higher = ResourceLimits {
+        cpu_limit: 64.0,
+        memory_bytes: 1 << 40,
+        pids: 100_000,
+        io_weight: 10_000,
+    };
+    let h = cgroup_limits(&p, &higher);
+    assert_eq!(
+        (h.memory_bytes, h.pids, h.cpu_millicores, h.io_weight),
+        (64 << 20, 16, Some(2000), Some(200))
+    );
+    // A NaN or negative request changes nothing.
+    let junk = ResourceLimits {
+        cpu_limit: f32::NAN,
+        ..Default::default()
+    };
+    assert_eq!(cgroup_limits(&p, &junk).cpu_millicores, Some(2000));
+}
+
+#[test]
+fn rlimit_cpu_is_the_lower_of_cpu_time_and_timeout() {
+    let text = MINIMAL.replace("fsize = 4096", "fsize = 4096\ncpu_time_secs = 5");
+    let p = Profile::from_toml("t", &text).unwrap();
+    let r = |t| effective_limits(&p, &ResourceLimits::default(), Duration::from_secs(t)).cpu_secs;
+    assert_eq!((r(2), r(5), r(60)), (3, 6, 6));
+}
+
+#[test]
+fn endings_are_classified_by_what_the_cgroup_saw() {
+    use crate::cgroup::CgroupStats;
+    use crate::run::{Ending, RunLimits, classify};
+    use mcp_core::ResourceUsage;
+    let limits = RunLimits {
+        timeout: Duration::from_secs(30),
+        cpu_time: Some(Duration::from_secs(5)),
+        rlimit_cpu_secs: 6,
+    };
+    let usage = |ms| ResourceUsage {
+        cpu_time_ms: ms,
+        ..Default::default()
+    };
+    let oom = CgroupStats {
+        oom_kills: 1,
+        ..Default::default()
+    };
+    let none = CgroupStats::default();
+    assert_eq!(
+        classify(Ending::Exited(0), &oom, &usage(0), &limits),
+        Ending::OutOfMemory
+    );
+    assert_eq!(
+        classify(Ending::Exited(137), &none, &usage(5900), &limits),
+        Ending::CpuTimeLimit
+    );
+    assert_eq!(
+        classify(
+            Ending::Exited(128 + libc::SIGXCPU),
+            &none,
+            &usage(5100),
+            &limits
+        ),
+        Ending::CpuTimeLimit
+    );
+    // Killed early, or a plain failure: not a CPU-time kill.
+    assert_eq!(
+        classify(Ending::Exited(137), &none, &usage(100), &limits),
+        Ending::Exited(137)
+    );
+    assert_eq!(
+        classify(Ending::Exited(1), &none, &usage(9000), &limits),
+        Ending::Exited(1)
+    );
+}
+
+// -------------------------------------------------------------- cgroups
+
+const MOUNTINFO_HYBRID: &str = "\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+33 31 0:28 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+34 31 0:29 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:31 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+37 31 0:32 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+38 31 0:33 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+";
+const SELF_HYBRID: &str = "\
+9:name=systemd:/
+8:pids:/
+7:blkio:/
+4:memory:/jobs/j1
+2:cpuacct:/
+1:cpu:/
+0::/
+";
+
+#[test]
+fn hybrid_hosts_use_v1_hierarchies_at_our_own_cgroup() {
+    use crate::cgroup::{Plan, plan};
+    // The fake unified mount has no cgroup.controllers file, like a v2
+    // hierarchy whose controllers are all bound to v1.
+    let Plan::V1(h) = plan(MOUNTINFO_HYBRID, SELF_HYBRID).unwrap() else {
+        panic!("expected v1");
+    };
+    let dirs: Vec<(Vec<String>, PathBuf)> = h.into_iter().map(|(c, _, _, _, d)| (c, d)).collect();
+    assert_eq!(
+        dirs,
+        vec![
+            (
+                vec!["memory".to_owned()],
+                PathBuf::from("/sys/fs/cgroup/memory/jobs/j1")
+            ),
+            (
+                vec!["pids".to_owned()],
+                PathBuf::from("/sys/fs/cgroup/pids/")
+            ),
+            (vec!["cpu".to_owned()], PathBuf::from("/sys/fs/cgroup/cpu/")),
+            (
+                vec!["cpuacct".to_owned()],
+                PathBuf::from("/sys/fs/cgroup/cpuacct/")
+            ),
+            (
+                vec!["blkio".to_owned()],
+                PathBuf::from("/sys/fs/cgroup/blkio/")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn comounted_v1_controllers_share_one_hierarchy() {
+    use crate::cgroup::{Plan, plan};
+    let mountinfo = "\
+33 31 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 31 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+36 31 0:31 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+    let own = "4:cpu,cpuacct:/a\n3:memory:/a\n2:pids:/a\n";
+    let Plan::V1(h) = plan(mountinfo, own).unwrap() else {
+        panic!("expected v1");
+    };
+    assert_eq!(h.len(), 3);
+    let cpu = h.iter().find(|e| e.0.contains(&"cpu".to_owned())).unwrap();
+    assert_eq!(cpu.0, vec!["cpu".to_owned(), "cpuacct".to_owned()]);
+    assert_eq!(cpu.1, "cpu,cpuacct");
+    assert_eq!(cpu.4, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/a"));
+}
+
+#[test]
+fn pure_v2_with_controllers_is_preferred() {
+    use crate::cgroup::{Plan, plan};
+    let t = tempfile::tempdir().unwrap();
+    let own = t.path().join("system.slice/gw.service");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(
+        own.join("cgroup.controllers"),
+        "cpuset cpu io memory pids\n",
+    )
+    .unwrap();
+    let mountinfo = format!(
+        "30 25 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+        t.path().display()
+    );
+    let Plan::V2 {
+        own: dir,
+        controllers,
+        own_path,
+        ..
+    } = plan(&mountinfo, "0::/system.slice/gw.service\n").unwrap()
+    else {
+        panic!("expected v2");
+    };
+    assert_eq!(dir, own);
+    assert_eq!(own_path, "/system.slice/gw.service");
+    assert_eq!(controllers, vec!["memory", "pids", "cpu", "io"]);
+
+    // A v2 hierarchy without pids, and no v1: unavailable, saying why.
+    std::fs::write(own.join("cgroup.controllers"), "cpu memory\n").unwrap();
+    let err = plan(&mountinfo, "0::/system.slice/gw.service\n").unwrap_err();
+    assert!(err.contains("does not offer pids"), "{err}");
+    assert!(err.contains("cgroup v1 has no usable hierarchy"), "{err}");
+}
+
+#[test]
+fn cgroup_key_value_files_parse() {
+    use crate::cgroup::keyed;
+    let stat = "usage_usec 1234567\nuser_usec 1\nnr_throttled 7\n";
+    assert_eq!(keyed(stat, "usage_usec"), Some(1_234_567));
+    assert_eq!(keyed(stat, "nr_throttled"), Some(7));
+    assert_eq!(keyed("max 3\n", "max"), Some(3));
+    assert_eq!(
+        keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"),
+        Some(2)
+    );
+    assert_eq!(keyed(stat, "missing"), None);
+}
+
+#[test]
+fn bwrap_versions_parse() {
+    use crate::host::parse_bwrap_version;
+    assert_eq!(parse_bwrap_version("bubblewrap 0.8.0"), Some((0, 8)));
+    assert_eq!(parse_bwrap_version("bubblewrap 0.11.1\n"), Some((0, 11)));
+    assert_eq!(parse_bwrap_version("nonsense"), None);
+}
+
+/// cgroup v2 cannot be exercised for real on a hybrid host; this checks
+/// the files and formats written and read against a fake cgroupfs.
+#[test]
+fn v2_task_cgroup_files_on_a_fake_cgroupfs() {
+    use crate::cgroup::{CgroupLimits, CgroupMode, TaskCgroup};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().to_path_buf();
+    for f in [
+        "memory.max",
+        "memory.swap.max",
+        "memory.oom.group",
+        "pids.max",
+        "cpu.max",
+        "io.weight",
+        "cgroup.procs",
+    ] {
+        std::fs::write(d.join(f), "").unwrap();
+    }
+    let cg = TaskCgroup::for_test(
+        CgroupMode::V2,
+        vec![(vec!["memory", "pids", "cpu", "io"], d.clone())],
+    );
+    cg.write_limits_for_test(&CgroupLimits {
+        memory_bytes: 256 << 20,
+        pids: 64,
+        cpu_millicores: Some(500),
+        io_weight: Some(50),
+    })
+    .unwrap();
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(read("memory.max"), "268435456");
+    assert_eq!(read("memory.swap.max"), "0");
+    assert_eq!(read("memory.oom.group"), "1");
+    assert_eq!(read("pids.max"), "64");
+    assert_eq!(read("cpu.max"), "50000 100000");
+    assert_eq!(read("io.weight"), "default 50");
+
+    std::fs::write(d.join("cpu.stat"), "usage_usec 2500000\nnr_throttled 3\n").unwrap();
+    std::fs::write(d.join("memory.peak"), "104857600\n").unwrap();
+    std::fs::write(
+        d.join("memory.events"),
+        "low 0\nhigh 0\nmax 5\noom 1\noom_kill 2\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("pids.events"), "max 7\n").unwrap();
+    std::fs::write(
+        d.join("io.stat"),
+        "8:0 rbytes=100 wbytes=200 rios=1 wios=2\n8:16 rbytes=1 wbytes=2 rios=1 wios=1\n",
+    )
+    .unwrap();
+    let s = cg.stats();
+    assert_eq!(s.cpu_ms, Some(2500));
+    assert_eq!(s.peak_memory_bytes, Some(100 << 20));
+    assert_eq!((s.io_read_bytes, s.io_write_bytes), (Some(101), Some(202)));
+    assert_eq!(
+        (s.oom_kills, s.pids_max_hits, s.cpu_throttled_periods),
+        (2, 7, 3)
+    );
+    // An empty cgroup is removed (rmdir; a real empty directory here).
+    std::fs::remove_dir_all(&d).unwrap();
+    std::fs::create_dir(&d).unwrap();
+    cg.destroy();
+    assert!(!d.exists());
+}
+
+#[test]
+fn v1_task_cgroup_files_on_a_fake_cgroupfs() {
+    use crate::cgroup::{CgroupLimits, CgroupMode, TaskCgroup};
+    let t = tempfile::tempdir().unwrap();
+    let dir = |name: &str, files: &[&str]| {
+        let d = t.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        for f in files {
+            std::fs::write(d.join(f), "").unwrap();
+        }
+        d
+    };
+    let mem = dir(
+        "memory",
+        &["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"],
+    );
+    let pids = dir("pids", &["pids.max"]);
+    let cpu = dir("cpu", &["cpu.cfs_period_us", "cpu.cfs_quota_us"]);
+    let acct = dir("cpuacct", &[]);
+    let blkio = dir("blkio", &["blkio.weight"]);
+    let cg = TaskCgroup::for_test(
+        CgroupMode::V1,
+        vec![
+            (vec!["memory"], mem.clone()),
+            (vec!["pids"], pids.clone()),
+            (vec!["cpu"], cpu.clone()),
+            (vec!["cpuacct"], acct.clone()),
+            (vec!["blkio"], blkio.clone()),
+        ],
+    );
+    cg.write_limits_for_test(&CgroupLimits {
+        memory_bytes: 1 << 30,
+        pids: 256,
+        cpu_millicores: Some(1500),
+        io_weight: Some(100),
+    })
+    .unwrap();
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(read(&mem, "memory.limit_in_bytes"), "1073741824");
+    assert_eq!(read(&mem, "memory.memsw.limit_in_bytes"), "1073741824");
+    assert_eq!(read(&pids, "pids.max"), "256");
+    assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
+    assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "150000");
+    assert_eq!(read(&blkio, "blkio.weight"), "500");
+
+    std::fs::write(acct.join("cpuacct.usage"), "3000000000\n").unwrap();
+    std::fs::write(mem.join("memory.max_usage_in_bytes"), "2097152\n").unwrap();
+    std::fs::write(
+        mem.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        blkio.join("blkio.throttle.io_service_bytes_recursive"),
+        "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\nTotal 12288\n",
+    )
+    .unwrap();
+    let s = cg.stats();
+    assert_eq!(s.cpu_ms, Some(3000));
+    assert_eq!(s.peak_memory_bytes, Some(2 << 20));
+    assert_eq!(
+        (s.io_read_bytes, s.io_write_bytes),
+        (Some(4096), Some(8192))
+    );
+    assert_eq!(s.oom_kills, 1);
 }

@@ -170,16 +170,13 @@ impl View {
         v
     }
 
-    /// Adds the sandbox's fixed mounts: the workspace and files binds, the
-    /// empty `/tmp`, and the kernel filesystems.
-    pub(crate) fn with_fixed(mut self, workspace: &Path, files: &Path) -> View {
-        self.binds.push((
-            PathBuf::from(mcp_core::WORKSPACE_MOUNT),
-            workspace.to_path_buf(),
-        ));
+    /// Adds the sandbox's fixed mounts: the files bind, the fresh tmpfs
+    /// mounts at `/tmp` and `/workspace`, and the kernel filesystems.
+    pub(crate) fn with_fixed(mut self, files: &Path) -> View {
         self.binds
             .push((PathBuf::from(mcp_core::FILES_MOUNT), files.to_path_buf()));
         self.empty.push(PathBuf::from("/tmp"));
+        self.empty.push(PathBuf::from(mcp_core::WORKSPACE_MOUNT));
         self.opaque.push(PathBuf::from("/proc"));
         self.opaque.push(PathBuf::from("/dev"));
         self

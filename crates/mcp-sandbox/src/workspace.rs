@@ -3,29 +3,50 @@
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cgroup::TaskCgroup;
 use crate::error::SandboxError;
 
 const REMOVE_ATTEMPTS: u32 = 5;
 
-/// Owns a per-task workspace directory and removes it, with everything the
-/// command left in it, when dropped.
+/// Owns what the host keeps for one task: its private directory and its
+/// cgroup. Dropping it kills whatever is still in the cgroup, removes the
+/// directory with everything in it, and hands the cgroup to a background
+/// thread that removes it (a few milliseconds later).
 #[derive(Debug)]
 pub struct WorkspaceGuard {
     path: PathBuf,
+    cgroup: Option<Arc<TaskCgroup>>,
 }
 
 impl WorkspaceGuard {
-    /// The workspace on the host (bound at `/workspace` in the sandbox).
+    /// The task's private host directory (0700, owned by the sandbox user).
+    /// The sandbox's `/workspace` is a size-capped tmpfs, not this
+    /// directory; host-side state of the task (such as the egress proxy
+    /// socket of restricted network access, later) lives here.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub(crate) fn cgroup(&self) -> Option<&Arc<TaskCgroup>> {
+        self.cgroup.as_ref()
+    }
+
+    pub(crate) fn set_cgroup(&mut self, cgroup: TaskCgroup) {
+        self.cgroup = Some(Arc::new(cgroup));
     }
 }
 
 impl Drop for WorkspaceGuard {
     fn drop(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            // Kill whatever is left now; remove the cgroup in the background.
+            cg.kill_all();
+            crate::cgroup::destroy_later(cg);
+        }
         // std's remove_dir_all never follows symlinks, so links the command
         // planted cannot make the gateway delete anything outside. After a
         // kill, processes of the sandbox may still be dying for a moment and
@@ -72,40 +93,9 @@ pub(crate) fn create_workspace(
         .mode(0o700)
         .create(&path)
         .map_err(ws_err(&path))?;
-    let guard = WorkspaceGuard { path };
+    let guard = WorkspaceGuard { path, cgroup: None };
     chown_and_mode(&guard.path, owner, 0o700).map_err(ws_err(&guard.path))?;
     Ok(guard)
-}
-
-/// Creates `rel` (clean, relative) inside the fresh workspace `ws`, each new
-/// directory owned by `owner`. Returns false if `rel` is not a clean
-/// relative path.
-pub(crate) fn create_cwd(
-    ws: &Path,
-    rel: &str,
-    owner: Option<(u32, u32)>,
-) -> Result<bool, SandboxError> {
-    let mut p = ws.to_path_buf();
-    for c in Path::new(rel).components() {
-        let Component::Normal(name) = c else {
-            return Ok(false);
-        };
-        p.push(name);
-        match DirBuilder::new().mode(0o755).create(&p) {
-            Ok(()) => chown_and_mode(&p, owner, 0o755).map_err(ws_err(&p))?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let meta = fs::symlink_metadata(&p).map_err(ws_err(&p))?;
-                if !meta.is_dir() {
-                    return Err(SandboxError::Workspace {
-                        path: p,
-                        source: io::Error::new(io::ErrorKind::AlreadyExists, "not a directory"),
-                    });
-                }
-            }
-            Err(e) => return Err(ws_err(&p)(e)),
-        }
-    }
-    Ok(true)
 }
 
 /// Makes sure `root/name` exists as a real directory; a new one gets mode

@@ -71,12 +71,30 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// The task, or `None` if it does not exist or belongs to another tenant.
     async fn get_task(&self, tenant: &str, id: TaskId) -> Result<Option<TaskRecord>, StoreError>;
 
-    /// Stores a policy decision. Decision ids are request ids and are unique;
-    /// recording the same id twice is a [`StoreError::Database`] error.
+    /// Stores a policy decision without decision-log details (see
+    /// [`TaskStore::record_decision_with`]). Decision ids are request ids
+    /// and are unique; recording the same id twice is a
+    /// [`StoreError::Database`] error.
     async fn record_decision(&self, rec: &DecisionRecord) -> Result<(), StoreError>;
+
+    /// Stores a policy decision with its decision-log details (the masked
+    /// input, latency, obligations) in the same row, in one statement.
+    async fn record_decision_with(
+        &self,
+        rec: &DecisionRecord,
+        details: &DecisionDetails,
+    ) -> Result<(), StoreError>;
 
     /// The decision made for request `id`, if any.
     async fn get_decision(&self, id: uuid::Uuid) -> Result<Option<DecisionRecord>, StoreError>;
+
+    /// Decision-log entries in time order (`at`, then id), oldest first,
+    /// filtered and paged by `query`. For `policy replay` and `policy log
+    /// export`.
+    async fn list_decisions(
+        &self,
+        query: &DecisionQuery,
+    ) -> Result<Vec<DecisionLogEntry>, StoreError>;
 
     /// Fails every non-terminal task owned by `owner` with the reason
     /// [`INTERRUPTED`] and `completed_at = at`; returns how many. Run at
@@ -106,6 +124,61 @@ pub struct DecisionRecord {
     pub policy_revision: String,
     /// The task the request created, if it created one.
     pub task_id: Option<TaskId>,
+}
+
+/// What the decision log keeps beside a [`DecisionRecord`]. All fields are
+/// optional in spirit: `DecisionDetails::default()` is what a decision
+/// recorded with [`TaskStore::record_decision`] gets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionDetails {
+    /// The input document as the policy saw it, after masking and
+    /// redaction; `None` when the gateway did not keep it.
+    pub input: Option<serde_json::Value>,
+    /// Wall-clock time of the evaluation, in microseconds.
+    pub latency_us: u64,
+    /// The sandbox profile the policy chose, if any.
+    pub profile: Option<String>,
+    /// Every obligation the policy set, as a JSON object (`{}` when none).
+    pub obligations: serde_json::Map<String, serde_json::Value>,
+    pub warnings: Vec<String>,
+}
+
+/// One entry of the decision log: the decision and its details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionLogEntry {
+    pub record: DecisionRecord,
+    pub details: DecisionDetails,
+}
+
+/// Which decision-log entries [`TaskStore::list_decisions`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionQuery {
+    /// Only decisions made at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only this tenant's decisions.
+    pub tenant: Option<String>,
+    /// Only decisions whose input was kept (what replay can use).
+    pub with_input: bool,
+    /// Keyset paging: only entries after this one in the log's order
+    /// (pass the last entry's `(at, id)` of the previous page).
+    pub after: Option<(OffsetDateTime, uuid::Uuid)>,
+    /// At most this many entries (capped at [`MAX_PAGE`]).
+    pub limit: u32,
+}
+
+/// The largest page [`TaskStore::list_decisions`] returns.
+pub const MAX_PAGE: u32 = 10_000;
+
+impl Default for DecisionQuery {
+    fn default() -> Self {
+        DecisionQuery {
+            since: None,
+            tenant: None,
+            with_input: false,
+            after: None,
+            limit: 1_000,
+        }
+    }
 }
 
 /// Opens the store a URL names:

@@ -9,7 +9,7 @@ use mcp_core::{ResourceUsage, TaskId, TaskKind, TaskRecord, TaskResult, TaskStat
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{DecisionRecord, StoreError};
+use crate::{DecisionDetails, DecisionLogEntry, DecisionRecord, StoreError};
 
 /// Milliseconds since the Unix epoch, truncated (floored) to the millisecond.
 pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
@@ -208,6 +208,60 @@ impl TryFrom<DecisionRow> for DecisionRecord {
                 .as_deref()
                 .map(|t| parse(id, "task_id", t, str::parse::<TaskId>))
                 .transpose()?,
+        })
+    }
+}
+
+/// One row of `decisions` with the decision-log columns of migration 0002.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DecisionLogRow {
+    #[sqlx(flatten)]
+    pub decision: DecisionRow,
+    pub input: Option<String>,
+    pub latency_us: i64,
+    pub profile: Option<String>,
+    pub obligations: String,
+    pub warnings: String,
+}
+
+/// The column list matching [`DecisionLogRow`].
+macro_rules! decision_log_columns {
+    () => {
+        concat!(
+            $crate::rows::decision_columns!(),
+            ", input, latency_us, profile, obligations, warnings"
+        )
+    };
+}
+pub(crate) use decision_log_columns;
+
+impl TryFrom<DecisionLogRow> for DecisionLogEntry {
+    type Error = StoreError;
+
+    fn try_from(row: DecisionLogRow) -> Result<Self, StoreError> {
+        let id = row.decision.id.clone();
+        let id = id.as_str();
+        let input = row
+            .input
+            .as_deref()
+            .map(|raw| {
+                parse(id, "input", raw, |s| {
+                    serde_json::from_str::<serde_json::Value>(s)
+                })
+            })
+            .transpose()?;
+        let obligations = parse(id, "obligations", &row.obligations, |s| {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s)
+        })?;
+        Ok(DecisionLogEntry {
+            record: DecisionRecord::try_from(row.decision)?,
+            details: DecisionDetails {
+                input,
+                latency_us: to_u64(id, "latency_us", row.latency_us)?,
+                profile: row.profile,
+                obligations,
+                warnings: json_list(id, "warnings", &row.warnings)?,
+            },
         })
     }
 }

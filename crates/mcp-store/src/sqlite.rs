@@ -14,9 +14,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::rows::{
-    DecisionRow, TaskRow, decision_columns, list_to_json, map_to_json, task_columns, to_i64, to_ms,
+    DecisionLogRow, DecisionRow, TaskRow, decision_columns, decision_log_columns, list_to_json,
+    map_to_json, task_columns, to_i64, to_ms,
 };
-use crate::{DecisionRecord, StoreError, TaskStore};
+use crate::{
+    DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, MAX_PAGE, StoreError,
+    TaskStore,
+};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -43,8 +47,22 @@ const GET_TASK_SQL: &str = concat!(
 
 const INSERT_DECISION_SQL: &str = concat!(
     "INSERT INTO decisions (",
-    decision_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    decision_log_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+);
+
+/// `list_decisions`: every filter is optional (a NULL parameter disables
+/// it); keyset paging on `(at, id)`, which is also the order.
+const LIST_DECISIONS_SQL: &str = concat!(
+    "SELECT ",
+    decision_log_columns!(),
+    " FROM decisions
+    WHERE (?1 IS NULL OR at >= ?1)
+      AND (?2 IS NULL OR tenant = ?2)
+      AND (?3 = 0 OR input IS NOT NULL)
+      AND (?4 IS NULL OR at > ?4 OR (at = ?4 AND id > ?5))
+    ORDER BY at, id
+    LIMIT ?6"
 );
 
 const GET_DECISION_SQL: &str = concat!(
@@ -294,8 +312,24 @@ impl TaskStore for SqliteStore {
         row.map(TaskRecord::try_from).transpose()
     }
 
-    #[tracing::instrument(name = "store.write", skip_all, fields(decision_id = %rec.id))]
     async fn record_decision(&self, rec: &DecisionRecord) -> Result<(), StoreError> {
+        self.record_decision_with(rec, &DecisionDetails::default())
+            .await
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(decision_id = %rec.id))]
+    async fn record_decision_with(
+        &self,
+        rec: &DecisionRecord,
+        details: &DecisionDetails,
+    ) -> Result<(), StoreError> {
+        // A JSON value always serialises; the fallbacks keep this panic-free.
+        let input = details
+            .input
+            .as_ref()
+            .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned()));
+        let obligations =
+            serde_json::to_string(&details.obligations).unwrap_or_else(|_| "{}".to_owned());
         sqlx::query(INSERT_DECISION_SQL)
             .bind(rec.id.hyphenated().to_string())
             .bind(to_ms(rec.at))
@@ -307,9 +341,31 @@ impl TaskStore for SqliteStore {
             .bind(list_to_json(&rec.deny_reasons))
             .bind(&rec.policy_revision)
             .bind(rec.task_id.map(|t| t.to_string()))
+            .bind(input)
+            .bind(to_i64(details.latency_us))
+            .bind(details.profile.as_deref())
+            .bind(obligations)
+            .bind(list_to_json(&details.warnings))
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    #[tracing::instrument(name = "store.read", skip_all)]
+    async fn list_decisions(
+        &self,
+        query: &DecisionQuery,
+    ) -> Result<Vec<DecisionLogEntry>, StoreError> {
+        let rows: Vec<DecisionLogRow> = sqlx::query_as(LIST_DECISIONS_SQL)
+            .bind(query.since.map(to_ms))
+            .bind(query.tenant.as_deref())
+            .bind(query.with_input)
+            .bind(query.after.map(|(at, _)| to_ms(at)))
+            .bind(query.after.map(|(_, id)| id.hyphenated().to_string()))
+            .bind(i64::from(query.limit.min(MAX_PAGE)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(DecisionLogEntry::try_from).collect()
     }
 
     #[tracing::instrument(name = "store.read", skip_all, fields(decision_id = %id))]

@@ -232,3 +232,37 @@ async fn in_memory_store_is_shared_across_calls() {
     store.insert_task(&rec).await.unwrap();
     assert_eq!(store.get_task("t", rec.id).await.unwrap(), Some(rec));
 }
+
+#[tokio::test]
+async fn migration_0002_keeps_old_decisions_readable() {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::raw_sql(include_str!("../migrations/sqlite/0001_init.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO decisions (id, at, tenant, principal, kind, summary, allow, deny_reasons, policy_revision)
+         VALUES ('0190b3c0-0000-7000-8000-000000000001', 5, 't', 'p', 'file', 'read x', 1, '[]', 'r')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!("../migrations/sqlite/0002_decision_log.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let row: crate::rows::DecisionLogRow = sqlx::query_as(concat!(
+        "SELECT ",
+        crate::rows::decision_log_columns!(),
+        " FROM decisions"
+    ))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let entry = DecisionLogEntry::try_from(row).unwrap();
+    assert_eq!(entry.details, DecisionDetails::default());
+    assert_eq!(entry.record.summary, "read x");
+}

@@ -5,6 +5,14 @@
 //!   sequential and concurrent, against the same sandbox spawned directly
 //!   with the same bwrap argv (no gateway) and a bare fork+exec, all in one
 //!   run on one machine. Prints p50/p90/p99, throughput and ratios.
+//! - `dist [--no-build]`: one release build, staged with its man page and
+//!   completions, packed as `.deb` and `.rpm` into `target/dist/`.
+//! - `image [--no-build] [--rootfs DIR]`: the distroless OCI image of the
+//!   same staged binary, as an OCI archive in `target/dist/` (root, umoci).
+
+mod dist;
+mod image;
+mod util;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,12 +42,19 @@ fn main() -> anyhow::Result<()> {
             }
             bench(n, conc)
         }
+        Some("dist") => dist::main(&util::Opts::parse(args, DIST_USAGE)?),
+        Some("image") => image::main(&util::Opts::parse(args, IMAGE_USAGE)?),
         _ => {
             eprintln!("usage: cargo xtask bench [--n N] [--concurrency C]");
+            eprintln!("       {DIST_USAGE}");
+            eprintln!("       {IMAGE_USAGE}");
             std::process::exit(2);
         }
     }
 }
+
+const DIST_USAGE: &str = "cargo xtask dist [--no-build]";
+const IMAGE_USAGE: &str = "cargo xtask image [--no-build] [--rootfs DIR]";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -181,9 +196,9 @@ fn num_cpus() -> usize {
 
 async fn run_echo(client: &mut Client) -> anyhow::Result<()> {
     let r = client.run(Client::command("echo", ["bench"])).await?;
-    let code = r.result.map(|r| r.exit_code);
-    if code != Some(0) {
-        bail!("echo failed: {code:?}");
+    match r.result {
+        Some(res) if res.exit_code == 0 => {}
+        other => bail!("echo failed: {:?}", other.map(|r| (r.exit_code, r.stderr))),
     }
     Ok(())
 }
@@ -231,9 +246,13 @@ fn raw_bwrap(root: &Path, tmp: &Path, n: usize) -> anyhow::Result<Vec<Duration>>
             denied_paths: Vec::new(),
         };
         let (mut cmd, _guard) = sandbox.raw_command(&spec).map_err(std::io::Error::other)?;
-        let st = cmd.stdout(Stdio::null()).status()?;
-        if !st.success() {
-            return Err(std::io::Error::other(format!("raw bwrap failed: {st}")));
+        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "raw bwrap failed: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         Ok(())
     })

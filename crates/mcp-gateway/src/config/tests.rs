@@ -104,3 +104,78 @@ fn non_loopback_is_allowed_only_with_explicit_insecure_flag() {
         Ok(())
     });
 }
+
+#[test]
+fn telemetry_comes_from_the_file_then_otel_variables_then_our_own() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        let cfg = load(None, &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(cfg.telemetry.otlp_endpoint, None, "no endpoint, no export");
+        assert_eq!(cfg.telemetry.service_name, "mcp-gateway");
+        assert_eq!(cfg.http.request_timeout.as_secs(), 30);
+
+        jail.create_file(
+            "t.toml",
+            "[telemetry]\notlp_endpoint = \"http://file:4317\"\nsample_ratio = 0.5\n[http]\nmax_body_bytes = 10\n",
+        )?;
+        let file = Some(Path::new("t.toml"));
+        let cfg = load(file, &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(
+            cfg.telemetry.otlp_endpoint.as_deref(),
+            Some("http://file:4317")
+        );
+        assert_eq!(cfg.telemetry.sample_ratio, 0.5);
+        assert_eq!(cfg.http.max_body_bytes, 10);
+
+        jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4317");
+        jail.set_env("OTEL_SERVICE_NAME", "gw-eu-1");
+        jail.set_env("OTEL_TRACES_SAMPLER_ARG", "0.25");
+        let cfg = load(file, &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(
+            cfg.telemetry.otlp_endpoint.as_deref(),
+            Some("http://otel:4317")
+        );
+        assert_eq!(cfg.telemetry.service_name, "gw-eu-1");
+        assert_eq!(cfg.telemetry.sample_ratio, 0.25);
+
+        jail.set_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317");
+        let cfg = load(file, &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(
+            cfg.telemetry.otlp_endpoint.as_deref(),
+            Some("http://traces:4317")
+        );
+
+        jail.set_env("MCP_GATEWAY_TELEMETRY__OTLP_ENDPOINT", "http://ours:4317");
+        let cfg = load(file, &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(
+            cfg.telemetry.otlp_endpoint.as_deref(),
+            Some("http://ours:4317")
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_http_and_telemetry_settings_are_reported_together() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "bad.toml",
+            "[http]\nmax_concurrent_requests = 0\nrequest_timeout_secs = 0\n[telemetry]\notlp_endpoint = \"collector:4317\"\nsample_ratio = 2.0\nservice_name = \" \"\n",
+        )?;
+        let err = load(Some(Path::new("bad.toml")), &repo_overrides()).unwrap_err();
+        let ConfigError::Invalid { problems } = err;
+        let all = problems.join("\n");
+        for needle in [
+            "http.max_concurrent_requests",
+            "http.request_timeout_secs",
+            "telemetry.otlp_endpoint",
+            "telemetry.sample_ratio",
+            "telemetry.service_name",
+        ] {
+            assert!(all.contains(needle), "{needle}: {all}");
+        }
+        assert_eq!(problems.len(), 5, "{all}");
+        Ok(())
+    });
+}

@@ -19,6 +19,21 @@ pub fn require_bwrap() {
     );
 }
 
+/// Installs the gateway's telemetry (logs to nowhere, no trace export) as
+/// the process-wide subscriber, once, before any test emits an event. With
+/// it every callsite is registered against a subscriber that wants it;
+/// tests that scope their own subscriber to their thread then see every
+/// span and event, instead of racing with callsite-interest caching.
+pub fn global_telemetry() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let (dispatch, _) =
+            mcp_gateway::telemetry::dispatch(&crate::metrics::settings(), std::io::sink, None)
+                .unwrap();
+        tracing::dispatcher::set_global_default(dispatch).unwrap();
+    });
+}
+
 /// A raw config for a test gateway whose data lives in `data`.
 pub fn test_config(data: &Path) -> RawConfig {
     let mut raw = RawConfig::default();
@@ -49,6 +64,7 @@ impl TestGateway {
     }
 
     pub async fn start_with(raw: RawConfig) -> Self {
+        global_telemetry();
         require_bwrap();
         let data = raw.storage.data_dir.clone();
         let cfg = raw.validate().unwrap();

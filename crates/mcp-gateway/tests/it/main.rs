@@ -5,7 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bad_input;
+mod cli;
 mod commands;
+mod errors;
 mod files;
 mod harness;
+mod metrics;
+mod reload;
+mod rest;
 mod restart;
+mod traces;

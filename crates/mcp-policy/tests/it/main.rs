@@ -10,7 +10,10 @@ use anyhow::{Context, Result, bail, ensure};
 use mcp_core::{
     Decision, ExecRequest, FileOp, FileRequest, NetworkAccess, Principal, RequestLimits,
 };
-use mcp_policy::{PolicyEngine, PolicyError, PolicyInput, RequestContext};
+use mcp_policy::{
+    EngineOptions, InputLimits, MASKED, McpToolInput, ObligationKind, PolicyEngine, PolicyError,
+    PolicyInput, PolicyService, RequestContext, ServiceOptions, TestOptions,
+};
 use serde::Deserialize;
 use tempfile::TempDir;
 
@@ -550,5 +553,535 @@ fn run_tests_reports_broken_test_files_as_load_errors() -> Result<()> {
         PolicyEngine::run_tests(dir.path()),
         Err(PolicyError::Parse { path, .. }) if path.ends_with("main_test.rego")
     ));
+    Ok(())
+}
+
+// ---- evaluation details --------------------------------------------------
+
+#[test]
+fn evaluate_reports_revision_latency_and_the_typed_obligations() -> Result<()> {
+    let engine = PolicyEngine::load(&policies_dir())?;
+    let e = engine.evaluate(&ls_input()?);
+    assert!(e.decision.allow, "{:?}", e.decision);
+    assert_eq!(e.revision, engine.revision());
+    assert_eq!(e.obligations.profile.as_deref(), Some("default"));
+    assert!(e.mask.is_empty(), "{:?}", e.mask);
+    assert!(e.failure.is_none());
+    assert!(e.latency > Duration::ZERO);
+    Ok(())
+}
+
+fn approval_policy() -> Vec<(&'static str, &'static str)> {
+    vec![(
+        "main.rego",
+        r#"package mcp
+
+decision := {"allow": true, "obligations": {"profile": "default", "require_approval": {"roles": ["lead"], "reason": "write"}}}
+"#,
+    )]
+}
+
+#[test]
+fn unenforced_known_obligations_deny_unless_the_caller_enforces_them() -> Result<()> {
+    let dir = policy_dir(&approval_policy())?;
+    let engine = PolicyEngine::load(dir.path())?;
+    let e = engine.evaluate(&ls_input()?);
+    assert!(!e.decision.allow);
+    assert_eq!(e.decision.obligations.unknown, vec!["require_approval"]);
+    assert_eq!(
+        e.obligations.require_approval.map(|a| a.roles),
+        Some(vec!["lead".to_owned()])
+    );
+
+    let mut options = EngineOptions::default();
+    options.enforced.insert(ObligationKind::RequireApproval);
+    let engine = PolicyEngine::load_with(dir.path(), options)?;
+    let e = engine.evaluate(&ls_input()?);
+    assert!(e.decision.allow, "{:?}", e.decision);
+    assert!(e.decision.obligations.unknown.is_empty());
+    Ok(())
+}
+
+#[test]
+fn wrong_decision_shape_fails_closed_and_tells_the_author_what_is_expected() -> Result<()> {
+    let (_dir, engine) = load(&[("main.rego", "package mcp\n\ndecision := true\n")])?;
+    let e = engine.evaluate(&ls_input()?);
+    assert_failed_closed(&e.decision, &engine);
+    let why = e.failure.unwrap_or_default();
+    assert!(why.contains("not an object"), "{why}");
+    assert!(
+        why.contains(r#"{"allow": bool, "deny_reasons": [string]"#),
+        "{why}"
+    );
+
+    let (_dir, engine) = load(&[("main.rego", "package mcp\n\nallow := true\n")])?;
+    let why = engine.evaluate(&ls_input()?).failure.unwrap_or_default();
+    assert!(why.contains("undefined: define it in package mcp"), "{why}");
+    Ok(())
+}
+
+#[test]
+fn huge_and_deeply_nested_inputs_are_denied_before_evaluation() -> Result<()> {
+    let options = EngineOptions {
+        input_limits: InputLimits {
+            max_bytes: 4096,
+            max_depth: 8,
+        },
+        ..EngineOptions::default()
+    };
+    let engine = PolicyEngine::load_with(&policies_dir(), options)?;
+
+    let big = command_input(exec("echo", &[&"x".repeat(5000)]), Some("/usr/bin/echo"))?;
+    let d = engine.evaluate(&big).decision;
+    assert!(!d.allow);
+    assert!(
+        d.deny_reasons[0].starts_with("input document is ")
+            && d.deny_reasons[0].ends_with("over the limit of 4096"),
+        "{d:?}"
+    );
+
+    let mut nested = serde_json::json!("leaf");
+    for _ in 0..10 {
+        nested = serde_json::json!({ "a": nested });
+    }
+    let tool = PolicyInput::mcp_tool(
+        &Principal::anonymous(),
+        McpToolInput {
+            server: "s".into(),
+            name: "n".into(),
+            arguments: nested.clone(),
+        },
+        &ctx(),
+    );
+    let d = engine.evaluate(&tool).decision;
+    assert_eq!(
+        d.deny_reasons,
+        vec!["input document nests deeper than 8 levels"]
+    );
+    let d = engine.evaluate_json(&nested).decision;
+    assert_eq!(
+        d.deny_reasons,
+        vec!["input document nests deeper than 8 levels"]
+    );
+    Ok(())
+}
+
+#[test]
+fn raw_json_inputs_are_decided_like_typed_ones() -> Result<()> {
+    let engine = PolicyEngine::load(&policies_dir())?;
+    let input = ls_input()?;
+    let raw = serde_json::to_value(&input)?;
+    assert_eq!(engine.evaluate_json(&raw).decision, engine.decide(&input));
+    // A document of another shape is the policy's to judge: denied, not an error.
+    let d = engine
+        .evaluate_json(&serde_json::json!({"hello": "world"}))
+        .decision;
+    assert!(!d.allow);
+    assert_eq!(d.deny_reasons, vec![r#"request kind "" is not handled"#]);
+    Ok(())
+}
+
+#[test]
+fn the_log_mask_and_redaction_shape_the_logged_input() -> Result<()> {
+    let engine = PolicyEngine::load(&policies_dir())?;
+    let mut req = exec("echo", &["--password=hunter2", "hello"]);
+    req.metadata.insert("ticket".into(), "OPS-1".into());
+    req.metadata.insert("api_token".into(), "s3cret".into());
+    let input = command_input(req, Some("/usr/bin/echo"))?;
+    let e = engine.evaluate(&input);
+    assert!(e.decision.allow, "{:?}", e.decision);
+    assert_eq!(e.mask, vec!["/request/metadata/api_token".to_owned()]);
+    let logged = e.logged_input(&input);
+    assert_eq!(logged["request"]["metadata"]["api_token"], MASKED);
+    assert_eq!(logged["request"]["metadata"]["ticket"], "OPS-1");
+    assert_eq!(
+        logged["request"]["command"]["args"],
+        serde_json::json!(["--password=<masked>", "hello"])
+    );
+    assert!(!logged.to_string().contains("hunter2"));
+    assert!(!logged.to_string().contains("s3cret"));
+    // The mask is part of the evaluated set: the input keeps its shape.
+    let back: PolicyInput = serde_json::from_value(logged)?;
+    assert_eq!(back.request.kind, "command");
+    Ok(())
+}
+
+#[test]
+fn a_broken_mask_rule_masks_the_whole_input() -> Result<()> {
+    let (_dir, engine) = load(&[
+        (
+            "main.rego",
+            "package mcp\n\ndecision := {\"allow\": true}\n",
+        ),
+        ("log.rego", "package mcp.log\n\nmask := 42\n"),
+    ])?;
+    let input = ls_input()?;
+    let e = engine.evaluate(&input);
+    assert!(e.decision.allow);
+    assert_eq!(e.mask, vec![String::new()]);
+    assert_eq!(e.logged_input(&input), serde_json::json!(MASKED));
+    Ok(())
+}
+
+#[test]
+fn explain_shows_rules_and_print_output() -> Result<()> {
+    let (_dir, engine) = load(&[(
+        "main.rego",
+        "package mcp\n\nname := input.request.command.name\n\ndecision := {\"allow\": true} if {\n\tprint(\"deciding\", name)\n}\n",
+    )])?;
+    let x = engine.explain(&serde_json::to_value(ls_input()?)?);
+    assert!(x.evaluated.decision.allow);
+    assert_eq!(x.rules["name"], "ls");
+    assert_eq!(x.rules["decision"]["allow"], true);
+    assert!(
+        x.prints.iter().any(|p| p.contains("deciding ls")),
+        "{:?}",
+        x.prints
+    );
+    let lines: Vec<u32> = x.lines.iter().flat_map(|(_, l)| l.clone()).collect();
+    assert!(lines.contains(&6), "{:?}", x.lines);
+    Ok(())
+}
+
+// ---- check and tests with coverage ----------------------------------------
+
+#[test]
+fn check_reports_every_broken_file_with_line_and_column() -> Result<()> {
+    let dir = policy_dir(&[
+        ("a.rego", "package mcp\n\nallow if {\n\tinput.x ==\n}\n"),
+        ("b.rego", "package mcp\n\nx := [1,\n"),
+        ("c_test.rego", "package mcp_test\n\ntest_y if {\n"),
+        ("ok.rego", "package mcp\n\ny := 1\n"),
+        ("data.json", "{\n  \"a\": [1,\n}\n"),
+    ])?;
+    let found = mcp_policy::check(dir.path());
+    let names: Vec<String> = found
+        .iter()
+        .map(|d| {
+            let file = d.path.file_name().map(|n| n.to_string_lossy().into_owned());
+            format!("{}:{}", file.unwrap_or_default(), d.line)
+        })
+        .collect();
+    assert_eq!(found.len(), 4, "{names:?}");
+    for want in ["a.rego:5", "b.rego:", "c_test.rego:", "data.json:3"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want} missing from {names:?}"
+        );
+    }
+    assert!(found.iter().all(|d| d.col > 0), "{found:?}");
+    assert!(found[0].to_string().contains("a.rego:5:"), "{}", found[0]);
+
+    let unsafe_var = policy_dir(&[("u.rego", "package mcp\n\nallow if {\n\ty > 1\n}\n")])?;
+    let found = mcp_policy::check(unsafe_var.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].line, found[0].path.ends_with("u.rego")),
+        (4, true)
+    );
+
+    assert!(mcp_policy::check(&policies_dir()).is_empty());
+    Ok(())
+}
+
+#[test]
+fn run_tests_filters_by_regex_and_measures_coverage() -> Result<()> {
+    let report = PolicyEngine::run_tests_with(
+        &policies_dir(),
+        &TestOptions {
+            filter: Some("gate_tenant".into()),
+            coverage: true,
+        },
+    )?;
+    assert_eq!(report.outcomes.len(), 2, "{:?}", report.outcomes);
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| o.name.starts_with("test_gate_tenant"))
+    );
+    let partial = report.coverage.as_ref().map(|c| c.percent()).unwrap_or(0.0);
+
+    let full = PolicyEngine::run_tests_with(
+        &policies_dir(),
+        &TestOptions {
+            filter: None,
+            coverage: true,
+        },
+    )?;
+    assert_eq!(full.failed(), 0);
+    let coverage = full.coverage.context("no coverage")?;
+    assert!(
+        coverage
+            .files
+            .iter()
+            .all(|f| !f.path.ends_with("_test.rego"))
+    );
+    assert_eq!(
+        coverage.files.len(),
+        6,
+        "{:?}",
+        coverage.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    assert!(
+        coverage.percent() > partial,
+        "{} <= {partial}",
+        coverage.percent()
+    );
+    assert!(
+        coverage.percent() >= 90.0,
+        "shipped policies are {:.1}% covered",
+        coverage.percent()
+    );
+
+    assert!(matches!(
+        PolicyEngine::run_tests_with(
+            &policies_dir(),
+            &TestOptions {
+                filter: Some("(".into()),
+                coverage: false
+            }
+        ),
+        Err(PolicyError::Filter { .. })
+    ));
+    Ok(())
+}
+
+// ---- the live service -------------------------------------------------------
+
+const ALLOW_ALL: &str =
+    "package mcp\n\ndecision := {\"allow\": true, \"obligations\": {\"profile\": \"default\"}}\n";
+const DENY_ALL: &str =
+    "package mcp\n\ndecision := {\"allow\": false, \"deny_reasons\": [\"closed\"]}\n";
+
+#[test]
+fn reload_swaps_a_good_set_and_keeps_serving_on_a_broken_one() -> Result<()> {
+    let dir = policy_dir(&[("main.rego", ALLOW_ALL)])?;
+    let service = PolicyService::start(dir.path(), ServiceOptions::default())?;
+    let first = service.revision();
+    assert!(service.decide(&ls_input()?).decision.allow);
+
+    std::fs::write(dir.path().join("main.rego"), DENY_ALL)?;
+    let second = service.reload()?;
+    assert_ne!(second, first);
+    assert_eq!(service.revision(), second);
+    let e = service.decide(&ls_input()?);
+    assert_eq!(
+        (e.decision.allow, e.revision.as_str()),
+        (false, second.as_str())
+    );
+
+    std::fs::write(
+        dir.path().join("main.rego"),
+        "package mcp\n\ndecision := {\n",
+    )?;
+    match service.reload() {
+        Err(PolicyError::Parse { message, .. }) => {
+            assert!(message.contains("main.rego:4:"), "{message}")
+        }
+        other => bail!("expected a parse error, got {other:?}"),
+    }
+    assert_eq!(service.revision(), second);
+    assert!(!service.decide(&ls_input()?).decision.allow);
+    let stats = service.stats();
+    assert_eq!((stats.reloads, stats.reload_failures), (1, 1));
+    Ok(())
+}
+
+#[test]
+fn reload_can_require_passing_tests() -> Result<()> {
+    let dir = policy_dir(&[
+        ("main.rego", ALLOW_ALL),
+        (
+            "main_test.rego",
+            "package mcp_test\n\ntest_allows if data.mcp.decision.allow\n",
+        ),
+    ])?;
+    let options = ServiceOptions {
+        reload_requires_passing_tests: true,
+        ..ServiceOptions::default()
+    };
+    let service = PolicyService::start(dir.path(), options.clone())?;
+    let before = service.revision();
+    std::fs::write(dir.path().join("main.rego"), DENY_ALL)?;
+    match service.reload() {
+        Err(PolicyError::TestsFailed { failed, .. }) => {
+            assert_eq!(failed.len(), 1);
+            assert!(failed[0].starts_with("mcp_test.test_allows"), "{failed:?}");
+        }
+        other => bail!("expected failing tests, got {other:?}"),
+    }
+    assert_eq!(service.revision(), before);
+    // At start a failing set is refused outright.
+    assert!(matches!(
+        PolicyService::start(dir.path(), options),
+        Err(PolicyError::TestsFailed { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn shadow_set_is_evaluated_but_not_enforced_and_disagreements_are_counted() -> Result<()> {
+    let active = policy_dir(&[("main.rego", ALLOW_ALL)])?;
+    let candidate = policy_dir(&[("main.rego", DENY_ALL)])?;
+    let service = PolicyService::start(
+        active.path(),
+        ServiceOptions {
+            shadow_dir: Some(candidate.path().to_owned()),
+            ..ServiceOptions::default()
+        },
+    )?;
+    let e = service.decide(&ls_input()?);
+    assert!(e.decision.allow);
+    let shadow = e.shadow.context("no shadow decision")?;
+    assert!(!shadow.allow);
+    assert_eq!(Some(shadow.policy_revision), service.shadow_revision());
+    service.decide(&ls_input()?);
+    assert_eq!(service.stats().shadow_disagreements, 2);
+
+    // Agreement is not counted.
+    std::fs::write(
+        candidate.path().join("main.rego"),
+        ALLOW_ALL.replace("true", "true "),
+    )?;
+    service.reload()?;
+    let e = service.decide(&ls_input()?);
+    assert_eq!(e.shadow.map(|s| s.allow), Some(true));
+    assert_eq!(service.stats().shadow_disagreements, 2);
+    Ok(())
+}
+
+#[test]
+fn watcher_reloads_after_a_change_on_disk() -> Result<()> {
+    let dir = policy_dir(&[("main.rego", ALLOW_ALL)])?;
+    let service = Arc::new(PolicyService::start(dir.path(), ServiceOptions::default())?);
+    let before = service.revision();
+    let _watcher = service.watch_with(Duration::from_millis(50))?;
+    std::fs::write(dir.path().join("main.rego"), DENY_ALL)?;
+    // Real inotify: poll for the reload, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while service.revision() == before {
+        ensure!(std::time::Instant::now() < deadline, "no reload within 20s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!service.decide(&ls_input()?).decision.allow);
+
+    // A broken write is rejected; the revision stays.
+    let good = service.revision();
+    std::fs::write(dir.path().join("main.rego"), "package mcp\n\nx := \n")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while service.stats().reload_failures == 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no failed reload within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(service.revision(), good);
+    Ok(())
+}
+
+#[test]
+fn data_file_option_replaces_data_json() -> Result<()> {
+    let dir = policy_dir(&[
+        (
+            "main.rego",
+            "package mcp\n\ndecision := {\"allow\": data.open}\n",
+        ),
+        ("data.json", r#"{"open": false}"#),
+        ("other.json", r#"{"open": true}"#),
+    ])?;
+    assert!(!PolicyEngine::load(dir.path())?.decide(&ls_input()?).allow);
+    let options = EngineOptions {
+        data_file: Some(dir.path().join("other.json")),
+        ..EngineOptions::default()
+    };
+    assert!(
+        PolicyEngine::load_with(dir.path(), options)?
+            .decide(&ls_input()?)
+            .allow
+    );
+    Ok(())
+}
+
+// ---- the documented input schema -------------------------------------------
+
+/// Checks that every object in `doc` only has keys `schema` declares and all
+/// it requires: enough to keep `docs/policy/input.schema.json` and
+/// `PolicyInput` from drifting apart.
+fn conforms(doc: &serde_json::Value, schema: &serde_json::Value, at: &str) -> Result<()> {
+    let (Some(obj), Some(props)) = (
+        doc.as_object(),
+        schema.get("properties").and_then(|p| p.as_object()),
+    ) else {
+        return Ok(());
+    };
+    for key in obj.keys() {
+        ensure!(props.contains_key(key), "{at}/{key} is not in the schema");
+    }
+    for req in schema
+        .get("required")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let req = req.as_str().unwrap_or_default();
+        ensure!(
+            obj.contains_key(req),
+            "{at}/{req} is required by the schema"
+        );
+    }
+    for (key, value) in obj {
+        let sub = &props[key];
+        conforms(value, sub, &format!("{at}/{key}"))?;
+        if let (Some(items), Some(sub_items)) = (value.as_array(), sub.get("items")) {
+            for item in items {
+                conforms(item, sub_items, &format!("{at}/{key}/*"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_input_the_gateway_builds_matches_the_documented_schema() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/policy/input.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut inputs = vec![
+        ls_input()?,
+        PolicyInput::network(
+            &Principal::anonymous(),
+            mcp_policy::NetworkInput {
+                host: "api.github.com".into(),
+                port: 443,
+                protocol: "tcp".into(),
+                resolved_ips: vec!["140.82.112.6".into()],
+            },
+            &ctx(),
+        ),
+        PolicyInput::mcp_tool(
+            &Principal::anonymous(),
+            McpToolInput {
+                server: "github".into(),
+                name: "create_issue".into(),
+                arguments: serde_json::json!({"title": "x"}),
+            },
+            &ctx(),
+        )
+        .with_environment(&[("env".to_owned(), "prod".to_owned())].into())
+        .with_trace_id(Some("4bf92f3577b34da6a3ce929d0e0e4736".into())),
+    ];
+    for entry in std::fs::read_dir(policies_dir().join("cases"))? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        let case: serde_json::Value = serde_json::from_str(&text)?;
+        inputs.push(serde_json::from_value(case["input"].clone())?);
+    }
+    for input in &inputs {
+        conforms(&serde_json::to_value(input)?, &schema, "")?;
+    }
+    // And the schema is strict where the type is.
+    let mut extra = serde_json::to_value(ls_input()?)?;
+    extra["context"]["surprise"] = serde_json::json!(1);
+    assert!(conforms(&extra, &schema, "").is_err());
     Ok(())
 }

@@ -33,8 +33,15 @@ fn host_is_root() -> bool {
         .unwrap()
 }
 
+mod escape;
+
 /// A sandbox with its workspaces and files roots under `base`.
 fn sandbox_in(base: &Path, max_output_bytes: usize) -> Sandbox {
+    sandbox_with(base, max_output_bytes, &profiles_dir())
+}
+
+/// Like [`sandbox_in`], with the profiles of `profiles`.
+fn sandbox_with(base: &Path, max_output_bytes: usize, profiles: &Path) -> Sandbox {
     assert!(
         Path::new(BWRAP).exists(),
         "these tests need bubblewrap at {BWRAP}: apt-get install bubblewrap"
@@ -48,8 +55,13 @@ fn sandbox_in(base: &Path, max_output_bytes: usize) -> Sandbox {
         files_root: base.join("files"),
         max_output_bytes,
     };
-    let profiles = Profiles::load_dir(&profiles_dir()).unwrap();
-    Sandbox::new(settings, profiles).unwrap()
+    let profiles = Profiles::load_dir(profiles).unwrap();
+    Sandbox::new(settings, profiles).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nthese tests need bubblewrap 0.8+, seccomp and cgroups (run as root, or in a \
+             delegated cgroup v2 subtree); `mcp-gateway sandbox check` says what is missing"
+        )
+    })
 }
 
 struct Harness {
@@ -63,12 +75,16 @@ impl Harness {
     }
 
     fn with_max_output(max_output_bytes: usize) -> Harness {
+        Harness::with_profiles(max_output_bytes, &profiles_dir())
+    }
+
+    fn with_profiles(max_output_bytes: usize, profiles: &Path) -> Harness {
         assert!(
             Path::new(BWRAP).exists(),
             "these tests need bubblewrap at {BWRAP}: apt-get install bubblewrap"
         );
         let tmp = tempfile::tempdir().unwrap();
-        let sandbox = sandbox_in(tmp.path(), max_output_bytes);
+        let sandbox = sandbox_with(tmp.path(), max_output_bytes, profiles);
         Harness { tmp, sandbox }
     }
 
@@ -157,7 +173,12 @@ fn processes_matching(needle: &str) -> Vec<String> {
 async fn echo_prints_and_exits_zero() {
     let h = Harness::new();
     let (out, chunks) = h.run(h.spec("echo", &["hello", "world"])).await;
-    assert_eq!(out.ending, Ending::Exited(0));
+    assert_eq!(
+        out.ending,
+        Ending::Exited(0),
+        "{}",
+        text(&out.result.stderr)
+    );
     assert_eq!(out.result.exit_code, 0);
     assert_eq!(text(&out.result.stdout), "hello world\n");
     assert_eq!(streamed(&chunks, ChunkKind::Stdout), b"hello world\n");
@@ -492,15 +513,35 @@ async fn no_network_unless_the_profile_allows_host() {
 }
 
 #[tokio::test]
-async fn restricted_network_is_unsupported() {
+async fn restricted_network_is_unsupported_and_needs_a_profile_allowing_it() {
     let h = Harness::new();
     let mut spec = h.spec("true", &[]);
     spec.network = NetworkAccess::Restricted;
     let err = h
-        .run_with(spec, CancellationToken::new())
+        .run_with(spec.clone(), CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(matches!(err, SandboxError::Unsupported { .. }), "{err}");
+    assert!(
+        matches!(err, SandboxError::NetworkNotAllowed { ref profile } if profile == "default"),
+        "{err}"
+    );
+    for profile in ["network-restricted", "build"] {
+        spec.profile = profile.into();
+        spec.task_id = TaskId::new();
+        let err = h
+            .run_with(spec.clone(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SandboxError::Unsupported { .. }),
+            "{profile}: {err}"
+        );
+    }
+    // Without network, the network-restricted profile runs like default.
+    let mut spec = h.spec("true", &[]);
+    spec.profile = "network-restricted".into();
+    let (out, _) = h.run(spec).await;
+    assert_eq!(out.ending, Ending::Exited(0));
 }
 
 #[tokio::test]
@@ -669,7 +710,9 @@ async fn rlimits_come_from_the_profile_and_requests_only_lower_them() {
         &out,
         &[
             ("Max open files", "1024"),
-            ("Max processes", "256"),
+            // pids.max bounds the task; RLIMIT_NPROC, counted per uid, is
+            // only a backstop (64 x pids) so tasks cannot starve each other.
+            ("Max processes", "16384"),
             ("Max address space", "1073741824"),
             ("Max file size", "268435456"),
             ("Max core file size", "0"),
@@ -688,7 +731,7 @@ async fn rlimits_come_from_the_profile_and_requests_only_lower_them() {
     check(
         &out,
         &[
-            ("Max processes", "100"),
+            ("Max processes", "6400"),
             ("Max address space", "536870912"),
             ("Max cpu time", "6"),
         ],
@@ -701,7 +744,7 @@ async fn rlimits_come_from_the_profile_and_requests_only_lower_them() {
     check(
         &out,
         &[
-            ("Max processes", "256"),
+            ("Max processes", "16384"),
             ("Max address space", "1073741824"),
         ],
     );
@@ -792,6 +835,99 @@ async fn files_root_is_shared_with_the_tenant_only() {
     spec.tenant = "other".into();
     let (out, _) = h.run(spec).await;
     assert_eq!(text(&out.result.stdout), "");
+}
+
+/// The seccomp allowlist and read-only root must not break ordinary work:
+/// threads (glibc falls back from clone3 to clone), multiprocessing with
+/// POSIX semaphores in /dev/shm, subprocesses, unix sockets, sqlite,
+/// temporary files and a compiler-style read-write loop in /workspace.
+#[tokio::test]
+async fn ordinary_programs_still_work() {
+    let h = Harness::new();
+    let script = r#"
+import multiprocessing, threading, subprocess, socket, sqlite3, tempfile, os, hashlib
+def sq(x):
+    return x * x
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+with multiprocessing.Pool(2) as p:
+    assert p.map(sq, range(5)) == [0, 1, 4, 9, 16]
+lock = multiprocessing.Lock(); lock.acquire(); lock.release()
+assert subprocess.run(["ls", "/usr"], capture_output=True).returncode == 0
+a, b = socket.socketpair(); a.send(b"x"); assert b.recv(1) == b"x"
+db = sqlite3.connect(os.path.join(tempfile.mkdtemp(), "t.db")); db.execute("create table t(x)"); db.commit()
+open("/workspace/data.bin", "wb").write(os.urandom(1 << 20))
+print(hashlib.sha256(open("/workspace/data.bin", "rb").read()).hexdigest()[:4] != "", "ok")
+"#;
+    let (out, _) = h.run(h.spec("python3", &["-c", script])).await;
+    assert_eq!(
+        out.ending,
+        Ending::Exited(0),
+        "{}",
+        text(&out.result.stderr)
+    );
+    assert_eq!(text(&out.result.stdout), "True ok\n");
+    let (out, _) = h
+        .run(h.sh("tar czf /tmp/py.tgz -C /usr/share/common-licenses . 2>/dev/null; tar tzf /tmp/py.tgz | wc -l"))
+        .await;
+    assert_eq!(
+        out.ending,
+        Ending::Exited(0),
+        "{}",
+        text(&out.result.stderr)
+    );
+}
+
+#[tokio::test]
+async fn host_report_names_the_profiles_it_cannot_enforce() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let dir = tmp.path().join("profiles");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(
+        profiles_dir().join("default.toml"),
+        dir.join("default.toml"),
+    )
+    .unwrap();
+    let broken = std::fs::read_to_string(profiles_dir().join("build.toml"))
+        .unwrap()
+        .replace(
+            r#"ro_bind = ["/usr"]"#,
+            r#"ro_bind = ["/usr", "/no-such-dir-here"]"#,
+        );
+    std::fs::write(dir.join("broken.toml"), broken).unwrap();
+    let settings = SandboxSettings {
+        bwrap: BWRAP.into(),
+        run_as: SandboxSettings::default_run_as(),
+        workspaces_dir: tmp.path().join("w"),
+        files_root: tmp.path().join("f"),
+        max_output_bytes: 1024,
+    };
+    let report = mcp_sandbox::probe_host(settings, Profiles::load_dir(&dir).unwrap()).await;
+    for (name, f) in [
+        ("bubblewrap", &report.bwrap),
+        ("user namespaces", &report.user_namespaces),
+        ("seccomp", &report.seccomp),
+        ("cgroups", &report.cgroups),
+    ] {
+        assert!(f.ok, "this host lacks {name}: {}", f.detail);
+    }
+    let verdicts: Vec<(&str, bool)> = report
+        .profiles
+        .iter()
+        .map(|p| (p.name.as_str(), p.enforceable))
+        .collect();
+    assert_eq!(verdicts, vec![("broken", false), ("default", true)]);
+    assert!(
+        report.profiles[0].problems[0].contains("/no-such-dir-here"),
+        "{report}"
+    );
+    assert!(!report.all_enforceable());
+    let text = report.to_string();
+    assert!(
+        text.contains("broken               NOT ENFORCEABLE"),
+        "{text}"
+    );
+    assert!(text.contains("default              enforceable"), "{text}");
 }
 
 #[tokio::test]

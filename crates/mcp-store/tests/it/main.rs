@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use mcp_core::{ResourceUsage, TaskId, TaskKind, TaskRecord, TaskResult, TaskState};
-use mcp_store::{DecisionRecord, INTERRUPTED, SqliteStore, StoreError, TaskStore, open_store};
+use mcp_store::{
+    DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, INTERRUPTED, SqliteStore,
+    StoreError, TaskStore, open_store,
+};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 
@@ -588,5 +591,146 @@ async fn racing_finishes_have_exactly_one_winner() -> Result<()> {
         }
     }
     assert_eq!(wins, 1);
+    Ok(())
+}
+
+// ---- decision log -----------------------------------------------------------
+
+fn details(n: u64) -> DecisionDetails {
+    let mut obligations = serde_json::Map::new();
+    obligations.insert("profile".into(), serde_json::json!("default"));
+    obligations.insert(
+        "require_approval".into(),
+        serde_json::json!({"roles": ["lead"], "reason": "write"}),
+    );
+    DecisionDetails {
+        input: Some(serde_json::json!({
+            "principal": {"id": "alice", "tenant": "acme"},
+            "request": {"kind": "command", "command": {"name": "ls", "args": ["-la", "ünï"]}},
+            "n": n,
+        })),
+        latency_us: 17 + n,
+        profile: Some("default".into()),
+        obligations,
+        warnings: vec!["recursive delete of \"x\"".into()],
+    }
+}
+
+fn at(rec: &mut DecisionRecord, secs: i64) -> Result<()> {
+    rec.at = utc(2025, 6, 1, 12, 0, 0, 0)? + time::Duration::seconds(secs);
+    Ok(())
+}
+
+#[tokio::test]
+async fn decision_log_entries_round_trip_with_their_details() -> Result<()> {
+    let (_dir, path, store) = store().await?;
+    let mut with = decision(true, Some(TaskId::new()));
+    at(&mut with, 0)?;
+    let mut without = decision(false, None);
+    at(&mut without, 1)?;
+    store.record_decision_with(&with, &details(1)).await?;
+    store.record_decision(&without).await?;
+
+    let all = store.list_decisions(&DecisionQuery::default()).await?;
+    assert_eq!(
+        all,
+        vec![
+            DecisionLogEntry {
+                record: with.clone(),
+                details: details(1)
+            },
+            DecisionLogEntry {
+                record: without.clone(),
+                details: DecisionDetails::default()
+            },
+        ]
+    );
+    // The plain reader still sees the decision.
+    assert_eq!(store.get_decision(with.id).await?, Some(with.clone()));
+
+    // The row in SQLite holds the input as JSON text.
+    store.close().await;
+    let reopened = SqliteStore::open(&path).await?;
+    let only = reopened
+        .list_decisions(&DecisionQuery {
+            with_input: true,
+            ..DecisionQuery::default()
+        })
+        .await?;
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].details.input, details(1).input);
+    assert_eq!(only[0].details.latency_us, 18);
+    Ok(())
+}
+
+#[tokio::test]
+async fn decision_log_is_filtered_by_time_and_tenant_and_paged_in_order() -> Result<()> {
+    let (_dir, _, store) = store().await?;
+    let mut ids = Vec::new();
+    for i in 0..7i64 {
+        let mut rec = decision(i % 2 == 0, None);
+        // Two decisions share each second, so paging must break ties by id.
+        at(&mut rec, i / 2)?;
+        rec.tenant = if i == 3 {
+            "other".into()
+        } else {
+            "acme".into()
+        };
+        store
+            .record_decision_with(&rec, &details(u64::try_from(i)?))
+            .await?;
+        ids.push(rec.id);
+    }
+    let since = utc(2025, 6, 1, 12, 0, 1, 0)?;
+    let got = store
+        .list_decisions(&DecisionQuery {
+            since: Some(since),
+            tenant: Some("acme".into()),
+            ..DecisionQuery::default()
+        })
+        .await?;
+    let want: Vec<_> = [2usize, 4, 5, 6].iter().map(|&i| ids[i]).collect();
+    assert_eq!(got.iter().map(|e| e.record.id).collect::<Vec<_>>(), want);
+
+    // Pages of two, following the keyset, visit every entry once, in order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_decisions(&DecisionQuery {
+                after,
+                limit: 2,
+                ..DecisionQuery::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.record.at, last.record.id));
+        seen.extend(page.iter().map(|e| e.record.id));
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+    Ok(())
+}
+
+#[tokio::test]
+async fn corrupt_decision_log_input_is_reported() -> Result<()> {
+    let (_dir, path, store) = store().await?;
+    let rec = decision(true, None);
+    store.record_decision_with(&rec, &details(0)).await?;
+    store.close().await;
+    // Edit the row behind the store's back, as a broken tool might.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await?;
+    sqlx::query("UPDATE decisions SET input = '{broken' WHERE id = ?1")
+        .bind(rec.id.hyphenated().to_string())
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let reopened = SqliteStore::open(&path).await?;
+    let err = reopened.list_decisions(&DecisionQuery::default()).await;
+    assert!(
+        matches!(err, Err(StoreError::Corrupt { ref reason, .. }) if reason.starts_with("input")),
+        "{err:?}"
+    );
     Ok(())
 }

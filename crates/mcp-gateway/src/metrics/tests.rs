@@ -1,0 +1,124 @@
+use std::time::Duration;
+
+use super::*;
+
+fn snapshot() -> Snapshot<'static> {
+    Snapshot {
+        running: 2,
+        queued: 1,
+        slots: 4,
+        queue_capacity: 8,
+        policy_revision: "abc123",
+    }
+}
+
+#[test]
+fn every_documented_metric_is_exported() {
+    let m = Metrics::new();
+    m.observe_api(Api::Rest, "Health", "OK", Duration::from_millis(3));
+    m.observe_task("completed", Duration::from_millis(40));
+    m.observe_decision(true);
+    m.observe_policy_eval(Duration::from_micros(80));
+    observe_sandbox_spawn("default", Duration::from_millis(7));
+    let text = m.encode(&snapshot()).unwrap();
+    let names = exported_names(&text);
+    for want in [
+        "mcp_api_requests_total",
+        "mcp_api_request_duration_seconds_bucket",
+        "mcp_task_latency_ms_bucket",
+        "mcp_task_outcomes_total",
+        "mcp_policy_decisions_total",
+        "mcp_policy_eval_duration_seconds_count",
+        "mcp_sandbox_spawn_duration_seconds_sum",
+        "mcp_tasks_running",
+        "mcp_tasks_queued",
+        "mcp_task_slots",
+        "mcp_task_queue_capacity",
+        "mcp_policy_revision_info",
+        "mcp_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from:\n{text}"
+        );
+    }
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics needs the EOF marker"
+    );
+}
+
+#[test]
+fn gauges_and_labels_show_what_was_observed() {
+    let m = Metrics::new();
+    m.observe_api(
+        Api::Grpc,
+        "ExecuteCommand",
+        "PERMISSION_DENIED",
+        Duration::from_millis(1),
+    );
+    m.observe_api(
+        Api::Grpc,
+        "ExecuteCommand",
+        "PERMISSION_DENIED",
+        Duration::from_millis(1),
+    );
+    m.observe_decision(false);
+    let text = m.encode(&snapshot()).unwrap();
+    assert!(
+        text.contains(
+            "mcp_api_requests_total{api=\"grpc\",method=\"ExecuteCommand\",status=\"PERMISSION_DENIED\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_policy_decisions_total{decision=\"deny\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("mcp_tasks_running 2"), "{text}");
+    assert!(text.contains("mcp_tasks_queued 1"), "{text}");
+    assert!(
+        text.contains("mcp_policy_revision_info{revision=\"abc123\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "mcp_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_new_policy_revision_replaces_the_old_series() {
+    let m = Metrics::new();
+    m.encode(&snapshot()).unwrap();
+    let text = m
+        .encode(&Snapshot {
+            policy_revision: "def456",
+            ..snapshot()
+        })
+        .unwrap();
+    assert!(text.contains("revision=\"def456\"} 1"), "{text}");
+    assert!(!text.contains("abc123"), "{text}");
+}
+
+#[test]
+fn task_latency_is_in_milliseconds() {
+    let m = Metrics::new();
+    m.observe_task("timed_out", Duration::from_millis(1500));
+    let text = m.encode(&snapshot()).unwrap();
+    assert!(
+        text.contains("mcp_task_latency_ms_sum{outcome=\"timed_out\"} 1500"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_task_outcomes_total{outcome=\"timed_out\"} 1"),
+        "{text}"
+    );
+}

@@ -1,0 +1,124 @@
+//! The operator-facing edges: `check-config`, `--version`, and server
+//! reflection (what lets grpcurl work without the .proto).
+
+use std::process::Command;
+
+use tokio_stream::StreamExt;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use crate::harness::{TestGateway, repo};
+
+fn gateway() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"));
+    // Keep a developer's /etc config or environment out of the test.
+    c.env_remove("MCP_GATEWAY_CONFIG");
+    c
+}
+
+#[test]
+fn check_config_accepts_the_shipped_defaults() {
+    let out = gateway()
+        .arg("check-config")
+        .arg("--policies")
+        .arg(repo().join("policies"))
+        .arg("--profiles")
+        .arg(repo().join("sandbox-profiles"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("configuration ok"), "{stdout}");
+    assert!(stdout.contains("policy revision"), "{stdout}");
+}
+
+#[test]
+fn check_config_lists_every_problem_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"0.0.0.0:1\"\n[sandbox]\nuid = 0\n[limits]\nmax_output_bytes = 0\n",
+    )
+    .unwrap();
+    let out = gateway()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--policies")
+        .arg(repo().join("policies"))
+        .arg("--profiles")
+        .arg(repo().join("sandbox-profiles"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for needle in [
+        "not a loopback address",
+        "must not be 0",
+        "max_output_bytes",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_reports_a_broken_policy_with_its_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("broken.rego"),
+        "package mcp\n\ndecision := {\"allow\": true\n",
+    )
+    .unwrap();
+    let out = gateway()
+        .arg("check-config")
+        .arg("--policies")
+        .arg(tmp.path())
+        .arg("--profiles")
+        .arg(repo().join("sandbox-profiles"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("broken.rego"), "{stderr}");
+}
+
+#[test]
+fn version_flag_prints_the_crate_version() {
+    let out = gateway().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("mcp-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn reflection_lists_the_service_for_grpcurl() {
+    let gw = TestGateway::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(gw.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer: {resp:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"mcp.McpService"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    gw.stop().await;
+}

@@ -1,0 +1,267 @@
+//! What this host offers the sandbox, and which profiles it can enforce:
+//! the report behind `mcp-gateway sandbox check`.
+
+use std::fmt;
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+use crate::cgroup::Cgroups;
+use crate::profile::Profiles;
+use crate::sandbox::{Sandbox, SandboxSettings};
+use crate::{seccomp, sys};
+
+/// bubblewrap releases older than this lack options the sandbox relies on
+/// (`--disable-userns`).
+const MIN_BWRAP: (u32, u32) = (0, 8);
+
+/// One host feature: whether it is usable, and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Feature {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Feature {
+    fn ok(detail: impl Into<String>) -> Feature {
+        Feature {
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn missing(detail: impl Into<String>) -> Feature {
+        Feature {
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Whether one profile can be enforced here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProfileReport {
+    pub name: String,
+    /// A sandbox of this profile really started with its seccomp filter,
+    /// cgroup and limits.
+    pub enforceable: bool,
+    /// Why not, and what to change.
+    pub problems: Vec<String>,
+    /// What holds but is worth knowing (e.g. requests the profile allows
+    /// that are refused for now).
+    pub notes: Vec<String>,
+}
+
+/// Everything `mcp-gateway sandbox check` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostReport {
+    pub bwrap: Feature,
+    pub user_namespaces: Feature,
+    pub seccomp: Feature,
+    pub cgroups: Feature,
+    /// Informational: no profile uses landlock yet.
+    pub landlock: Feature,
+    pub profiles: Vec<ProfileReport>,
+}
+
+impl HostReport {
+    /// True when every profile can be enforced on this host.
+    pub fn all_enforceable(&self) -> bool {
+        self.profiles.iter().all(|p| p.enforceable)
+    }
+}
+
+/// Probes the host (read-only, except for starting one `true` per profile
+/// in a real sandbox) and reports which profiles can be enforced.
+pub async fn probe_host(settings: SandboxSettings, profiles: Profiles) -> HostReport {
+    let bwrap_path = settings.bwrap.clone();
+    let bwrap = tokio::task::spawn_blocking(move || probe_bwrap(&bwrap_path))
+        .await
+        .unwrap_or_else(|e| Feature::missing(format!("probe failed: {e}")));
+    let names: Vec<String> = profiles.names().iter().map(|n| (*n).to_owned()).collect();
+    let notes_of = |name: &str| {
+        let mut notes = Vec::new();
+        if let Some(p) = profiles.get(name) {
+            if p.network.allow_restricted {
+                notes.push(
+                    "allows network \"restricted\", which is refused until the egress proxy lands"
+                        .to_owned(),
+                );
+            }
+            if !p.limits.require_cgroup && Cgroups::for_this_process().is_err() {
+                notes.push("runs with per-process rlimits only (no cgroup here)".to_owned());
+            }
+        }
+        notes
+    };
+    let notes: Vec<Vec<String>> = names.iter().map(|n| notes_of(n)).collect();
+
+    // Each profile on its own, so a problem is reported against the
+    // profile that has it.
+    let mut reports = Vec::new();
+    for (name, notes) in names.into_iter().zip(notes) {
+        let problems = match Sandbox::new(settings.clone(), profiles.only(&name)) {
+            Err(e) => vec![e.to_string()],
+            Ok(sandbox) => match sandbox.check_profile(&name).await {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![e.to_string()],
+            },
+        };
+        reports.push(ProfileReport {
+            enforceable: problems.is_empty(),
+            name,
+            problems,
+            notes,
+        });
+    }
+
+    HostReport {
+        bwrap,
+        user_namespaces: probe_userns(),
+        seccomp: probe_seccomp(),
+        cgroups: match Cgroups::for_this_process() {
+            Ok(c) => Feature::ok(format!(
+                "{}: {} (task cgroups under {})",
+                c.mode(),
+                c.controllers().join(", "),
+                c.dirs()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(reason) => Feature::missing(reason.clone()),
+        },
+        landlock: match sys::landlock_abi() {
+            Ok(v) => Feature::ok(format!("ABI v{v} (not used by profiles yet)")),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                Feature::missing("unknown: the kernel has no landlock (ENOSYS)")
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                Feature::missing("disabled at boot (add landlock to the lsm= kernel parameter)")
+            }
+            Err(e) => Feature::missing(format!("unknown: {e}")),
+        },
+        profiles: reports,
+    }
+}
+
+fn probe_bwrap(path: &std::path::Path) -> Feature {
+    let out = Command::new(path)
+        .arg("--version")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            return Feature::missing(format!(
+                "{} --version failed ({}): install bubblewrap 0.8+",
+                path.display(),
+                o.status
+            ));
+        }
+        Err(e) => {
+            return Feature::missing(format!(
+                "{} cannot run ({e}): `apt-get install bubblewrap` (0.8+)",
+                path.display()
+            ));
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    match parse_bwrap_version(&text) {
+        Some(v) if v >= MIN_BWRAP => Feature::ok(format!("{text} ({})", path.display())),
+        Some(_) => Feature::missing(format!(
+            "{text} is too old: 0.8 or newer is needed for --disable-userns"
+        )),
+        None => Feature::missing(format!("cannot read the version from {text:?}")),
+    }
+}
+
+/// `"bubblewrap 0.8.0"` → `(0, 8)`.
+pub(crate) fn parse_bwrap_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().last()?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn read_trim(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+fn probe_userns() -> Feature {
+    let max = read_trim("/proc/sys/user/max_user_namespaces");
+    let clone = read_trim("/proc/sys/kernel/unprivileged_userns_clone");
+    let apparmor = read_trim("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
+    match max.as_deref().map(str::parse::<u64>) {
+        None => return Feature::missing("the kernel has no user namespaces"),
+        Some(Ok(0)) => {
+            return Feature::missing("disabled: set sysctl user.max_user_namespaces > 0");
+        }
+        Some(_) => {}
+    }
+    if clone.as_deref() == Some("0") {
+        return Feature::missing("disabled: set sysctl kernel.unprivileged_userns_clone=1");
+    }
+    if apparmor.as_deref() == Some("1") {
+        return Feature::missing(
+            "restricted by AppArmor: set sysctl kernel.apparmor_restrict_unprivileged_userns=0 \
+             or give bwrap an AppArmor profile allowing userns",
+        );
+    }
+    Feature::ok(format!(
+        "user.max_user_namespaces = {}",
+        max.unwrap_or_default()
+    ))
+}
+
+fn probe_seccomp() -> Feature {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !status.lines().any(|l| l.starts_with("Seccomp:")) {
+        return Feature::missing("the kernel has no seccomp (CONFIG_SECCOMP_FILTER)");
+    }
+    let actions = read_trim("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    for needed in ["errno", "kill_process", "allow"] {
+        if !actions.split_whitespace().any(|a| a == needed) {
+            return Feature::missing(format!(
+                "the kernel's seccomp lacks the {needed} action (has: {actions})"
+            ));
+        }
+    }
+    Feature::ok(format!(
+        "filters with actions {actions}; libseccomp {}",
+        seccomp::libseccomp_version()
+    ))
+}
+
+impl fmt::Display for HostReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line = |f: &mut fmt::Formatter<'_>, name: &str, feat: &Feature| {
+            let mark = if feat.ok { "ok" } else { "--" };
+            writeln!(f, "{name:<16} {mark:<3} {}", feat.detail)
+        };
+        line(f, "bubblewrap", &self.bwrap)?;
+        line(f, "user namespaces", &self.user_namespaces)?;
+        line(f, "seccomp", &self.seccomp)?;
+        line(f, "cgroups", &self.cgroups)?;
+        line(f, "landlock", &self.landlock)?;
+        writeln!(f, "profiles:")?;
+        for p in &self.profiles {
+            let verdict = if p.enforceable {
+                "enforceable"
+            } else {
+                "NOT ENFORCEABLE"
+            };
+            writeln!(f, "  {:<20} {verdict}", p.name)?;
+            for problem in &p.problems {
+                writeln!(f, "    problem: {problem}")?;
+            }
+            for note in &p.notes {
+                writeln!(f, "    note: {note}")?;
+            }
+        }
+        Ok(())
+    }
+}
