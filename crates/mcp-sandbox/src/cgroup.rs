@@ -789,6 +789,10 @@ impl TaskCgroup {
     /// be forking between rounds). Returns false on timeout. Blocking.
     fn kill_until_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        // bwrap exits as soon as its pid-namespace init reports the
+        // command's status, while that init is still exiting: the cgroup
+        // usually empties within a millisecond, so poll finely at first.
+        let mut pause = Duration::from_micros(100);
         loop {
             if self.pids().is_empty() {
                 return true;
@@ -797,7 +801,8 @@ impl TaskCgroup {
                 return false;
             }
             self.kill_all();
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 

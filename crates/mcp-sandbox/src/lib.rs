@@ -21,7 +21,7 @@
 //!   profile, compiled once per profile at [`Sandbox::new`] (`seccomp`
 //!   module); other ABIs are killed;
 //! - every command's whole process tree is in its own task cgroup (memory
-//!   + swap, pids, CPU bandwidth) before bubblewrap can fork, and the
+//!   and swap, pids, CPU bandwidth) before bubblewrap can fork, and the
 //!   cgroup is emptied and removed after the run; a profile that needs
 //!   cgroups refuses to run without them ([`Sandbox::new`] fails closed,
 //!   saying what to change);

@@ -990,6 +990,9 @@ fn the_next_gateway_sweeps_a_dead_gateways_cgroups() {
             for d in e.h.sandbox.enforcement().cgroup_dirs {
                 println!("GW-DIR={}", d.display());
             }
+            // This process dies without dropping them; the parent removes them.
+            println!("TMP-DIR={}", e.h.tmp.path().display());
+            println!("TMP-DIR={}", e._profiles.path().display());
             let spec = e.sh("default", "echo up; sleep 60");
             let rt = tokio::runtime::Runtime::new().unwrap();
             let die = |_| std::process::exit(0);
@@ -1026,6 +1029,9 @@ fn the_next_gateway_sweeps_a_dead_gateways_cgroups() {
         .collect();
     assert!(!gw_dirs.is_empty(), "{stdout}");
     let swept = child("sweep");
+    for tmp in stdout.lines().filter_map(|l| l.strip_prefix("TMP-DIR=")) {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
     assert!(swept.status.success(), "{}", text(&swept.stderr));
     for d in gw_dirs {
         assert!(
