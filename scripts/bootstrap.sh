@@ -34,7 +34,8 @@ fi
 # Packaging checks (scripts/package-check.sh, the last step of the gate):
 # lint and install the .deb and .rpm, build and run the OCI image, render and
 # validate the Helm chart.
-PKG_APT_PACKAGES=(lintian rpmlint rpm umoci runc podman uidmap dpkg-dev binutils python3-venv unzip)
+PKG_APT_PACKAGES=(lintian rpmlint rpm umoci runc podman uidmap dpkg-dev binutils python3-venv unzip
+  curl systemd-container mmdebstrap)
 missing=()
 for p in "${PKG_APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

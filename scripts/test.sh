@@ -30,4 +30,7 @@ step "cargo deny check licenses bans sources"
 # run `cargo deny check advisories` where the network allows.
 cargo deny --locked check licenses bans sources
 
+step "packaging: .deb, .rpm, image, Helm chart (scripts/package-check.sh)"
+./scripts/package-check.sh
+
 printf '\nall checks passed\n' >&2

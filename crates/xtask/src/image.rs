@@ -277,7 +277,7 @@ fn assemble(staged: &Staged, root: &Path) -> anyhow::Result<()> {
 
     // The assembled configuration must load: policies compile, profiles
     // parse (the bwrap binary is the host's, which is the same file).
-    run(Command::new(&staged.binary())
+    run(Command::new(staged.binary())
         .arg("check-config")
         .arg("--config")
         .arg(root.join("etc/mcp-gateway/config.toml"))
@@ -338,20 +338,24 @@ fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
 /// them on this host.
 fn shared_libraries(elf: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let out = capture(Command::new("ldd").arg(elf))?;
-    let mut libs = Vec::new();
-    for line in String::from_utf8(out)?.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rhs)) => rhs.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            libs.push(PathBuf::from(p));
-        }
-    }
+    let libs = parse_ldd(&String::from_utf8(out)?);
     if libs.is_empty() {
         bail!("ldd found no libraries for {}", elf.display());
     }
     Ok(libs)
+}
+
+/// The absolute paths in `ldd` output: `libc.so.6 => /lib/…/libc.so.6 (0x…)`
+/// and the loader line `/lib64/ld-linux-x86-64.so.2 (0x…)`; not the vDSO.
+fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|line| match line.split_once("=>") {
+            Some((_, rhs)) => rhs.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        })
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// `/lib/x/libc.so.6` → `usr/lib/x/libc.so.6` (merged /usr), relative.
@@ -434,3 +438,6 @@ fn du_bytes(dir: &Path) -> anyhow::Result<u64> {
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+#[cfg(test)]
+mod tests;
