@@ -59,6 +59,21 @@ impl Caller {
     }
 }
 
+/// Filters of a task listing, as a front door received them.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// A state name (`running`, or `TASK_RUNNING`).
+    pub state: Option<String>,
+    /// RFC 3339; created at or after.
+    pub since: Option<String>,
+    /// RFC 3339; created before.
+    pub until: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1..=100; 50 when absent.
+    pub limit: Option<u32>,
+}
+
 /// What `execute` answers: the task exists and will run.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -409,6 +424,63 @@ impl Gateway {
             .await
             .map_err(GatewayError::Store)?
             .ok_or(GatewayError::TaskNotFound { id })
+    }
+
+    /// One page of the caller's tenant's tasks, newest first, and the cursor
+    /// of the next page. Never another tenant's tasks.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: ListFilter,
+    ) -> Result<(Vec<TaskRecord>, Option<TaskId>), GatewayError> {
+        let bad = |field: &str, reason: String| GatewayError::MalformedRequest {
+            field: Some(field.to_owned()),
+            reason,
+        };
+        let state = match filter.state.as_deref() {
+            None | Some("") => None,
+            Some(s) => {
+                let name = s.trim_start_matches("TASK_").to_ascii_lowercase();
+                Some(name.parse::<TaskState>().map_err(|e| bad("status", e))?)
+            }
+        };
+        let time = |field: &str, v: Option<&str>| -> Result<Option<OffsetDateTime>, GatewayError> {
+            v.filter(|v| !v.is_empty())
+                .map(|v| {
+                    OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| bad(field, format!("{v:?} is not an RFC 3339 time")))
+                })
+                .transpose()
+        };
+        let limit = filter.limit.unwrap_or(50);
+        if !(1..=mcp_store::MAX_TASK_PAGE).contains(&limit) {
+            return Err(bad(
+                "limit",
+                format!("{limit} is not between 1 and {}", mcp_store::MAX_TASK_PAGE),
+            ));
+        }
+        let query = mcp_store::TaskQuery {
+            tenant: caller.principal.tenant.clone(),
+            state,
+            since: time("since", filter.since.as_deref())?,
+            until: time("until", filter.until.as_deref())?,
+            before: filter
+                .cursor
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .map(str::parse::<TaskId>)
+                .transpose()?,
+            limit,
+        };
+        let tasks = self
+            .store
+            .list_tasks(&query)
+            .await
+            .map_err(GatewayError::Store)?;
+        let next = (tasks.len() == limit as usize)
+            .then(|| tasks.last().map(|t| t.id))
+            .flatten();
+        Ok((tasks, next))
     }
 
     /// Cancels a queued or running task and answers with its final record.

@@ -102,6 +102,9 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// finish. Other owners' tasks are untouched.
     async fn mark_interrupted(&self, owner: &str, at: OffsetDateTime) -> Result<u64, StoreError>;
 
+    /// One page of a tenant's tasks, newest first (see [`TaskQuery`]).
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError>;
+
     /// Checks that the database answers, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -149,6 +152,26 @@ pub struct DecisionLogEntry {
     pub record: DecisionRecord,
     pub details: DecisionDetails,
 }
+
+/// Which tasks [`TaskStore::list_tasks`] returns: always one tenant's,
+/// newest first. Task ids are UUIDv7, so they sort by creation time and the
+/// last id of a page is the cursor of the next (`before`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskQuery {
+    pub tenant: String,
+    pub state: Option<TaskState>,
+    /// Created at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Created before.
+    pub until: Option<OffsetDateTime>,
+    /// Only tasks older than this one (the previous page's last id).
+    pub before: Option<TaskId>,
+    /// At most this many (capped at [`MAX_TASK_PAGE`]).
+    pub limit: u32,
+}
+
+/// The largest page [`TaskStore::list_tasks`] returns.
+pub const MAX_TASK_PAGE: u32 = 100;
 
 /// Which decision-log entries [`TaskStore::list_decisions`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]

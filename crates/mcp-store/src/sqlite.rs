@@ -18,8 +18,8 @@ use crate::rows::{
     map_to_json, task_columns, to_i64, to_ms,
 };
 use crate::{
-    DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, MAX_PAGE, StoreError,
-    TaskStore,
+    DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, MAX_PAGE, MAX_TASK_PAGE,
+    StoreError, TaskQuery, TaskStore,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -43,6 +43,17 @@ const GET_TASK_SQL: &str = concat!(
     "SELECT ",
     task_columns!(),
     " FROM tasks WHERE id = ?1 AND tenant = ?2"
+);
+
+const LIST_TASKS_SQL: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    " FROM tasks WHERE tenant = ?1",
+    " AND (?2 IS NULL OR state = ?2)",
+    " AND (?3 IS NULL OR created_at >= ?3)",
+    " AND (?4 IS NULL OR created_at < ?4)",
+    " AND (?5 IS NULL OR id < ?5)",
+    " ORDER BY id DESC LIMIT ?6"
 );
 
 const INSERT_DECISION_SQL: &str = concat!(
@@ -390,6 +401,20 @@ impl TaskStore for SqliteStore {
             tracing::warn!(count, owner, "marked interrupted tasks as failed");
         }
         Ok(count)
+    }
+
+    #[tracing::instrument(name = "store.read", skip_all, fields(tenant = %query.tenant))]
+    async fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows: Vec<TaskRow> = sqlx::query_as(LIST_TASKS_SQL)
+            .bind(&query.tenant)
+            .bind(query.state.map(|s| s.as_str()))
+            .bind(query.since.map(to_ms))
+            .bind(query.until.map(to_ms))
+            .bind(query.before.map(|id| id.to_string()))
+            .bind(i64::from(query.limit.clamp(1, MAX_TASK_PAGE)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(TaskRecord::try_from).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -20,8 +20,8 @@ use tracing::Instrument as _;
 use super::AppState;
 use super::extract::{ApiBytes, ApiCaller, ApiError, ApiJson, ApiPath, ApiQuery, ErrorCode};
 use super::types::{
-    DeleteQuery, ErrorBody, ExecuteBody, FileDeleted, FileWritten, Health, NoQuery, OutputEvent,
-    Ready, Task, TaskCreated, WriteQuery,
+    DeleteQuery, ErrorBody, ExecuteBody, FileDeleted, FileWritten, Health, ListQuery, NoQuery,
+    OutputEvent, Ready, Task, TaskCreated, TaskList, WriteQuery,
 };
 use crate::error::GatewayError;
 use crate::live::Cursor;
@@ -113,24 +113,40 @@ pub(crate) async fn run(
     Ok(Json(rec.into()))
 }
 
-/// Not available yet: listing needs tenant-scoped queries in the store,
-/// which arrive with authentication and tenancy (issue 5).
+/// One page of the caller's tasks, newest first. Only the caller's tenant
+/// is ever listed.
 #[utoipa::path(
     get,
     path = "/v1/tasks",
     operation_id = "ListTasks",
     tag = "tasks",
+    params(ListQuery),
     responses(
-        (status = 501, description = "Not implemented yet (5006)", body = ErrorBody),
+        (status = 200, description = "A page of tasks", body = TaskList),
+        (status = 400, description = "A malformed filter (2001)", body = ErrorBody),
     )
 )]
-pub(crate) async fn list_tasks(ApiCaller(caller): ApiCaller) -> ApiError {
-    ApiError::new(
-        GatewayError::Unimplemented {
-            what: "listing tasks (it arrives with tenant-scoped queries)",
-        },
-        &caller,
-    )
+pub(crate) async fn list_tasks(
+    State(app): State<AppState>,
+    ApiCaller(caller): ApiCaller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<TaskList>, ApiError> {
+    let filter = crate::pipeline::ListFilter {
+        state: q.status,
+        since: q.since,
+        until: q.until,
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    let (tasks, next) = app
+        .gateway
+        .list(&caller, filter)
+        .await
+        .map_err(|e| ApiError::new(e, &caller))?;
+    Ok(Json(TaskList {
+        tasks: tasks.into_iter().map(Into::into).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
 }
 
 /// A task's state and, once finished, its result, like gRPC `GetTaskStatus`.

@@ -262,6 +262,32 @@ pub struct DeleteQuery {
     pub recursive: bool,
 }
 
+/// Query of `GET /v1/tasks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields, default)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only tasks in this state, e.g. `running` or `TASK_COMPLETED`.
+    pub status: Option<String>,
+    /// Only tasks created at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Only tasks created before this RFC 3339 time.
+    pub until: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 100 (default 50).
+    pub limit: Option<u32>,
+}
+
+/// One page of `GET /v1/tasks`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 /// No query parameters are accepted.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -848,10 +848,16 @@ async fn http_edges_answer_with_the_error_shape() {
             2005,
         ),
         (
-            rest.http.get(rest.url("/v1/tasks")),
-            501,
-            "UNIMPLEMENTED",
-            5006,
+            rest.http.get(rest.url("/v1/tasks?limit=0")),
+            400,
+            "INVALID_ARGUMENT",
+            2004,
+        ),
+        (
+            rest.http.get(rest.url("/v1/tasks?status=sleeping")),
+            400,
+            "INVALID_ARGUMENT",
+            2004,
         ),
     ];
     for (req, http, status, code) in cases {
@@ -1070,5 +1076,64 @@ async fn grpc_clients_still_get_unimplemented_for_unknown_methods() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["grpc-status"], "12");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn list_tasks_pages_newest_first_and_filters_by_status() {
+    let gw = TestGateway::start().await;
+    let rest = Rest::new(&gw);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = rest
+            .post_json(
+                "/v1/run",
+                &json!({"command": "echo", "args": [i.to_string()]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["task_id"].as_str().unwrap().to_owned());
+    }
+    let page: Value = rest.get("/v1/tasks?limit=2").await.json().await.unwrap();
+    let got: Vec<_> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got, vec![ids[2].clone(), ids[1].clone()], "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let page2: Value = rest
+        .get(&format!("/v1/tasks?limit=2&cursor={cursor}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page2["tasks"].as_array().unwrap().len(), 1, "{page2}");
+    assert_eq!(page2["tasks"][0]["task_id"], ids[0].as_str());
+    assert!(page2.get("next_cursor").is_none(), "{page2}");
+
+    let done: Value = rest
+        .get("/v1/tasks?status=TASK_COMPLETED")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["tasks"].as_array().unwrap().len(), 3, "{done}");
+    let running: Value = rest
+        .get("/v1/tasks?status=running")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(running["tasks"].as_array().unwrap().is_empty(), "{running}");
+    let future: Value = rest
+        .get("/v1/tasks?since=2999-01-01T00:00:00Z")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(future["tasks"].as_array().unwrap().is_empty(), "{future}");
     gw.stop().await;
 }

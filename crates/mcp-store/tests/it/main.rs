@@ -734,3 +734,83 @@ async fn corrupt_decision_log_input_is_reported() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters() {
+    use mcp_store::TaskQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let store = mcp_store::SqliteStore::open(&dir.path().join("t.db"))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut t = list_fixture("acme");
+        if i % 2 == 0 {
+            t.state = mcp_core::TaskState::Running;
+        }
+        store.insert_task(&t).await.unwrap();
+        ids.push(t.id);
+    }
+    store.insert_task(&list_fixture("other")).await.unwrap();
+
+    let q = |before, state, limit| TaskQuery {
+        tenant: "acme".into(),
+        state,
+        since: None,
+        until: None,
+        before,
+        limit,
+    };
+    let page1 = store.list_tasks(&q(None, None, 3)).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3], ids[2]],
+        "newest first"
+    );
+    let page2 = store
+        .list_tasks(&q(Some(page1[2].id), None, 3))
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[0]]
+    );
+    assert!(
+        page2.iter().all(|t| t.tenant == "acme"),
+        "never another tenant's"
+    );
+    let running = store
+        .list_tasks(&q(None, Some(mcp_core::TaskState::Running), 100))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 3);
+    let other = store
+        .list_tasks(&TaskQuery {
+            tenant: "nobody".into(),
+            ..q(None, None, 100)
+        })
+        .await
+        .unwrap();
+    assert!(other.is_empty());
+}
+
+fn list_fixture(tenant: &str) -> mcp_core::TaskRecord {
+    let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_700_000_000);
+    mcp_core::TaskRecord {
+        id: mcp_core::TaskId::new(),
+        kind: mcp_core::TaskKind::Command,
+        state: mcp_core::TaskState::Created,
+        tenant: tenant.into(),
+        principal: "p".into(),
+        command: "/usr/bin/echo".into(),
+        args: vec!["x".into()],
+        profile: Some("default".into()),
+        created_at: now,
+        started_at: None,
+        completed_at: None,
+        metadata: Default::default(),
+        result: None,
+        failure_reason: None,
+        owner: "test".into(),
+    }
+}
