@@ -292,11 +292,15 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let status = client.status(&id).await?;
-    let state = status
-        .task_info
-        .map(|t| t.status)
-        .and_then(|s| TaskStatus::try_from(s).ok());
+    // The exit-code chunk already says how the command ended; the status
+    // only refines timed-out and cancelled. If the gateway went away after
+    // the stream ended, the exit code still stands.
+    let state = client
+        .status(&id)
+        .await
+        .ok()
+        .and_then(|status| status.task_info)
+        .and_then(|t| TaskStatus::try_from(t.status).ok());
     Ok(match state {
         Some(TaskStatus::TaskTimedOut) => ExitCode::from(EXIT_TIMED_OUT),
         Some(TaskStatus::TaskCancelled) => ExitCode::from(EXIT_CANCELLED),
