@@ -329,7 +329,9 @@ impl Gateway {
         )
         .await?;
         if !decision.allow {
-            info!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "command denied");
+            info!(request_id = %caller.request_id, "command denied");
+            // Reasons can quote argv, which stays out of info-level logs.
+            debug!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "deny reasons");
             return Err(GatewayError::Denied {
                 reasons: decision.deny_reasons,
             });

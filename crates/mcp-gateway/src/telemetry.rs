@@ -237,11 +237,20 @@ pub fn request_span(api: &'static str, method: &'static str, parent: Context) ->
         method,
         request_id = tracing::field::Empty,
         principal = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if parent.span().span_context().is_valid() {
         // Only fails when no OpenTelemetry layer is installed (tests without
         // telemetry); the span then simply has no remote parent.
         let _ = span.set_parent(parent);
+    }
+    // As a span field the trace id shows on every human-format line inside
+    // the request (JSON lines add it themselves).
+    let cx = span.context();
+    let otel = cx.span();
+    let sc = otel.span_context();
+    if sc.is_valid() {
+        span.record("trace_id", sc.trace_id().to_string().as_str());
     }
     span
 }
