@@ -1,5 +1,8 @@
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_client::{Client, CommandRequest, TaskStatus, TaskStatusResponse};
@@ -130,4 +133,110 @@ pub fn code_of<T: std::fmt::Debug>(r: Result<T, mcp_client::ClientError>) -> (to
     let e = r.expect_err("expected an error status");
     let s = e.status().expect("expected a gRPC status").clone();
     (s.code(), s.message().to_owned())
+}
+
+/// A gateway binary serving on a free port, its stderr lines collected.
+pub struct ServedBinary {
+    child: Child,
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+    data: tempfile::TempDir,
+}
+
+impl ServedBinary {
+    /// Starts `mcp-gateway serve` with a fresh data dir and waits for its
+    /// "serving" log line.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), env).await
+    }
+
+    /// Like [`ServedBinary::start`], with the data in `data`.
+    pub async fn start_in(data: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        require_bwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--policies")
+            .arg(repo().join("policies"))
+            .arg("--profiles")
+            .arg(repo().join("sandbox-profiles"))
+            .env_remove("MCP_GATEWAY_CONFIG")
+            .env_remove("RUST_LOG")
+            .env("MCP_GATEWAY_SERVER__REPLICA_ID", "test")
+            .env("MCP_GATEWAY_SERVER__SHUTDOWN_GRACE_SECS", "0")
+            .env("MCP_GATEWAY_LOG__FORMAT", "json")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                let mut ready = Some(ready_tx);
+                for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if l.contains("\"serving\"")
+                        && let Some(tx) = ready.take()
+                    {
+                        let _ = tx.send(());
+                    }
+                    lines.lock().unwrap().push(l);
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), ready_rx)
+            .await
+            .expect("the gateway did not start")
+            .unwrap();
+        Self {
+            child,
+            port,
+            lines,
+            data,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM, as a service manager stops it; the gateway then drains and
+    /// flushes its spans. Returns its log lines.
+    pub async fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let status = tokio::task::spawn_blocking(move || self.child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "the gateway exited with {status}");
+        // The reader thread sees EOF right after the exit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl ServedBinary {
+    pub fn endpoint(&self) -> String {
+        self.url("")
+    }
+
+    /// SIGKILL, as a crash: no draining. Hands back the data dir.
+    pub async fn kill(mut self) -> tempfile::TempDir {
+        self.child.kill().unwrap();
+        let mut child = self.child;
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        self.data
+    }
 }

@@ -2,53 +2,16 @@
 //! start marks it failed with reason `interrupted`. Uses the real binary so
 //! the kill is a real SIGKILL.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mcp_client::{Client, TaskStatus};
 
-use crate::harness::{TestGateway, cmd, repo, require_bwrap, state, test_config};
+use crate::harness::{ServedBinary, TestGateway, cmd, state, test_config};
 
 #[tokio::test]
 async fn tasks_running_when_the_gateway_died_are_marked_interrupted() {
-    require_bwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(tmp.path())
-        .arg("--policies")
-        .arg(repo().join("policies"))
-        .arg("--profiles")
-        .arg(repo().join("sandbox-profiles"))
-        .env("MCP_GATEWAY_SERVER__REPLICA_ID", "test")
-        .env("MCP_GATEWAY_LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the "serving" log line.
-    let stderr = child.stderr.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.contains("\"serving\""))
-    });
-    assert!(
-        tokio::time::timeout(Duration::from_secs(60), ready)
-            .await
-            .unwrap()
-            .unwrap(),
-        "gateway did not start"
-    );
-    let mut client = Client::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+    let gw = ServedBinary::start(&[]).await;
+    let mut client = Client::connect(&gw.endpoint()).await.unwrap();
     let marker = format!("restart-marker-{}", uuid::Uuid::now_v7());
     let script = format!("import time\nprint('started', flush=True)\ntime.sleep(300)\n#{marker}");
     let created = client
@@ -59,8 +22,7 @@ async fn tasks_running_when_the_gateway_died_are_marked_interrupted() {
     let mut stream = client.stream(&created.task_id).await.unwrap();
     assert_eq!(stream.message().await.unwrap().unwrap().data, b"started\n");
     assert!(crate::commands::process_with(&marker));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let tmp = gw.kill().await;
     // The sandbox dies with the gateway that started it.
     for _ in 0..250 {
         if !crate::commands::process_with(&marker) {

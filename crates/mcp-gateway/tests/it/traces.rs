@@ -7,10 +7,7 @@
 //! process-wide, and the test process already has one.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -21,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use serde_json::{Value, json};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::harness::{cmd, repo, require_bwrap};
+use crate::harness::{ServedBinary, cmd};
 
 /// A received span, reduced to what the test checks.
 #[derive(Debug, Clone)]
@@ -83,90 +80,6 @@ async fn start_collector() -> (String, Collector) {
     (format!("http://{addr}"), collector)
 }
 
-/// A gateway binary serving on a free port, its stderr lines collected.
-struct Served {
-    child: Child,
-    port: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-    _data: tempfile::TempDir,
-}
-
-impl Served {
-    async fn start(env: &[(&str, &str)]) -> Self {
-        require_bwrap();
-        let data = tempfile::tempdir().unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--policies")
-            .arg(repo().join("policies"))
-            .arg("--profiles")
-            .arg(repo().join("sandbox-profiles"))
-            .env_remove("MCP_GATEWAY_CONFIG")
-            .env_remove("RUST_LOG")
-            .env("MCP_GATEWAY_SERVER__REPLICA_ID", "test")
-            .env("MCP_GATEWAY_SERVER__SHUTDOWN_GRACE_SECS", "0")
-            .env("MCP_GATEWAY_LOG__FORMAT", "json")
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn({
-            let lines = lines.clone();
-            move || {
-                let mut ready = Some(ready_tx);
-                for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if l.contains("\"serving\"")
-                        && let Some(tx) = ready.take()
-                    {
-                        let _ = tx.send(());
-                    }
-                    lines.lock().unwrap().push(l);
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(60), ready_rx)
-            .await
-            .expect("the gateway did not start")
-            .unwrap();
-        Self {
-            child,
-            port,
-            lines,
-            _data: data,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// SIGTERM, as a service manager stops it; the gateway then drains and
-    /// flushes its spans. Returns its log lines.
-    async fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        let status = tokio::task::spawn_blocking(move || self.child.wait().unwrap())
-            .await
-            .unwrap();
-        assert!(status.success(), "the gateway exited with {status}");
-        // The reader thread sees EOF right after the exit.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        self.lines.lock().unwrap().clone()
-    }
-}
-
 fn spans_of(c: &Collector, trace: &str) -> Vec<Got> {
     c.0.lock()
         .unwrap()
@@ -179,7 +92,7 @@ fn spans_of(c: &Collector, trace: &str) -> Vec<Got> {
 #[tokio::test]
 async fn one_request_produces_linked_spans_at_the_collector() {
     let (endpoint, collector) = start_collector().await;
-    let gw = Served::start(&[
+    let gw = ServedBinary::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "mcp-gateway-under-test"),
     ])
@@ -262,7 +175,7 @@ async fn one_request_produces_linked_spans_at_the_collector() {
 
 #[tokio::test]
 async fn json_log_lines_parse_and_carry_request_and_trace_ids() {
-    let gw = Served::start(&[]).await;
+    let gw = ServedBinary::start(&[]).await;
     let http = reqwest::Client::new();
     let marker = format!("argv-marker-{}", uuid::Uuid::now_v7());
     let resp = http
