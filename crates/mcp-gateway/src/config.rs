@@ -62,7 +62,7 @@ pub struct RawPolicy {
     /// A reload is accepted only when the new set's `*_test.rego` tests pass.
     pub reload_requires_passing_tests: bool,
     /// A candidate policy set evaluated beside the active one on live
-    /// traffic, never enforced; disagreements are counted and logged.
+    /// traffic, never enforced; disagreements are logged.
     /// Empty = none.
     pub shadow_dir: PathBuf,
     /// Environment tags handed to policy as `input.context.environment`

@@ -182,43 +182,6 @@ fn chunk(task_id: &str, c: OutputChunk) -> pb::TaskOutputChunk {
     }
 }
 
-/// The chunks a finished task replays: its stored (capped) stdout and
-/// stderr, what ended it, and its exit code. Shared with the REST door.
-pub(crate) fn stored_chunks(t: &TaskRecord) -> Vec<OutputChunk> {
-    let ts = i64::try_from(
-        t.completed_at
-            .unwrap_or(t.created_at)
-            .unix_timestamp_nanos()
-            / 1_000_000,
-    )
-    .unwrap_or(0);
-    let mut out = Vec::new();
-    let mut push = |kind, data: Vec<u8>| {
-        if !data.is_empty() {
-            out.push(OutputChunk {
-                kind,
-                data,
-                timestamp_ms: ts,
-            });
-        }
-    };
-    let code = match &t.result {
-        Some(r) => {
-            push(ChunkKind::Stdout, r.stdout.clone());
-            push(ChunkKind::Stderr, r.stderr.clone());
-            r.exit_code
-        }
-        None => -1,
-    };
-    if t.state != TaskState::Completed
-        && let Some(reason) = &t.failure_reason
-    {
-        push(ChunkKind::Event, reason.clone().into_bytes());
-    }
-    push(ChunkKind::ExitCode, code.to_string().into_bytes());
-    out
-}
-
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::TaskOutputChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -299,7 +262,7 @@ impl McpService for GrpcService {
         tokio::spawn(async move {
             match output {
                 Output::Stored(rec) => {
-                    for ch in stored_chunks(&rec) {
+                    for ch in crate::pipeline::stored_chunks(*rec) {
                         if tx.send(Ok(chunk(&task_id, ch))).await.is_err() {
                             return;
                         }

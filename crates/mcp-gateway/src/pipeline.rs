@@ -89,6 +89,43 @@ pub enum Output {
     Stored(Box<TaskRecord>),
 }
 
+/// The chunks a finished task replays, for every front door: its stored
+/// (capped) stdout and stderr, what ended it, and its exit code.
+pub(crate) fn stored_chunks(t: TaskRecord) -> Vec<OutputChunk> {
+    let ts = i64::try_from(
+        t.completed_at
+            .unwrap_or(t.created_at)
+            .unix_timestamp_nanos()
+            / 1_000_000,
+    )
+    .unwrap_or(0);
+    let mut out = Vec::new();
+    let mut push = |kind, data: Vec<u8>| {
+        if !data.is_empty() {
+            out.push(OutputChunk {
+                kind,
+                data,
+                timestamp_ms: ts,
+            });
+        }
+    };
+    let code = match t.result {
+        Some(r) => {
+            push(ChunkKind::Stdout, r.stdout);
+            push(ChunkKind::Stderr, r.stderr);
+            r.exit_code
+        }
+        None => -1,
+    };
+    if t.state != TaskState::Completed
+        && let Some(reason) = t.failure_reason
+    {
+        push(ChunkKind::Event, reason.into_bytes());
+    }
+    push(ChunkKind::ExitCode, code.to_string().into_bytes());
+    out
+}
+
 /// What `GET /ready` reports: whether each dependency is usable now.
 #[derive(Debug, Clone)]
 pub struct Readiness {
@@ -185,10 +222,6 @@ impl Gateway {
     /// The policy service, for reloads (SIGHUP) and its statistics.
     pub fn policy_service(&self) -> Arc<PolicyService> {
         self.policy.clone()
-    }
-
-    pub fn running_tasks(&self) -> usize {
-        self.live.len()
     }
 
     /// The gateway's Prometheus metrics.
@@ -295,7 +328,7 @@ impl Gateway {
             resolved.as_deref(),
             &self.context(caller),
         );
-        let (mut decision, details) = self.decide(&input);
+        let (mut decision, details) = self.decide(input);
         let profile = decision
             .obligations
             .profile
@@ -522,7 +555,10 @@ impl Gateway {
         {
             return Ok(Output::Live(live));
         }
-        // Finished (or finished while we looked): read the final record.
+        if rec.state.is_terminal() {
+            return Ok(Output::Stored(Box::new(rec)));
+        }
+        // It finished while we looked: read the final record.
         let rec = self.status(caller, id).await?;
         Ok(Output::Stored(Box::new(rec)))
     }
@@ -614,7 +650,7 @@ impl Gateway {
         }
         .validate(&self.settings.limits)?;
         let input = PolicyInput::file(&caller.principal, &valid, &self.context(caller));
-        let (decision, details) = self.decide(&input);
+        let (decision, details) = self.decide(input);
         let summary = format!("{} {}", op.as_str(), valid.path);
         self.record_decision(caller, "file", &summary, &decision, &details, None)
             .await?;
@@ -637,25 +673,23 @@ impl Gateway {
     /// Evaluates `input` with the active policy set (and the shadow set,
     /// if configured) and returns the decision with what the decision log
     /// keeps of it: the masked input, latency, profile, obligations.
-    fn decide(&self, input: &PolicyInput) -> (Decision, DecisionDetails) {
+    fn decide(&self, input: PolicyInput) -> (Decision, DecisionDetails) {
         let span = info_span!("policy.eval", revision = tracing::field::Empty);
         let _entered = span.enter();
         let input = input
-            .clone()
             .with_environment(&self.settings.environment)
             .with_trace_id(crate::telemetry::current_traceparent());
-        let started = Instant::now();
         let ev = self.policy.decide(&input);
-        self.metrics.observe_policy_eval(started.elapsed());
+        self.metrics.observe_policy_eval(ev.latency);
         span.record("revision", ev.revision.as_str());
         let details = DecisionDetails {
             input: Some(ev.logged_input(&input)),
             latency_us: u64::try_from(ev.latency.as_micros()).unwrap_or(u64::MAX),
             profile: ev.obligations.profile.clone(),
-            obligations: serde_json::to_value(&ev.obligations)
-                .ok()
-                .and_then(|v| v.as_object().cloned())
-                .unwrap_or_default(),
+            obligations: match serde_json::to_value(&ev.obligations) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            },
             warnings: ev.decision.warnings.clone(),
         };
         let decision = ev.decision;

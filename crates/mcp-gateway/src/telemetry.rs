@@ -91,21 +91,6 @@ impl Telemetry {
     }
 }
 
-/// Installs logging only (for the CLI's client commands). `RUST_LOG`
-/// overrides `level` when set. A second call is harmless.
-pub fn init(format: LogFormat, level: &str) {
-    let settings = TelemetrySettings {
-        log_format: format,
-        log_level: level.to_owned(),
-        otlp_endpoint: None,
-        service_name: DEFAULT_SERVICE_NAME.to_owned(),
-        sample_ratio: 1.0,
-    };
-    if let Ok((dispatch, _)) = dispatch(&settings, std::io::stderr, None) {
-        let _ = tracing::dispatcher::set_global_default(dispatch);
-    }
-}
-
 /// Installs logs and traces for the server as the global subscriber. Must
 /// run inside the Tokio runtime (the OTLP exporter's connection lives there).
 pub fn init_with(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {

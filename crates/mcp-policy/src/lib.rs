@@ -10,7 +10,7 @@
 //! hot reload, a directory watcher and an optional shadow (candidate) set.
 //! [`PolicyEngine::run_tests_with`] runs the Rego unit tests (`*_test.rego`,
 //! rules named `test_*`) with line coverage, [`check`] reports every error of
-//! a directory, and [`masked_input`] is what the decision log keeps.
+//! a directory, and [`Evaluated::logged_input`] is what the decision log keeps.
 //!
 //! Invariants:
 //! - this is the only crate that uses `regorus`;
@@ -53,7 +53,7 @@ pub use input::{
     CommandInput, ContextInput, FileInput, INPUT_VERSION, LimitsInput, McpToolInput, NetworkInput,
     PolicyInput, RequestContext, RequestInput, SandboxInput,
 };
-pub use mask::{MASKED, masked_input, masked_value};
+pub use mask::{MASKED, masked_value};
 pub use service::{PolicyService, PolicyWatcher, ServiceOptions, ServiceStats, WATCH_DEBOUNCE};
 pub use testing::{CoverageReport, FileCoverage, TestOptions, TestOutcome, TestReport};
 

@@ -7,8 +7,6 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::input::PolicyInput;
-
 /// What a masked or redacted value is replaced with.
 pub const MASKED: &str = "<masked>";
 
@@ -42,18 +40,6 @@ static BUILT_IN_RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
         .filter_map(|(p, r)| Regex::new(p).ok().map(|re| (re, *r)))
         .collect()
 });
-
-/// The input as the decision log keeps it. `mask` holds JSON pointers
-/// (RFC 6901; a `*` segment matches every key or index) whose values are
-/// replaced by [`MASKED`]; `""` masks the whole document. `redact` holds
-/// extra regular expressions (the policy's `redact` obligation) whose
-/// matches are replaced by [`MASKED`] in every string, after the built-in
-/// rules. Patterns that do not compile are ignored here: the decision
-/// decoder already refused them.
-pub fn masked_input(input: &PolicyInput, mask: &[String], redact: &[String]) -> Value {
-    let value = serde_json::to_value(input).unwrap_or(Value::Null);
-    masked_value(value, mask, redact)
-}
 
 /// [`masked_input`] for a raw document.
 pub fn masked_value(mut value: Value, mask: &[String], redact: &[String]) -> Value {

@@ -94,7 +94,7 @@ impl PolicyService {
     /// configured, evaluates it too and counts and logs a disagreement.
     pub fn decide(&self, input: &PolicyInput) -> Evaluated {
         let mut evaluated = self.active.load().evaluate(input);
-        if let Some(shadow) = self.shadow.load_full() {
+        if let Some(shadow) = &*self.shadow.load() {
             let candidate = shadow.evaluate(input);
             let active = &evaluated.decision;
             let shadowed = &candidate.decision;

@@ -246,7 +246,7 @@ pub(crate) async fn task_output(
 async fn follow(output: Output, tx: mpsc::Sender<OutputChunk>) {
     match output {
         Output::Stored(rec) => {
-            for ch in crate::grpc::stored_chunks(&rec) {
+            for ch in crate::pipeline::stored_chunks(*rec) {
                 if tx.send(ch).await.is_err() {
                     return;
                 }

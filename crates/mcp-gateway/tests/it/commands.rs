@@ -88,7 +88,7 @@ async fn sandbox_runs_as_unprivileged_user_without_host_env_or_network() {
     let res = r.result.unwrap();
     assert_eq!(res.exit_code, 0, "stderr: {}", res.stderr);
     let out = res.stdout;
-    if nix_is_root() {
+    if is_root() {
         assert!(out.contains("uid 65534"), "{out}");
     }
     assert!(out.contains("cwd /workspace"), "{out}");
@@ -102,7 +102,7 @@ async fn sandbox_runs_as_unprivileged_user_without_host_env_or_network() {
     gw.stop().await;
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()

@@ -21,7 +21,7 @@ pub struct Rest {
 impl Rest {
     pub fn new(gw: &TestGateway) -> Self {
         Self {
-            base: format!("http://{}", gw.addr),
+            base: gw.endpoint(),
             http: reqwest::Client::new(),
         }
     }
