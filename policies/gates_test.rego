@@ -168,3 +168,20 @@ test_shipped_data_refuses_other_principals if {
 	d := data.mcp.decision with input as cmd_input("alice", "default", "ls", {})
 	d.deny_reasons == [`gate principal: principal "alice" is not known in tenant "default"`]
 }
+
+test_tool_patterns_match_exactly_by_prefix_or_as_globs if {
+	data.mcp.tool_matches("command:ls", "command:ls")
+	not data.mcp.tool_matches("command:ls", "command:lsblk")
+	data.mcp.tool_matches("command:*", "command:ls")
+	data.mcp.tool_matches("file:reports/*", "file:reports/2025/q1.csv")
+	not data.mcp.tool_matches("file:reports/*", "file:secrets/key")
+	# Not a plain prefix: matched as a glob.
+	data.mcp.tool_matches("command:l?", "command:ls")
+	not data.mcp.tool_matches("command:l?", "command:cat")
+	data.mcp.tool_matches("file:[ab]*", "file:b.txt")
+	not data.mcp.tool_matches("file:[ab]*", "file:c.txt")
+	data.mcp.tool_matches("mcp_tool:{gh,gl}/*", "mcp_tool:gl/create_issue")
+	# An escaped star is a literal star, not a prefix.
+	data.mcp.tool_matches(`file:a\*`, "file:a*")
+	not data.mcp.tool_matches(`file:a\*`, "file:abc")
+}

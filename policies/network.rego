@@ -6,6 +6,10 @@
 # may be private, loopback or link-local unless the entry says
 # "private": true. Checking the resolved addresses, not only the name,
 # stops DNS-rebinding tricks that point an allowed name at an internal host.
+# A bare address is only reached when an entry names exactly that address.
+# The gateway's egress proxy classifies the addresses again (IPv4-mapped
+# IPv6 included) and refuses internal ones unless this policy allowed the
+# connection after seeing them.
 package mcp
 
 network_protocols := {"tcp", "udp"}
@@ -14,7 +18,8 @@ network_protocols := {"tcp", "udp"}
 # internet.
 internal_ranges := [
 	"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-	"172.16.0.0/12", "192.168.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
+	"172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+	"::/128", "::1/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8",
 ]
 
 net := n if {
@@ -48,6 +53,20 @@ deny contains sprintf("destination %q resolves to internal address %q", [net.hos
 	some ip in net.resolved_ips
 	internal_address(ip)
 	not private_allowed
+}
+
+deny contains sprintf("destination %q is a bare address; only a named entry for exactly it allows that", [net.host]) if {
+	address_literal(net.host)
+	not exact_entry
+}
+
+address_literal(host) if regex.match(`^[0-9.]+$`, host)
+
+address_literal(host) if contains(host, ":")
+
+exact_entry if {
+	some entry in network_entries
+	entry.host == net.host
 }
 
 private_allowed if {

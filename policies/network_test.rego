@@ -9,6 +9,8 @@ net_tenants := {"acme": {
 	"network": {"allow": [
 		{"host": "*.github.com", "ports": [443], "protocol": "tcp"},
 		{"host": "registry.internal", "ports": [5000], "private": true},
+		{"host": "203.0.113.7", "ports": [8443]},
+		{"host": "*", "ports": [8080]},
 	]},
 }}
 
@@ -68,4 +70,22 @@ test_shipped_data_allows_no_destination if {
 	d := data.mcp.decision with input as inp
 	d.allow == false
 	`destination api.github.com:443/tcp is not on the network allowlist of tenant "default"` in d.deny_reasons
+}
+
+test_bare_addresses_need_an_exact_entry if {
+	d := net_decide(net_input("140.82.112.6", 8080, "tcp", ["140.82.112.6"]))
+	d.allow == false
+	`destination "140.82.112.6" is a bare address; only a named entry for exactly it allows that` in d.deny_reasons
+	e := net_decide(net_input("2606:4700::1111", 8080, "tcp", ["2606:4700::1111"]))
+	e.allow == false
+	f := net_decide(net_input("203.0.113.7", 8443, "tcp", ["203.0.113.7"]))
+	f.allow == true
+}
+
+test_single_label_glob_and_more_internal_ranges if {
+	net_decide(net_input("intranet", 8080, "tcp", ["93.184.216.34"])).allow == true
+	every ip in ["224.0.0.1", "::ffff:127.0.0.1", "ff02::1", "::"] {
+		d := net_decide(net_input("intranet", 8080, "tcp", [ip]))
+		d.allow == false
+	}
 }

@@ -423,9 +423,17 @@ step "helm lint --strict, helm template, kubernetes-validate"
 HELM="$TOOLS/bin/helm"
 CHART=deploy/helm/mcp-gateway
 PROD=deploy/helm/values-production.yaml
-"$HELM" lint --strict "$CHART"
+# The default values carry no credentials, so they render only with the
+# explicit no-auth acknowledgement (or keys/JWT settings).
+"$HELM" lint --strict "$CHART" --set auth.insecureNoAuth=true
 "$HELM" lint --strict "$CHART" -f "$PROD"
-"$HELM" template mcp-gateway "$CHART" --namespace mcp-gateway >"$WORK/default.yaml"
+"$HELM" template mcp-gateway "$CHART" --namespace mcp-gateway --set auth.insecureNoAuth=true >"$WORK/default.yaml"
+"$HELM" template mcp-gateway "$CHART" --namespace mcp-gateway >/dev/null 2>&1 \
+  && fail "the chart rendered a pod-network listener without authentication"
+"$HELM" template x "$CHART" --set auth.jwt.issuer=https://login.example.com --set auth.jwt.audience=mcp \
+  --set auth.jwt.secretName=jwt >"$WORK/jwt.yaml"
+grep -q 'hs256_secret_env = "MCP_GATEWAY_JWT_HS256_SECRET"' "$WORK/jwt.yaml" \
+  || fail "auth.jwt did not render [auth.jwt]"
 "$HELM" template mcp-gateway "$CHART" --namespace mcp-gateway -f "$PROD" >"$WORK/production.yaml"
 # Invalid combinations must not render.
 "$HELM" template x "$CHART" --set persistence.enabled=true --set replicaCount=2 >/dev/null 2>&1 \

@@ -6,9 +6,10 @@
 //! following a task's output to the end). Errors keep the server's
 //! [`tonic::Status`] intact so callers can match on the code.
 
-use std::time::Duration;
-
 use mcp_proto::mcp_service_client::McpServiceClient;
+pub use mcp_proto::{
+    ApproveTaskRequest, ListTasksRequest, ListTasksResponse, RejectTaskRequest, TaskInfo,
+};
 pub use mcp_proto::{
     CommandRequest, DeleteFileRequest, DeleteFileResponse, HealthRequest, HealthResponse,
     OutputChunkType, ReadFileRequest, ReadFileResponse, SandboxConfig, TaskCreatedResponse,
@@ -16,7 +17,14 @@ pub use mcp_proto::{
     WriteFileResponse,
 };
 use thiserror::Error;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+mod connect;
+pub use connect::{ConnectOptions, Credential, Credentials, TlsOptions};
+
+/// The generated stub with the credential interceptor.
+pub type Stub = McpServiceClient<InterceptedService<Channel, Credentials>>;
 
 /// The address the gateway listens on by default.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8081";
@@ -37,6 +45,13 @@ pub enum ClientError {
     },
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    /// TLS or credential options that cannot be used.
+    #[error("{what}")]
+    Tls {
+        what: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
 }
 
 impl ClientError {
@@ -44,7 +59,9 @@ impl ClientError {
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             ClientError::Status(s) => Some(s),
-            ClientError::BadEndpoint { .. } | ClientError::Connect { .. } => None,
+            ClientError::BadEndpoint { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Tls { .. } => None,
         }
     }
 }
@@ -52,37 +69,18 @@ impl ClientError {
 /// A connected client. Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: McpServiceClient<Channel>,
+    inner: Stub,
 }
 
 impl Client {
-    /// Connects to `endpoint` (`http://host:port`; a bare `host:port` gets `http://`).
+    /// Connects to `endpoint` (`http://host:port`; a bare `host:port` gets
+    /// `http://`) without credentials; see [`Client::connect_with`].
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let ep = Endpoint::from_shared(uri.clone())
-            .map_err(|source| ClientError::BadEndpoint {
-                endpoint: endpoint.to_owned(),
-                source,
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let channel = ep.connect().await.map_err(|source| ClientError::Connect {
-            endpoint: uri,
-            source,
-        })?;
-        Ok(Self {
-            inner: McpServiceClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
-        })
+        Self::connect_with(endpoint, &ConnectOptions::default()).await
     }
 
     /// The generated stub, for calls this wrapper does not cover.
-    pub fn raw(&mut self) -> &mut McpServiceClient<Channel> {
+    pub fn raw(&mut self) -> &mut Stub {
         &mut self.inner
     }
 
@@ -126,6 +124,45 @@ impl Client {
             task_id: task_id.to_owned(),
         };
         Ok(self.inner.cancel_task(req).await?.into_inner())
+    }
+
+    /// Approves a task waiting for approval, with the caller's credentials
+    /// or an approval `token`.
+    pub async fn approve(
+        &mut self,
+        task_id: &str,
+        token: Option<String>,
+        comment: &str,
+    ) -> Result<TaskStatusResponse, ClientError> {
+        let req = ApproveTaskRequest {
+            task_id: task_id.to_owned(),
+            token,
+            comment: comment.to_owned(),
+        };
+        Ok(self.inner.approve_task(req).await?.into_inner())
+    }
+
+    /// Rejects a task waiting for approval.
+    pub async fn reject(
+        &mut self,
+        task_id: &str,
+        token: Option<String>,
+        reason: &str,
+    ) -> Result<TaskStatusResponse, ClientError> {
+        let req = RejectTaskRequest {
+            task_id: task_id.to_owned(),
+            reason: reason.to_owned(),
+            token,
+        };
+        Ok(self.inner.reject_task(req).await?.into_inner())
+    }
+
+    /// One page of the caller's tenant's tasks.
+    pub async fn list_tasks(
+        &mut self,
+        req: ListTasksRequest,
+    ) -> Result<ListTasksResponse, ClientError> {
+        Ok(self.inner.list_tasks(req).await?.into_inner())
     }
 
     /// The live output stream of a task; it ends after the exit-code chunk.

@@ -17,7 +17,9 @@
 mod decision;
 mod error;
 mod principal;
+pub mod redact;
 mod request;
+pub mod secrets;
 mod task;
 mod time_fmt;
 

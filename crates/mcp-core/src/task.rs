@@ -64,10 +64,16 @@ pub enum TaskState {
     Failed,
     Cancelled,
     TimedOut,
+    /// The policy requires approval; nothing runs until someone approves.
+    PendingApproval,
+    /// Nobody approved or rejected it within the approval TTL (terminal).
+    Expired,
+    /// An approver rejected it (terminal).
+    Rejected,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 10] = [
         TaskState::Created,
         TaskState::Queued,
         TaskState::Running,
@@ -75,12 +81,20 @@ impl TaskState {
         TaskState::Failed,
         TaskState::Cancelled,
         TaskState::TimedOut,
+        TaskState::PendingApproval,
+        TaskState::Expired,
+        TaskState::Rejected,
     ];
 
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut
+            TaskState::Completed
+                | TaskState::Failed
+                | TaskState::Cancelled
+                | TaskState::TimedOut
+                | TaskState::Expired
+                | TaskState::Rejected
         )
     }
 
@@ -94,6 +108,9 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
             TaskState::TimedOut => "timed_out",
+            TaskState::PendingApproval => "pending_approval",
+            TaskState::Expired => "expired",
+            TaskState::Rejected => "rejected",
         }
     }
 }

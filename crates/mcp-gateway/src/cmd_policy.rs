@@ -41,6 +41,8 @@ pub enum PolicyCommand {
     },
     /// Re-decide stored requests with a candidate policy set and report what changes.
     Replay(ReplayArgs),
+    /// Pack a policy directory into an OPA-style bundle (.tar.gz), optionally signed.
+    Build(BuildArgs),
     /// The decision log.
     #[command(subcommand)]
     Log(LogCommand),
@@ -84,6 +86,24 @@ pub struct EvalArgs {
     /// Also show the rules that were defined, print() output and evaluated lines.
     #[arg(long)]
     explain: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The policy directory; it must compile and its tests must pass.
+    #[arg(default_value = DEFAULT_DIR)]
+    dir: PathBuf,
+    /// The bundle to write.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// The revision recorded in the manifest (e.g. a git commit); the
+    /// gateway reports REVISION+<content hash>.
+    #[arg(long, default_value = "")]
+    revision: String,
+    /// Sign the bundle with this Ed25519 private key (PKCS#8 PEM, as written
+    /// by `openssl genpkey -algorithm ed25519`).
+    #[arg(long, value_name = "KEY")]
+    signing_key: Option<PathBuf>,
 }
 
 /// Where the gateway's database is.
@@ -179,8 +199,32 @@ pub async fn run(cmd: PolicyCommand) -> Result<ExitCode, PolicyCliError> {
         PolicyCommand::Eval(args) => eval(&args),
         PolicyCommand::Check { dir } => Ok(check(&dir)),
         PolicyCommand::Replay(args) => replay(&args).await,
+        PolicyCommand::Build(args) => build(&args),
         PolicyCommand::Log(LogCommand::Export(sel)) => export(&sel).await,
     }
+}
+
+/// The bundle verification key configured by `policy.bundle_public_key`.
+pub fn bundle_key(path: Option<&Path>) -> Result<Option<mcp_policy::BundleKey>, PolicyError> {
+    path.map(mcp_policy::read_verifying_key).transpose()
+}
+
+fn build(args: &BuildArgs) -> Result<ExitCode, PolicyCliError> {
+    let key = match &args.signing_key {
+        Some(path) => Some(mcp_policy::read_signing_key(path)?),
+        None => None,
+    };
+    let built = mcp_policy::build_bundle(&args.dir, &args.output, &args.revision, key.as_ref())?;
+    let engine = PolicyEngine::load(&args.output)?;
+    out!(
+        "wrote {} ({} files, {} bytes, {}), revision {}",
+        args.output.display(),
+        built.files.len(),
+        built.bytes,
+        if built.signed { "signed" } else { "unsigned" },
+        engine.revision()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn test(args: &TestArgs) -> Result<ExitCode, PolicyCliError> {

@@ -29,15 +29,22 @@ pub struct RawConfig {
     pub log: RawLog,
     pub http: RawHttp,
     pub telemetry: RawTelemetry,
+    pub audit: RawAudit,
+    pub redaction: RawRedaction,
+    pub secrets: RawSecrets,
+    pub auth: crate::auth::RawAuth,
+    pub tls: crate::auth::RawTls,
+    pub approval: crate::approval::RawApproval,
+    pub quotas: crate::quota::RawQuotas,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
     pub listen: String,
-    /// Serve a non-loopback address without authentication. Authentication
-    /// arrives with a later release; until then this is the only way to
-    /// listen beyond loopback, and the gateway warns loudly.
+    /// Serve a non-loopback address although no authentication (`[auth]`)
+    /// is configured: anyone who reaches it runs commands. The gateway warns
+    /// at start and on `/ready`.
     pub insecure_no_auth: bool,
     /// Names this gateway in the tasks it owns; empty = the host name.
     pub replica_id: String,
@@ -65,6 +72,13 @@ pub struct RawPolicy {
     /// traffic, never enforced; disagreements are logged.
     /// Empty = none.
     pub shadow_dir: PathBuf,
+    /// A policy bundle (`.tar.gz`, see `mcp-gateway policy build`) to load
+    /// instead of `dir`; watched and reloaded like a directory.
+    /// Empty = use `dir`.
+    pub bundle: PathBuf,
+    /// An Ed25519 public key (PEM). When set, a bundle (active or shadow)
+    /// loads only when signed with the matching private key.
+    pub bundle_public_key: PathBuf,
     /// Environment tags handed to policy as `input.context.environment`
     /// (e.g. `env = "prod"`).
     pub environment: std::collections::BTreeMap<String, String>,
@@ -82,6 +96,22 @@ pub struct RawSandbox {
     pub files_root: PathBuf,
     /// Empty = `<data_dir>/workspaces`.
     pub workspaces_dir: PathBuf,
+    /// When the gateway runs as root: a uid of its own for every running
+    /// sandbox, from this range (group: `gid`); unset = every sandbox is `uid`.
+    pub uid_range: Option<RawUidRange>,
+    /// The binary bound into restricted-network sandboxes as the egress
+    /// forwarder; empty = this executable.
+    pub egress_forwarder: PathBuf,
+    /// `[sandbox.pool]`: the warm pool (off by default).
+    pub pool: crate::sandbox_pool::RawPool,
+}
+
+/// `sandbox.uid_range = { start = 200000, count = 1000 }`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUidRange {
+    pub start: u32,
+    pub count: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +153,61 @@ pub struct RawHttp {
     pub request_timeout_secs: u64,
     /// REST requests handled at once; more are refused with 503.
     pub max_concurrent_requests: usize,
+}
+
+/// The audit trail (`[audit]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    /// Record every request; off only for throwaway setups.
+    pub enabled: bool,
+    /// PKCS#8 PEM Ed25519 private key that signs checkpoints
+    /// (`openssl genpkey -algorithm ed25519 -out audit.pem`); empty = none.
+    pub signing_key: PathBuf,
+    /// A signed checkpoint every this many records; 0 = not by count.
+    pub checkpoint_every: u64,
+    /// A signed checkpoint at least this often while records arrive; 0 = not by time.
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            signing_key: PathBuf::new(),
+            checkpoint_every: 1000,
+            checkpoint_interval_secs: 60,
+        }
+    }
+}
+
+/// Secrets by reference (`[secrets]`): `env` values `secret://NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSecrets {
+    /// Directory holding one file per secret (e.g. a Kubernetes secret
+    /// mount); empty = secret references are refused.
+    pub dir: PathBuf,
+    /// Largest secret file, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for RawSecrets {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Redaction of output and audit excerpts (`[redaction]`), beside the
+/// built-in rules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedaction {
+    /// Extra regexes; every match is replaced by `<masked>`.
+    pub patterns: Vec<String>,
 }
 
 /// Traces. `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`),
@@ -186,6 +271,8 @@ impl Default for RawPolicy {
             watch: true,
             reload_requires_passing_tests: false,
             shadow_dir: PathBuf::new(),
+            bundle: PathBuf::new(),
+            bundle_public_key: PathBuf::new(),
             environment: Default::default(),
         }
     }
@@ -200,6 +287,9 @@ impl Default for RawSandbox {
             gid: 65534,
             files_root: PathBuf::new(),
             workspaces_dir: PathBuf::new(),
+            uid_range: None,
+            egress_forwarder: PathBuf::new(),
+            pool: crate::sandbox_pool::RawPool::default(),
         }
     }
 }
@@ -254,11 +344,19 @@ pub struct Config {
     pub policy_watch: bool,
     pub policy_reload_requires_tests: bool,
     pub policy_shadow_dir: Option<PathBuf>,
+    /// `policy.bundle_public_key`: bundles must be signed with its key.
+    pub policy_bundle_key: Option<PathBuf>,
     pub policy_environment: std::collections::BTreeMap<String, String>,
     pub profiles_dir: PathBuf,
     pub bwrap: PathBuf,
     pub sandbox_uid: u32,
     pub sandbox_gid: u32,
+    /// Per-sandbox uids (when root), validated.
+    pub sandbox_uid_range: Option<mcp_sandbox::UidRange>,
+    /// `None` = this executable.
+    pub egress_forwarder: Option<PathBuf>,
+    /// The warm sandbox pool, validated.
+    pub sandbox_pool: crate::sandbox_pool::RawPool,
     pub files_root: PathBuf,
     pub workspaces_dir: PathBuf,
     pub request_limits: RequestLimits,
@@ -269,6 +367,18 @@ pub struct Config {
     pub log_level: String,
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
+    pub audit: crate::audit::AuditSettings,
+    /// `[redaction] patterns`, compiled (built-in rules included).
+    pub redactor: mcp_core::redact::Redactor,
+    pub secrets: crate::secrets::SecretsSettings,
+    /// Validated `[auth]` (holds secrets; shared, never cloned).
+    pub auth: std::sync::Arc<crate::auth::AuthSettings>,
+    /// `[tls]`; `None` = plain TCP.
+    pub tls: Option<crate::auth::TlsSettings>,
+    /// `[approval]`.
+    pub approval: crate::approval::ApprovalSettings,
+    /// `[quotas]`.
+    pub quotas: crate::quota::QuotaSettings,
 }
 
 /// Limits of the REST front door.
@@ -363,15 +473,16 @@ impl RawConfig {
                 None
             }
         };
-        if let Some(a) = listen
-            && !a.ip().is_loopback()
-            && !self.server.insecure_no_auth
-        {
-            problems.push(format!(
-                "server.listen {a} is not a loopback address and no authentication is configured; \
-                 set server.insecure_no_auth = true to serve it anyway"
-            ));
-        }
+        let (auth, tls) = crate::auth::config::validate(
+            &self.auth,
+            &self.tls,
+            listen,
+            self.server.insecure_no_auth,
+            &mut problems,
+        );
+
+        let approval = self.approval.validate(&mut problems);
+        let quotas = self.quotas.validate(&mut problems);
 
         let data_dir = self.storage.data_dir.clone();
         if data_dir.as_os_str().is_empty() {
@@ -383,15 +494,31 @@ impl RawConfig {
             self.storage.database_url.clone()
         };
 
-        if !self.policy.dir.is_dir() {
+        if !self.policy.bundle.as_os_str().is_empty() {
+            if !self.policy.bundle.is_file() {
+                problems.push(format!(
+                    "policy.bundle {} is not a file",
+                    self.policy.bundle.display()
+                ));
+            }
+        } else if !self.policy.dir.is_dir() {
             problems.push(format!(
                 "policy.dir {} is not a directory",
                 self.policy.dir.display()
             ));
         }
-        if !self.policy.shadow_dir.as_os_str().is_empty() && !self.policy.shadow_dir.is_dir() {
+        if !self.policy.bundle_public_key.as_os_str().is_empty()
+            && !self.policy.bundle_public_key.is_file()
+        {
             problems.push(format!(
-                "policy.shadow_dir {} is not a directory",
+                "policy.bundle_public_key {} is not a file",
+                self.policy.bundle_public_key.display()
+            ));
+        }
+        // A directory or a bundle file.
+        if !self.policy.shadow_dir.as_os_str().is_empty() && !self.policy.shadow_dir.exists() {
+            problems.push(format!(
+                "policy.shadow_dir {} is neither a directory nor a bundle",
                 self.policy.shadow_dir.display()
             ));
         }
@@ -403,6 +530,21 @@ impl RawConfig {
         }
         if self.sandbox.uid == 0 || self.sandbox.gid == 0 {
             problems.push("sandbox.uid and sandbox.gid must not be 0 (root)".to_owned());
+        }
+        self.sandbox.pool.validate(&mut problems);
+        if let Some(r) = self.sandbox.uid_range {
+            let range = mcp_sandbox::UidRange {
+                start: r.start,
+                count: r.count,
+            };
+            if let Err(e) = range.validate() {
+                problems.push(e);
+            } else if range.contains(self.sandbox.uid) {
+                problems.push(format!(
+                    "sandbox.uid_range must not contain sandbox.uid {}",
+                    self.sandbox.uid
+                ));
+            }
         }
 
         let l = &self.limits;
@@ -470,6 +612,16 @@ impl RawConfig {
             problems.push("telemetry.service_name must not be empty".to_owned());
         }
 
+        let audit = crate::audit::validate(&self.audit, &mut problems);
+        let secrets = crate::secrets::validate(&self.secrets, &mut problems);
+        let redactor = match mcp_core::redact::Redactor::new(&self.redaction.patterns) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("redaction.patterns: {e}"));
+                mcp_core::redact::Redactor::default()
+            }
+        };
+
         let replica_id = if self.server.replica_id.is_empty() {
             host_name()
         } else {
@@ -495,7 +647,13 @@ impl RawConfig {
             workspaces_dir: or_under(&self.sandbox.workspaces_dir, "workspaces"),
             data_dir,
             database_url,
-            policies_dir: self.policy.dir,
+            policies_dir: if self.policy.bundle.as_os_str().is_empty() {
+                self.policy.dir
+            } else {
+                self.policy.bundle
+            },
+            policy_bundle_key: (!self.policy.bundle_public_key.as_os_str().is_empty())
+                .then_some(self.policy.bundle_public_key),
             policy_watch: self.policy.watch,
             policy_reload_requires_tests: self.policy.reload_requires_passing_tests,
             policy_shadow_dir: (!self.policy.shadow_dir.as_os_str().is_empty())
@@ -505,6 +663,13 @@ impl RawConfig {
             bwrap: self.sandbox.bwrap,
             sandbox_uid: self.sandbox.uid,
             sandbox_gid: self.sandbox.gid,
+            sandbox_uid_range: self.sandbox.uid_range.map(|r| mcp_sandbox::UidRange {
+                start: r.start,
+                count: r.count,
+            }),
+            egress_forwarder: (!self.sandbox.egress_forwarder.as_os_str().is_empty())
+                .then(|| self.sandbox.egress_forwarder.clone()),
+            sandbox_pool: self.sandbox.pool.clone(),
             request_limits: RequestLimits {
                 default_timeout: Duration::from_secs(l.default_timeout_secs),
                 max_timeout: Duration::from_secs(l.max_timeout_secs),
@@ -536,6 +701,13 @@ impl RawConfig {
             },
             log_format,
             log_level: self.log.level,
+            auth: std::sync::Arc::new(auth),
+            tls,
+            approval,
+            quotas,
+            audit,
+            redactor,
+            secrets,
         })
     }
 }

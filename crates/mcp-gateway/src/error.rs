@@ -26,6 +26,8 @@ pub enum StartError {
     Files(#[from] mcp_sandbox::FileError),
     #[error("cannot open the store")]
     Store(#[from] mcp_store::StoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditStartError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -38,6 +40,8 @@ pub enum StartError {
     Reflection(#[source] tonic_reflection::server::Error),
     #[error("the server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot set up TLS")]
+    Tls(#[from] crate::auth::TlsError),
 }
 
 /// Why a request did not succeed. Variants name the broken rule; the one
@@ -47,6 +51,10 @@ pub enum StartError {
 /// door shares one table (`docs/api/errors.md`).
 #[derive(Debug, Error)]
 pub enum GatewayError {
+    /// No credentials, or credentials that did not verify. One message for
+    /// every cause: the log says which, the client learns nothing.
+    #[error("authentication required: missing or invalid credentials")]
+    Unauthenticated,
     #[error(transparent)]
     InvalidRequest(#[from] ValidationError),
     #[error(transparent)]
@@ -99,6 +107,27 @@ pub enum GatewayError {
     RequestTimeout { secs: u64 },
     #[error("too many requests in flight (limit {limit}); retry later")]
     Busy { limit: usize },
+    /// A per-tenant quota (`[quotas]`) is used up; retry after the given time.
+    #[error("tenant quota exceeded: {quota} (limit {limit}); retry after {retry_after_secs}s")]
+    QuotaExceeded {
+        quota: &'static str,
+        limit: u64,
+        retry_after_secs: u64,
+    },
+    /// The requester of a task cannot approve or reject it.
+    #[error("task {id} cannot be approved or rejected by the principal that requested it")]
+    SelfApproval { id: TaskId },
+    /// An approval token did not verify, was for another task or principal,
+    /// expired, or was already used.
+    #[error("approval token refused: {reason}")]
+    ApprovalTokenInvalid { reason: &'static str },
+    /// Approve/reject of a task that is not waiting for approval.
+    #[error("task {id} is not waiting for approval ({})", state.as_str())]
+    NotPendingApproval { id: TaskId, state: TaskState },
+    /// The idempotency key was used by this principal for a different request
+    /// within the window.
+    #[error("idempotency key was already used for a different request")]
+    IdempotencyKeyReused,
     /// A failure of the gateway itself that fits no other variant.
     #[error("internal error")]
     Internal { what: String },
@@ -129,6 +158,7 @@ impl GatewayError {
     /// table (a test walks every variant through it).
     pub fn mapping(&self) -> ErrorMapping {
         match self {
+            GatewayError::Unauthenticated => m(1001, Code::Unauthenticated, 401),
             GatewayError::InvalidRequest(_) => m(2001, Code::InvalidArgument, 400),
             GatewayError::BadTaskId(_) => m(2002, Code::InvalidArgument, 400),
             GatewayError::PathEscapes { .. } => m(2003, Code::InvalidArgument, 400),
@@ -153,6 +183,23 @@ impl GatewayError {
             GatewayError::TaskNotFound { .. } => m(6001, Code::NotFound, 404),
             GatewayError::FileNotFound { .. } => m(6002, Code::NotFound, 404),
             GatewayError::RouteNotFound { .. } => m(6003, Code::NotFound, 404),
+            GatewayError::NotPendingApproval { .. } => m(2101, Code::FailedPrecondition, 409),
+            GatewayError::IdempotencyKeyReused => m(2102, Code::AlreadyExists, 409),
+            GatewayError::SelfApproval { .. } => m(3101, Code::PermissionDenied, 403),
+            GatewayError::ApprovalTokenInvalid { .. } => m(3102, Code::PermissionDenied, 403),
+            GatewayError::QuotaExceeded { .. } => m(4101, Code::ResourceExhausted, 429),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for errors that say so
+    /// (gRPC metadata `retry-after`, HTTP `Retry-After`).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            GatewayError::QuotaExceeded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            GatewayError::Overloaded { .. } => Some(1),
+            _ => None,
         }
     }
 
@@ -211,7 +258,20 @@ impl GatewayError {
             }
             GatewayError::RequestTimeout { secs } => json!({ "timeout_secs": secs }),
             GatewayError::Busy { limit } => json!({ "limit": limit }),
-            GatewayError::MethodNotAllowed { .. }
+            GatewayError::QuotaExceeded {
+                quota,
+                limit,
+                retry_after_secs,
+            } => json!({ "quota": quota, "limit": limit, "retry_after_secs": retry_after_secs }),
+            GatewayError::SelfApproval { id } => json!({ "task_id": id.to_string() }),
+            GatewayError::NotPendingApproval { id, state } => {
+                json!({ "task_id": id.to_string(), "state": state.as_str() })
+            }
+            GatewayError::ApprovalTokenInvalid { .. } | GatewayError::IdempotencyKeyReused => {
+                json!({})
+            }
+            GatewayError::Unauthenticated
+            | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RouteNotFound { .. }
             | GatewayError::Unimplemented { .. }
             | GatewayError::Unsupported { .. }
@@ -241,6 +301,11 @@ impl GatewayError {
             "x-error-code",
             tonic::metadata::MetadataValue::from(mapping.number),
         );
+        if let Some(secs) = self.retry_after_secs() {
+            status
+                .metadata_mut()
+                .insert("retry-after", tonic::metadata::MetadataValue::from(secs));
+        }
         status
     }
 }

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use futures::Stream;
 use mcp_core::{
-    ChunkKind, ExecRequest, NetworkAccess, OutputChunk, Principal, ResourceLimits, SandboxRequest,
-    TaskKind, TaskRecord, TaskState, rfc3339,
+    ChunkKind, ExecRequest, NetworkAccess, OutputChunk, ResourceLimits, SandboxRequest, TaskKind,
+    TaskRecord, TaskState, rfc3339,
 };
 use mcp_proto as pb;
 use pb::mcp_service_server::McpService;
@@ -37,9 +37,9 @@ impl GrpcService {
     }
 }
 
-/// The principal of a request. Authentication arrives with a later release;
-/// until then every caller is the anonymous principal of the default tenant,
-/// and the server refuses non-loopback listeners unless told otherwise.
+/// The principal of a request, as [`crate::server`] authenticated it
+/// ([`crate::auth`]); calls without valid credentials were answered
+/// `UNAUTHENTICATED` there and never reach this service.
 fn caller<T>(req: &Request<T>) -> Caller {
     let _authn = info_span!("authn").entered();
     // Served by tonic's own server the peer is in `remote_addr`; served
@@ -49,7 +49,10 @@ fn caller<T>(req: &Request<T>) -> Caller {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0)
     });
-    Caller::new(Principal::anonymous(), peer.map(|a| a.to_string()))
+    Caller::new(
+        crate::auth::principal(req.extensions()).unwrap_or_else(|_| crate::auth::nobody()),
+        peer.map(|a| a.to_string()),
+    )
 }
 
 /// One call in progress: who calls, its span, when it began.
@@ -131,6 +134,9 @@ pub fn task_status(s: TaskState) -> pb::TaskStatus {
         TaskState::Failed => pb::TaskStatus::TaskFailed,
         TaskState::Cancelled => pb::TaskStatus::TaskCancelled,
         TaskState::TimedOut => pb::TaskStatus::TaskTimedOut,
+        TaskState::PendingApproval => pb::TaskStatus::TaskPendingApproval,
+        TaskState::Expired => pb::TaskStatus::TaskExpired,
+        TaskState::Rejected => pb::TaskStatus::TaskRejected,
     }
 }
 
@@ -163,6 +169,8 @@ pub fn status_response(t: TaskRecord) -> pb::TaskStatusResponse {
             metadata: t.metadata.into_iter().collect(),
             failure_reason: t.failure_reason,
             profile: t.profile,
+            approval_reason: None,
+            approval_expires_at: None,
         }),
         result,
     }
@@ -205,9 +213,18 @@ impl McpService for GrpcService {
         req: Request<pb::CommandRequest>,
     ) -> Result<Response<pb::TaskCreatedResponse>, Status> {
         let call = self.begin("ExecuteCommand", &req);
+        let header_key = req
+            .metadata()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut r = req.into_inner();
+        let key = Some(std::mem::take(&mut r.idempotency_key))
+            .filter(|k| !k.is_empty())
+            .or(header_key);
         let result = self
             .gateway
-            .execute(&call.caller, exec_request(req.into_inner()))
+            .execute_idempotent(&call.caller, exec_request(r), key)
             .instrument(call.span.clone())
             .await;
         let started = self.end(&call, result)?;
@@ -241,7 +258,14 @@ impl McpService for GrpcService {
             .status(&call.caller, &req.get_ref().task_id)
             .instrument(call.span.clone())
             .await;
-        Ok(Response::new(status_response(self.end(&call, result)?)))
+        let rec = self.end(&call, result)?;
+        let approval = crate::approval::shown(&self.gateway, &rec).await;
+        let mut resp = status_response(rec);
+        if let (Some(info), Some((reason, expires))) = (resp.task_info.as_mut(), approval) {
+            info.approval_reason = Some(reason);
+            info.approval_expires_at = Some(expires);
+        }
+        Ok(Response::new(resp))
     }
 
     type StreamTaskOutputStream = ChunkStream;
@@ -365,6 +389,91 @@ impl McpService for GrpcService {
             path: r.path,
             success: true,
             error: None,
+        }))
+    }
+
+    async fn approve_task(
+        &self,
+        req: Request<pb::ApproveTaskRequest>,
+    ) -> Result<Response<pb::TaskStatusResponse>, Status> {
+        let call = self.begin("ApproveTask", &req);
+        let r = req.into_inner();
+        let result = crate::approval::decide(
+            &self.gateway,
+            &call.caller,
+            crate::approval::Verdict::Approve,
+            crate::approval::VerdictRequest {
+                task_id: r.task_id,
+                token: r.token,
+                text: r.comment,
+            },
+        )
+        .instrument(call.span.clone())
+        .await;
+        Ok(Response::new(status_response(self.end(&call, result)?)))
+    }
+
+    async fn reject_task(
+        &self,
+        req: Request<pb::RejectTaskRequest>,
+    ) -> Result<Response<pb::TaskStatusResponse>, Status> {
+        let call = self.begin("RejectTask", &req);
+        let r = req.into_inner();
+        let result = crate::approval::decide(
+            &self.gateway,
+            &call.caller,
+            crate::approval::Verdict::Reject,
+            crate::approval::VerdictRequest {
+                task_id: r.task_id,
+                token: r.token,
+                text: r.reason,
+            },
+        )
+        .instrument(call.span.clone())
+        .await;
+        Ok(Response::new(status_response(self.end(&call, result)?)))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let call = self.begin("ListTasks", &req);
+        let r = req.into_inner();
+        let state = match r.status.map(pb::TaskStatus::try_from) {
+            None => Ok(None),
+            Some(Ok(s)) => Ok(Some(s.as_str_name().to_owned())),
+            Some(Err(_)) => Err(GatewayError::MalformedRequest {
+                field: Some("status".to_owned()),
+                reason: "is not a TaskStatus value".to_owned(),
+            }),
+        };
+        let result = match state {
+            Ok(state) => {
+                self.gateway
+                    .list(
+                        &call.caller,
+                        crate::pipeline::ListFilter {
+                            state,
+                            since: Some(r.since),
+                            until: Some(r.until),
+                            cursor: Some(r.page_token),
+                            limit: (r.page_size != 0).then_some(r.page_size),
+                            metadata: r.metadata.into_iter().collect(),
+                        },
+                    )
+                    .instrument(call.span.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let (tasks, next) = self.end(&call, result)?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks
+                .into_iter()
+                .filter_map(|t| status_response(t).task_info)
+                .collect(),
+            next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
         }))
     }
 }

@@ -9,6 +9,10 @@
 //! - errors become error numbers, gRPC statuses and HTTP statuses in exactly
 //!   one place, [`error::GatewayError::mapping`].
 
+pub mod approval;
+pub mod audit;
+pub mod auth;
+pub mod cmd_audit;
 pub mod cmd_policy;
 pub mod cmd_sandbox;
 pub mod config;
@@ -17,6 +21,9 @@ pub mod grpc;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
+pub mod quota;
 pub mod rest;
+pub mod sandbox_pool;
+pub mod secrets;
 pub mod server;
 pub mod telemetry;

@@ -2,11 +2,17 @@
 //! `StreamTaskOutput` callers can replay it from the start and then follow it
 //! live. A task leaves the registry once its final state is in the store;
 //! later readers get the stored (capped) output instead.
+//!
+//! Output is redacted on its way in: stdout and stderr each pass through a
+//! [`LineRedactor`] (whole lines, with a bounded carry so a secret split
+//! across chunks is seen whole) with the task's rules, so no reader, live
+//! or later, ever sees a secret the rules know.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mcp_core::{ChunkKind, OutputChunk, TaskId};
+use mcp_core::redact::{LineRedactor, Redactor};
+use mcp_core::{ChunkKind, OutputChunk, TaskId, TaskResult};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -14,11 +20,21 @@ use tokio_util::sync::CancellationToken;
 /// command that writes byte by byte does not cost one allocation per byte.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
+/// The longest unfinished line held back for redaction; longer lines are
+/// released (redacted as they are) in pieces of this size.
+const MAX_CARRY: usize = 16 * 1024;
+
+/// Appended to stored output the sandbox cut at `limits.max_output_bytes`.
+pub const TRUNCATED_MARKER: &[u8] = b"\n[output truncated by the gateway]\n";
+
 #[derive(Debug, Default)]
 struct Inner {
     chunks: Vec<OutputChunk>,
     done: bool,
     cancel_reason: Option<String>,
+    redactor: Redactor,
+    stdout: Option<LineRedactor>,
+    stderr: Option<LineRedactor>,
 }
 
 /// One running task: its output so far, whether it is done, and how to
@@ -55,29 +71,72 @@ impl LiveTask {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sets the task's redaction rules (before any output arrives).
+    pub fn set_redactor(&self, redactor: Redactor) {
+        self.lock().redactor = redactor;
+    }
+
+    /// `r` with stdout and stderr redacted by the task's rules and, where
+    /// the sandbox cut them, ending in [`TRUNCATED_MARKER`] (within the
+    /// cap: the marker replaces the last bytes), as the store keeps it.
+    pub fn redact_result(&self, mut r: TaskResult) -> TaskResult {
+        let redactor = self.lock().redactor.clone();
+        for (data, cut) in [
+            (&mut r.stdout, r.stdout_truncated),
+            (&mut r.stderr, r.stderr_truncated),
+        ] {
+            let cap = data.len();
+            if let std::borrow::Cow::Owned(red) = redactor.redact_bytes(data) {
+                *data = red;
+            }
+            if cut {
+                data.truncate(cap.saturating_sub(TRUNCATED_MARKER.len()));
+                data.extend_from_slice(TRUNCATED_MARKER);
+            }
+        }
+        r
+    }
+
     pub fn push(&self, chunk: OutputChunk) {
         if chunk.data.is_empty() {
             return;
         }
         {
-            let mut inner = self.lock();
-            match inner.chunks.last_mut() {
-                Some(last)
-                    if last.kind == chunk.kind
-                        && matches!(chunk.kind, ChunkKind::Stdout | ChunkKind::Stderr)
-                        && last.data.len() + chunk.data.len() <= COALESCE_LIMIT =>
-                {
-                    last.data.extend_from_slice(&chunk.data);
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let chunk = match chunk.kind {
+                ChunkKind::Stdout | ChunkKind::Stderr => {
+                    let lines = if chunk.kind == ChunkKind::Stdout {
+                        &mut inner.stdout
+                    } else {
+                        &mut inner.stderr
+                    };
+                    let data = lines
+                        .get_or_insert_with(|| LineRedactor::new(MAX_CARRY))
+                        .push(&inner.redactor, &chunk.data);
+                    if data.is_empty() {
+                        return;
+                    }
+                    OutputChunk { data, ..chunk }
                 }
-                _ => inner.chunks.push(chunk),
-            }
+                _ => {
+                    // What ends or annotates the output comes after all of it.
+                    flush(inner);
+                    chunk
+                }
+            };
+            append(&mut inner.chunks, chunk);
         }
         self.version.send_modify(|v| *v += 1);
     }
 
     /// Marks the output complete; followers drain what is left and stop.
     pub fn finish(&self) {
-        self.lock().done = true;
+        {
+            let mut inner = self.lock();
+            flush(&mut inner);
+            inner.done = true;
+        }
         self.version.send_modify(|v| *v += 1);
     }
 
@@ -136,6 +195,38 @@ impl LiveTask {
         while !self.is_done() {
             if rx.changed().await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+/// Adds a chunk, merging it into the last one when both are the same
+/// kind of output and the result stays under [`COALESCE_LIMIT`].
+fn append(chunks: &mut Vec<OutputChunk>, chunk: OutputChunk) {
+    match chunks.last_mut() {
+        Some(last)
+            if last.kind == chunk.kind
+                && matches!(chunk.kind, ChunkKind::Stdout | ChunkKind::Stderr)
+                && last.data.len() + chunk.data.len() <= COALESCE_LIMIT =>
+        {
+            last.data.extend_from_slice(&chunk.data);
+        }
+        _ => chunks.push(chunk),
+    }
+}
+
+/// Releases the held-back ends of stdout and stderr, redacted.
+fn flush(inner: &mut Inner) {
+    for kind in [ChunkKind::Stdout, ChunkKind::Stderr] {
+        let lines = if kind == ChunkKind::Stdout {
+            inner.stdout.take()
+        } else {
+            inner.stderr.take()
+        };
+        if let Some(mut lines) = lines {
+            let data = lines.finish(&inner.redactor);
+            if !data.is_empty() {
+                append(&mut inner.chunks, OutputChunk::new(kind, data));
             }
         }
     }

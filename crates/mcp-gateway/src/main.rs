@@ -38,6 +38,12 @@ enum Command {
     /// Report what this host offers the sandbox and which profiles it can enforce.
     #[command(subcommand)]
     Sandbox(mcp_gateway::cmd_sandbox::SandboxCommand),
+    /// Verify the audit trail's chain and signed checkpoints; export it.
+    #[command(subcommand)]
+    Audit(mcp_gateway::cmd_audit::AuditCommand),
+    /// Make API keys and the hashes the config stores.
+    #[command(subcommand)]
+    Auth(mcp_gateway::auth::cli::AuthCommand),
     /// Print a shell completion script (used by packaging).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -82,6 +88,49 @@ struct Endpoint {
     /// Gateway address.
     #[arg(long, env = "MCP_GATEWAY_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     endpoint: String,
+    /// API key, sent as `x-api-key` (prefer the environment variable: a
+    /// flag shows in `ps`).
+    #[arg(
+        long,
+        env = "MCP_GATEWAY_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "token"
+    )]
+    api_key: Option<String>,
+    /// JWT bearer token, sent as `authorization: Bearer`.
+    #[arg(long, env = "MCP_GATEWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) that signed the gateway's; turns on TLS.
+    #[arg(long, env = "MCP_GATEWAY_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, env = "MCP_GATEWAY_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate.
+    #[arg(long, env = "MCP_GATEWAY_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// Connects with the credential and TLS options given.
+    async fn connect(&self) -> Result<Client, ClientError> {
+        let credential = match (&self.api_key, &self.token) {
+            (Some(k), _) => Some(mcp_client::Credential::ApiKey(k.clone())),
+            (None, Some(t)) => Some(mcp_client::Credential::Token(t.clone())),
+            (None, None) => None,
+        };
+        let tls = (self.ca.is_some() || self.cert.is_some()).then(|| mcp_client::TlsOptions {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            domain: None,
+        });
+        Client::connect_with(
+            &self.endpoint,
+            &mcp_client::ConnectOptions { credential, tls },
+        )
+        .await
+    }
 }
 
 #[derive(Debug, Args)]
@@ -110,11 +159,53 @@ enum TaskCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
-    /// Cancel a queued or running task.
+    /// Cancel a queued or running task (or withdraw one pending approval).
     Cancel {
         id: String,
         #[command(flatten)]
         endpoint: Endpoint,
+    },
+    /// Approve a task waiting for approval; it then runs.
+    Approve {
+        id: String,
+        /// An approval token naming the approver (the caller only carries it).
+        #[arg(long)]
+        approval_token: Option<String>,
+        /// Kept in the decision log.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Reject a task waiting for approval.
+    Reject {
+        id: String,
+        /// An approval token naming the approver (the caller only carries it).
+        #[arg(long)]
+        approval_token: Option<String>,
+        /// Why; stored as the task's failure reason.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+    /// Print an approval token for one task and one approver, signed with
+    /// `[approval] token_secret` of the gateway's configuration.
+    ApprovalToken {
+        id: String,
+        /// The approver's principal id.
+        #[arg(long)]
+        approver: String,
+        #[arg(long)]
+        tenant: String,
+        /// The approver's roles (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in seconds (at most `approval.token_max_ttl_secs`).
+        #[arg(long, default_value_t = 300)]
+        ttl_secs: u64,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -132,6 +223,24 @@ const EXIT_TIMED_OUT: u8 = 124;
 const EXIT_CANCELLED: u8 = 130;
 
 fn main() -> ExitCode {
+    // Inside a pooled sandbox this binary is the stub that executes the
+    // task's command: no CLI parsing, no runtime, nothing else.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == mcp_sandbox::STUB_SUBCOMMAND)
+    {
+        return mcp_sandbox::stub_main();
+    }
+    // Inside a restricted-network sandbox this binary first runs as the
+    // egress forwarder (loopback port -> the task's proxy socket), which
+    // then runs the command and exits with its status.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == mcp_egress::forward::SUBCOMMAND)
+    {
+        let code = mcp_egress::forward::main_with(std::env::args_os().skip(1));
+        return ExitCode::from(u8::try_from(code).unwrap_or(EXIT_TOOL_ERROR));
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -151,6 +260,11 @@ fn main() -> ExitCode {
             Command::Task(cmd) => run_task(cmd).await,
             Command::Policy(cmd) => Ok(mcp_gateway::cmd_policy::run(cmd).await?),
             Command::Sandbox(cmd) => mcp_gateway::cmd_sandbox::run(cmd).await,
+            Command::Audit(cmd) => mcp_gateway::cmd_audit::run(cmd).await,
+            Command::Auth(cmd) => match mcp_gateway::auth::cli::run(&cmd) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(anyhow::anyhow!(e)),
+            },
             Command::Completions { shell } => {
                 clap_complete::generate(
                     shell,
@@ -219,7 +333,15 @@ fn check_config(args: ServerArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut problems = Vec::new();
-    let revision = match mcp_policy::PolicyEngine::load(&cfg.policies_dir) {
+    let loaded =
+        mcp_gateway::cmd_policy::bundle_key(cfg.policy_bundle_key.as_deref()).and_then(|key| {
+            let options = mcp_policy::EngineOptions {
+                bundle_key: key,
+                ..mcp_policy::EngineOptions::default()
+            };
+            mcp_policy::PolicyEngine::load_with(&cfg.policies_dir, options)
+        });
+    let revision = match loaded {
         Ok(p) => p.revision().to_owned(),
         Err(e) => {
             problems.push(format!("policies: {e}"));
@@ -244,14 +366,16 @@ fn check_config(args: ServerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!(
-        "configuration ok: listen {}, database {}, policy revision {revision}, profiles [{profiles}]",
-        cfg.listen, cfg.database_url
+        "configuration ok: listen {}, database {}, policy revision {revision}, profiles [{profiles}], authentication {}",
+        cfg.listen,
+        cfg.database_url,
+        mcp_gateway::auth::describe(&cfg)
     );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(&args.endpoint.endpoint).await?;
+    let mut client = args.endpoint.connect().await?;
     let mut argv = args.argv.into_iter();
     let command = argv.next().context("no command given")?;
     let mut req = Client::command(&command, argv);
@@ -320,15 +444,57 @@ fn report_error(e: &ClientError) -> ExitCode {
 }
 
 async fn run_task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
-    let (id, endpoint, cancel) = match cmd {
-        TaskCommand::Status { id, endpoint } => (id, endpoint, false),
-        TaskCommand::Cancel { id, endpoint } => (id, endpoint, true),
-    };
-    let mut client = Client::connect(&endpoint.endpoint).await?;
-    let res = if cancel {
-        client.cancel(&id).await
-    } else {
-        client.status(&id).await
+    let res = match cmd {
+        TaskCommand::Status { id, endpoint } => endpoint.connect().await?.status(&id).await,
+        TaskCommand::Cancel { id, endpoint } => endpoint.connect().await?.cancel(&id).await,
+        TaskCommand::Approve {
+            id,
+            approval_token,
+            comment,
+            endpoint,
+        } => {
+            let mut client = endpoint.connect().await?;
+            client.approve(&id, approval_token, &comment).await
+        }
+        TaskCommand::Reject {
+            id,
+            approval_token,
+            reason,
+            endpoint,
+        } => {
+            let mut client = endpoint.connect().await?;
+            client.reject(&id, approval_token, &reason).await
+        }
+        TaskCommand::ApprovalToken {
+            id,
+            approver,
+            tenant,
+            roles,
+            ttl_secs,
+            server,
+        } => {
+            let cfg = config::load(server.config.as_deref(), &server.overrides())?;
+            let Some(secret) = &cfg.approval.token_secret else {
+                anyhow::bail!("approval.token_secret is not set in the configuration");
+            };
+            let task: mcp_core::TaskId = id.parse()?;
+            let principal = mcp_core::Principal {
+                id: approver,
+                tenant,
+                roles,
+                auth: mcp_core::AuthMethod::Jwt,
+            };
+            let claims = mcp_gateway::approval::new_claims(
+                &principal,
+                task,
+                std::time::Duration::from_secs(ttl_secs),
+            );
+            println!(
+                "{}",
+                mcp_gateway::approval::mint_token(secret.expose(), &claims)?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     match res {
         Ok(r) => {

@@ -59,6 +59,13 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// A store write, by operation (`record_decision`, `insert_task`,
+/// `set_state`, `finish`): a fixed set named in the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StoreOpLabels {
+    op: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
@@ -133,6 +140,7 @@ pub struct Metrics {
     task_outcomes: Family<OutcomeLabels, Counter>,
     policy_decisions: Family<DecisionLabels, Counter>,
     policy_eval: Histogram,
+    store_write: HistogramFamily<StoreOpLabels>,
     tasks_running: Gauge,
     tasks_queued: Gauge,
     task_slots: Gauge,
@@ -187,6 +195,13 @@ impl Metrics {
             "Time to evaluate the policy for one request",
             policy_eval.clone(),
         );
+        let store_write: HistogramFamily<StoreOpLabels> =
+            Family::new_with_constructor(eval_histogram as fn() -> Histogram);
+        registry.register(
+            "mcp_store_write_duration_seconds",
+            "Time of one store write on a request's path, by operation",
+            store_write.clone(),
+        );
         registry.register(
             "mcp_sandbox_spawn_duration_seconds",
             "Time to start a sandbox (workspace prepared, bubblewrap spawned), by profile",
@@ -238,6 +253,7 @@ impl Metrics {
             task_outcomes,
             policy_decisions,
             policy_eval,
+            store_write,
             tasks_running,
             tasks_queued,
             task_slots,
@@ -287,6 +303,13 @@ impl Metrics {
 
     pub(crate) fn observe_policy_eval(&self, took: Duration) {
         self.policy_eval.observe(took.as_secs_f64());
+    }
+
+    /// Records one store write (`op` is one of a fixed set of names).
+    pub(crate) fn observe_store_write(&self, op: &'static str, took: Duration) {
+        self.store_write
+            .get_or_create(&StoreOpLabels { op })
+            .observe(took.as_secs_f64());
     }
 
     /// Encodes everything in the OpenMetrics text format, after setting the

@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mcp_core::{
-    ChunkKind, Decision, ExecRequest, FileOp, FileRequest, NetworkAccess, OutputChunk, Principal,
-    RequestLimits, TaskId, TaskKind, TaskRecord, TaskResult, TaskState, ValidExec, ValidFile, now,
-    rfc3339,
+    ChunkKind, Decision, ExecRequest, FileOp, FileRequest, OutputChunk, Principal, RequestLimits,
+    TaskId, TaskKind, TaskRecord, TaskResult, TaskState, ValidExec, ValidFile, now, rfc3339,
 };
 use mcp_policy::{PolicyInput, PolicyService, RequestContext};
 use mcp_sandbox::{Ending, FileError, FilesRoot, RunSpec, Sandbox};
@@ -29,6 +28,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::error::GatewayError;
+
+mod egress;
 use crate::live::{LiveTask, LiveTasks};
 use crate::metrics::{Metrics, Snapshot};
 
@@ -47,6 +48,8 @@ pub struct Caller {
     pub principal: Principal,
     pub request_id: Uuid,
     pub source: Option<String>,
+    /// When the request arrived (audit latency).
+    pub received: Instant,
 }
 
 impl Caller {
@@ -55,6 +58,7 @@ impl Caller {
             principal,
             request_id: Uuid::now_v7(),
             source,
+            received: Instant::now(),
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct ListFilter {
     pub cursor: Option<String>,
     /// Page size, 1..=100; 50 when absent.
     pub limit: Option<u32>,
+    /// Only tasks whose metadata holds every one of these pairs.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// What `execute` answers: the task exists and will run.
@@ -155,6 +161,10 @@ pub struct PipelineSettings {
     pub replica_id: String,
     /// Environment tags handed to policy (`input.context.environment`).
     pub environment: std::collections::BTreeMap<String, String>,
+    /// `[approval]`: TTL of pending approvals, approval tokens.
+    pub approval: crate::approval::ApprovalSettings,
+    /// `[quotas]`: per-tenant quotas, the idempotency window.
+    pub quotas: crate::quota::QuotaSettings,
 }
 
 /// The gateway's shared state; one per process, shared by all front doors.
@@ -175,6 +185,12 @@ pub struct Gateway {
     sandbox_check: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     /// Watches the policy directory for the gateway's lifetime.
     policy_watcher: std::sync::Mutex<Option<mcp_policy::PolicyWatcher>>,
+    /// Egress proxies of restricted-network tasks (`pipeline::egress`).
+    egress: egress::EgressState,
+    /// Per-tenant quota ledger (`quota`).
+    quotas: Arc<crate::quota::Quotas>,
+    /// The audit log and redaction rules (`audit`).
+    pub(crate) audit: crate::audit::AuditSlot,
 }
 
 impl Gateway {
@@ -191,6 +207,8 @@ impl Gateway {
             files,
             store,
             slots: Arc::new(Semaphore::new(settings.max_running)),
+            quotas: crate::quota::Quotas::new(settings.quotas.clone()),
+            audit: crate::audit::AuditSlot::default(),
             settings,
             live: LiveTasks::default(),
             queued: AtomicUsize::new(0),
@@ -200,6 +218,7 @@ impl Gateway {
             metrics: Metrics::new(),
             sandbox_check: tokio::sync::Mutex::new(None),
             policy_watcher: std::sync::Mutex::new(None),
+            egress: egress::EgressState::default(),
         })
     }
 
@@ -306,6 +325,12 @@ impl Gateway {
                 "marked tasks interrupted by the previous run as failed"
             );
         }
+        // Pending approvals outlive restarts; their expiry is swept from now on.
+        tokio::spawn(crate::approval::sweep(
+            self.store.clone(),
+            self.settings.approval.sweep_interval,
+            self.closing.clone(),
+        ));
         Ok(n)
     }
 
@@ -315,10 +340,31 @@ impl Gateway {
         caller: &Caller,
         req: ExecRequest,
     ) -> Result<Started, GatewayError> {
+        self.execute_as(caller, req, TaskId::new()).await
+    }
+
+    /// [`Gateway::execute`] with an idempotency key: a repeat by the same
+    /// principal within the window answers the first request's task.
+    pub async fn execute_idempotent(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: ExecRequest,
+        key: Option<String>,
+    ) -> Result<Started, GatewayError> {
+        crate::quota::execute_idempotent(self, caller, req, key).await
+    }
+
+    /// [`Gateway::execute`] creating the task with id `id`.
+    pub(crate) async fn execute_as(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: ExecRequest,
+        id: TaskId,
+    ) -> Result<Started, GatewayError> {
         if self.closing.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
         }
-        let valid = req.validate(&self.settings.limits)?;
+        let mut valid = req.validate(&self.settings.limits)?;
         let resolved = self
             .sandbox
             .resolve_command(DEFAULT_PROFILE, &valid.command);
@@ -351,7 +397,29 @@ impl Gateway {
                 }
             }
         }
-        let id = TaskId::new();
+        // Obligations the pipeline enforces beyond the profile; a malformed
+        // one fails closed before anything is recorded as allowed.
+        let obligations = crate::quota::Enforced::read(&details);
+        if decision.allow
+            && let Err(reason) = &obligations
+        {
+            decision = self.fail_closed(reason.clone());
+        }
+        let mut redactor = self.task_redactor(&details).unwrap_or_else(|reason| {
+            if decision.allow {
+                decision = self.fail_closed(reason);
+            }
+            self.redactor()
+        });
+        // Secret values are read only once policy allowed them, and never
+        // enter `valid` before the task is stored (see `secrets`).
+        let mut secret_env = std::collections::BTreeMap::new();
+        if decision.allow {
+            match self.resolve_secrets(&valid.env, &mut redactor).await {
+                Ok(v) => secret_env = v,
+                Err(reason) => decision = self.fail_closed(reason),
+            }
+        }
         self.record_decision(
             caller,
             "command",
@@ -361,6 +429,8 @@ impl Gateway {
             decision.allow.then_some(id),
         )
         .await?;
+        self.audit_exec(caller, &decision, id, &valid, argv0.as_deref())
+            .await?;
         if !decision.allow {
             info!(request_id = %caller.request_id, "command denied");
             // Reasons can quote argv, which stays out of info-level logs.
@@ -378,11 +448,22 @@ impl Gateway {
                 )],
             });
         };
-        if valid.sandbox.network == NetworkAccess::Restricted {
-            return Err(GatewayError::Unsupported {
-                what: "network_access NETWORK_RESTRICTED".to_owned(),
-            });
-        }
+        let permit = match crate::quota::admit(
+            self,
+            caller,
+            id,
+            &mut valid,
+            obligations.unwrap_or_default(),
+            &decision,
+            &details,
+            &profile,
+            &argv0,
+        )
+        .await?
+        {
+            crate::quota::Admission::Run(permit) => permit,
+            crate::quota::Admission::Pending(started) => return Ok(started),
+        };
         if self.slots.available_permits() == 0
             && self.queued.load(Ordering::Relaxed) >= self.settings.max_queued
         {
@@ -418,20 +499,29 @@ impl Gateway {
         // Registered before it is stored, so a task visible in the store is
         // either live here or finished.
         let live = self.live.register(id);
+        live.set_redactor(redactor);
         if let Err(e) = self
-            .store
-            .insert_task(&record)
-            .instrument(info_span!("store.write", op = "insert_task"))
+            .timed_write(
+                "insert_task",
+                self.store
+                    .insert_task(&record)
+                    .instrument(info_span!("store.write", op = "insert_task")),
+            )
             .await
         {
             self.live.remove(id);
             return Err(GatewayError::Store(e));
         }
+        valid.env.extend(secret_env);
         let spec = run_spec(id, caller, profile, argv0, valid);
+        // Restricted network: the task's connections are decided against
+        // this caller and the decision's network obligation.
+        self.egress.register(&spec, caller, &details.obligations);
         let this = self.clone();
         let span = info_span!("task", task_id = %id, request_id = %caller.request_id);
-        self.workers
-            .spawn(async move { this.work(id, spec, live, accepted).await }.instrument(span));
+        self.workers.spawn(
+            async move { this.work(id, spec, live, accepted, Some(permit)).await }.instrument(span),
+        );
         Ok(Started {
             id,
             state: TaskState::Created,
@@ -449,10 +539,20 @@ impl Gateway {
         if let Some(live) = self.live.get(started.id) {
             live.wait_done().await;
         }
-        self.status(caller, &started.id.to_string()).await
+        self.lookup(caller, &started.id.to_string()).await
     }
 
     pub async fn status(&self, caller: &Caller, id: &str) -> Result<TaskRecord, GatewayError> {
+        let answer = self.lookup(caller, id).await;
+        self.audit_answer(caller, "status", Some(id), answer).await
+    }
+
+    /// [`Gateway::status`] without an audit record, for the pipeline's own looks.
+    pub(crate) async fn lookup(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<TaskRecord, GatewayError> {
         let id: TaskId = id.parse()?;
         self.store
             .get_task(&caller.principal.tenant, id)
@@ -464,6 +564,15 @@ impl Gateway {
     /// One page of the caller's tenant's tasks, newest first, and the cursor
     /// of the next page. Never another tenant's tasks.
     pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: ListFilter,
+    ) -> Result<(Vec<TaskRecord>, Option<TaskId>), GatewayError> {
+        let answer = self.list_tasks(caller, filter).await;
+        self.audit_answer(caller, "list", None, answer).await
+    }
+
+    async fn list_tasks(
         &self,
         caller: &Caller,
         filter: ListFilter,
@@ -506,6 +615,7 @@ impl Gateway {
                 .map(str::parse::<TaskId>)
                 .transpose()?,
             limit,
+            metadata: filter.metadata,
         };
         let tasks = self
             .store
@@ -520,16 +630,48 @@ impl Gateway {
 
     /// Cancels a queued or running task and answers with its final record.
     pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<TaskRecord, GatewayError> {
-        let rec = self.status(caller, id).await?;
+        let answer = self.cancel_task(caller, id).await;
+        self.audit_answer(caller, "cancel", Some(id), answer).await
+    }
+
+    async fn cancel_task(&self, caller: &Caller, id: &str) -> Result<TaskRecord, GatewayError> {
+        let rec = self.lookup(caller, id).await?;
         if rec.state.is_terminal() {
             return Err(GatewayError::TaskFinished {
                 id: rec.id,
                 state: rec.state,
             });
         }
+        if rec.state == TaskState::PendingApproval {
+            // Nothing runs yet: the requester (or anyone of the tenant who
+            // may cancel) ends the wait.
+            let done = self
+                .store
+                .finish_pending(
+                    &caller.principal.tenant,
+                    rec.id,
+                    TaskState::Cancelled,
+                    now(),
+                    "cancelled by client while pending approval",
+                    None,
+                )
+                .await
+                .map_err(GatewayError::Store)?;
+            if done {
+                return self.lookup(caller, id).await;
+            }
+            let again = self.lookup(caller, id).await?;
+            if again.state.is_terminal() {
+                return Err(GatewayError::TaskFinished {
+                    id: again.id,
+                    state: again.state,
+                });
+            }
+            // It was approved meanwhile: cancel it like any running task.
+        }
         let Some(live) = self.live.get(rec.id) else {
             // It finished between the two looks, or another replica runs it.
-            let again = self.status(caller, id).await?;
+            let again = self.lookup(caller, id).await?;
             return if again.state.is_terminal() {
                 Err(GatewayError::TaskFinished {
                     id: again.id,
@@ -544,12 +686,17 @@ impl Gateway {
         info!(task_id = %rec.id, request_id = %caller.request_id, "cancel requested");
         live.cancel("cancelled by client");
         live.wait_done().await;
-        self.status(caller, id).await
+        self.lookup(caller, id).await
     }
 
     /// The output of a task the caller may see.
     pub async fn output(&self, caller: &Caller, id: &str) -> Result<Output, GatewayError> {
-        let rec = self.status(caller, id).await?;
+        let answer = self.open_output(caller, id).await;
+        self.audit_answer(caller, "output", Some(id), answer).await
+    }
+
+    async fn open_output(&self, caller: &Caller, id: &str) -> Result<Output, GatewayError> {
+        let rec = self.lookup(caller, id).await?;
         if !rec.state.is_terminal()
             && let Some(live) = self.live.get(rec.id)
         {
@@ -559,7 +706,7 @@ impl Gateway {
             return Ok(Output::Stored(Box::new(rec)));
         }
         // It finished while we looked: read the final record.
-        let rec = self.status(caller, id).await?;
+        let rec = self.lookup(caller, id).await?;
         Ok(Output::Stored(Box::new(rec)))
     }
 
@@ -630,6 +777,7 @@ impl Gateway {
             self.live.cancel_all("gateway shutting down");
             self.workers.wait().await;
         }
+        self.audit_shutdown().await;
     }
 
     async fn decide_file(
@@ -654,6 +802,7 @@ impl Gateway {
         let summary = format!("{} {}", op.as_str(), valid.path);
         self.record_decision(caller, "file", &summary, &decision, &details, None)
             .await?;
+        self.audit_file(caller, op, &decision, &valid).await?;
         if !decision.allow {
             return Err(GatewayError::Denied {
                 reasons: decision.deny_reasons,
@@ -732,11 +881,14 @@ impl Gateway {
             policy_revision: decision.policy_revision.clone(),
             task_id,
         };
-        self.store
-            .record_decision_with(&rec, details)
-            .instrument(info_span!("store.write", op = "record_decision"))
-            .await
-            .map_err(|e| {
+        self.timed_write(
+            "record_decision",
+            self.store
+                .record_decision_with(&rec, details)
+                .instrument(info_span!("store.write", op = "record_decision")),
+        )
+        .await
+        .map_err(|e| {
                 error!(error = %e, request_id = %caller.request_id, "cannot store decision; refusing the request");
                 GatewayError::Store(e)
             })?;
@@ -751,7 +903,9 @@ impl Gateway {
         spec: RunSpec,
         live: Arc<LiveTask>,
         accepted: Instant,
+        quota_permit: Option<crate::quota::QuotaPermit>,
     ) {
+        let tenant = spec.tenant.clone();
         let cancel = live.cancel_token();
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => Some(p),
@@ -774,11 +928,17 @@ impl Gateway {
                     .or(Some("cancelled while queued".to_owned())),
             ),
             Some(_permit) => {
-                self.set_state(id, TaskState::Running).await;
                 let timeout = spec.timeout;
                 let on_output = |chunk: OutputChunk| live.push(chunk);
-                // mcp-sandbox opens the `sandbox.run` span itself.
-                let outcome = self.sandbox.run(spec, &on_output, cancel).await;
+                // The `running` write overlaps the sandbox start rather than
+                // preceding it (one store write less on the task's path). Both
+                // end before `finish`, and the store never moves a task back,
+                // so the states stay ordered. mcp-sandbox opens the
+                // `sandbox.run` span itself.
+                let ((), outcome) = tokio::join!(
+                    self.set_state(id, TaskState::Running),
+                    self.run_sandbox(spec, &on_output, cancel)
+                );
                 match outcome {
                     Ok(o) => {
                         let (state, reason) = match o.ending {
@@ -824,7 +984,13 @@ impl Gateway {
         {
             live.push(OutputChunk::new(ChunkKind::Event, r.clone().into_bytes()));
         }
+        // The audit keeps the hash of the output as produced; the store
+        // and every reader get it redacted.
+        let output_sha256 = result.as_ref().map(crate::audit::output_sha256);
+        let result = result.map(|r| live.redact_result(r));
         self.finish(id, state, result.as_ref(), reason.as_deref())
+            .await;
+        self.audit_task_end(id, &tenant, state, result.as_ref(), output_sha256)
             .await;
         self.metrics
             .observe_task(state.as_str(), accepted.elapsed());
@@ -835,14 +1001,28 @@ impl Gateway {
         ));
         live.finish();
         self.live.remove(id);
+        drop(quota_permit);
+        crate::quota::after_task(&self, &tenant).await;
         debug!(state = state.as_str(), exit_code = code, "task finished");
+    }
+
+    /// Awaits one store write and records its duration
+    /// (`mcp_store_write_duration_seconds{op}`).
+    async fn timed_write<T>(&self, op: &'static str, write: impl Future<Output = T>) -> T {
+        let t = Instant::now();
+        let out = write.await;
+        self.metrics.observe_store_write(op, t.elapsed());
+        out
     }
 
     async fn set_state(&self, id: TaskId, state: TaskState) {
         if let Err(e) = self
-            .store
-            .set_state(id, state, now())
-            .instrument(info_span!("store.write", op = "set_state"))
+            .timed_write(
+                "set_state",
+                self.store
+                    .set_state(id, state, now())
+                    .instrument(info_span!("store.write", op = "set_state")),
+            )
             .await
         {
             error!(error = %e, task_id = %id, state = state.as_str(), "cannot store task state");
@@ -862,9 +1042,12 @@ impl Gateway {
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=5 {
             match self
-                .store
-                .finish(id, state, now(), result, reason)
-                .instrument(info_span!("store.write", op = "finish"))
+                .timed_write(
+                    "finish",
+                    self.store
+                        .finish(id, state, now(), result, reason)
+                        .instrument(info_span!("store.write", op = "finish")),
+                )
                 .await
             {
                 Ok(()) => return,
@@ -875,6 +1058,136 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// What `approval` and `quota` use of the pipeline.
+impl Gateway {
+    pub(crate) fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.store
+    }
+
+    pub(crate) fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    pub(crate) fn approval_settings(&self) -> &crate::approval::ApprovalSettings {
+        &self.settings.approval
+    }
+
+    pub(crate) fn quotas(&self) -> &Arc<crate::quota::Quotas> {
+        &self.quotas
+    }
+
+    pub(crate) fn replica_id(&self) -> &str {
+        &self.settings.replica_id
+    }
+
+    pub(crate) async fn record_decision_pub(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        summary: &str,
+        decision: &Decision,
+        details: &DecisionDetails,
+        task_id: Option<TaskId>,
+    ) -> Result<(), GatewayError> {
+        self.record_decision(caller, kind, summary, decision, details, task_id)
+            .await
+    }
+
+    /// A task of `tenant` (for callers whose tenant is not the caller's
+    /// principal, e.g. an approver with a token).
+    pub(crate) async fn status_in(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<TaskRecord, GatewayError> {
+        self.store
+            .get_task(tenant, id)
+            .await
+            .map_err(GatewayError::Store)?
+            .ok_or(GatewayError::TaskNotFound { id })
+    }
+
+    /// Cancels a task running here, if it is.
+    pub(crate) fn cancel_live(&self, id: TaskId, reason: &str) {
+        if let Some(live) = self.live.get(id) {
+            live.cancel(reason);
+        }
+    }
+
+    /// Runs an approved task: takes the quota slot, moves it out of
+    /// `pending_approval` (only one approval wins) and starts its worker.
+    /// `Ok(false)` when it was no longer pending.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_approved(
+        self: &Arc<Self>,
+        requester: &Caller,
+        id: TaskId,
+        approver: &str,
+        profile: String,
+        argv0: String,
+        mut valid: ValidExec,
+        obligations: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, GatewayError> {
+        if self.closing.is_cancelled() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        // The decision's redact rules and the secrets it allowed, as at
+        // `execute`; secret values were never stored with the pending task.
+        let details = DecisionDetails {
+            obligations: obligations.clone(),
+            ..DecisionDetails::default()
+        };
+        let deny = |reason: String| GatewayError::Denied {
+            reasons: vec![reason],
+        };
+        let mut redactor = self.task_redactor(&details).map_err(deny)?;
+        let secret_env = self
+            .resolve_secrets(&valid.env, &mut redactor)
+            .await
+            .map_err(deny)?;
+        let tenant = requester.principal.tenant.clone();
+        crate::quota::cpu_admit(self, &tenant, &mut valid).await?;
+        let permit = self.quotas.acquire(&tenant, id)?;
+        if self.slots.available_permits() == 0
+            && self.queued.load(Ordering::Relaxed) >= self.settings.max_queued
+        {
+            return Err(GatewayError::Overloaded {
+                queued: self.queued.load(Ordering::Relaxed),
+            });
+        }
+        let live = self.live.register(id);
+        match self
+            .store
+            .claim_pending(&tenant, id, &self.settings.replica_id, approver, now())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.live.remove(id);
+                return Ok(false);
+            }
+            Err(e) => {
+                self.live.remove(id);
+                return Err(GatewayError::Store(e));
+            }
+        }
+        live.set_redactor(redactor);
+        valid.env.extend(secret_env);
+        let spec = run_spec(id, requester, profile, argv0, valid);
+        self.egress.register(&spec, requester, obligations);
+        let this = self.clone();
+        let span = info_span!("task", task_id = %id, request_id = %requester.request_id);
+        self.workers.spawn(
+            async move {
+                this.work(id, spec, live, Instant::now(), Some(permit))
+                    .await
+            }
+            .instrument(span),
+        );
+        Ok(true)
     }
 }
 

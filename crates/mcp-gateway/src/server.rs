@@ -6,7 +6,11 @@
 //! prior knowledge) are accepted on the same port; each request is steered
 //! by its `content-type`: `application/grpc*` goes to the tonic services
 //! (`mcp.McpService`, `grpc.health.v1.Health`, server reflection), anything
-//! else to the REST router.
+//! else to the REST router. Before steering, every request is
+//! authenticated ([`crate::auth`]): the outcome travels in its extensions;
+//! a gRPC call without valid credentials is answered `UNAUTHENTICATED`
+//! here, a REST one by the REST front middleware (so it gets the REST error
+//! shape). The listener is plain TCP or TLS (`[tls]`, optionally mTLS).
 
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
@@ -16,7 +20,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
-use axum::serve::ListenerExt as _;
+use axum::serve::Listener;
 use mcp_policy::{EngineOptions, PolicyService, ServiceOptions};
 use mcp_proto::mcp_service_server::McpServiceServer;
 use mcp_sandbox::{FilesRoot, Profiles, Sandbox, SandboxSettings};
@@ -25,9 +29,12 @@ use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
 use tracing::{info, warn};
 
+use crate::auth::tls::{PlainListener, TlsListener};
+use crate::auth::{self, Authenticator, Peer};
 use crate::config::Config;
-use crate::error::StartError;
+use crate::error::{GatewayError, StartError, code_name};
 use crate::grpc::GrpcService;
+use crate::metrics::Api;
 use crate::pipeline::{Gateway, PipelineSettings};
 use crate::rest::{self, RestSettings};
 
@@ -41,7 +48,23 @@ pub async fn build(cfg: &Config) -> Result<Arc<Gateway>, StartError> {
     let policy = Arc::new(PolicyService::start(
         &cfg.policies_dir,
         ServiceOptions {
-            engine: EngineOptions::default(),
+            engine: EngineOptions {
+                // limits and require_approval: enforced by quota/approval.
+                enforced: [
+                    mcp_policy::ObligationKind::Profile,
+                    mcp_policy::ObligationKind::Limits,
+                    mcp_policy::ObligationKind::RequireApproval,
+                    // network: enforced by the egress proxy (pipeline::egress).
+                    mcp_policy::ObligationKind::Network,
+                    // redact: output, stream and audit redaction (audit, live).
+                    mcp_policy::ObligationKind::Redact,
+                ]
+                .into_iter()
+                .chain(EngineOptions::default().enforced)
+                .collect(),
+                bundle_key: crate::cmd_policy::bundle_key(cfg.policy_bundle_key.as_deref())?,
+                ..EngineOptions::default()
+            },
             reload_requires_passing_tests: cfg.policy_reload_requires_tests,
             shadow_dir: cfg.policy_shadow_dir.clone(),
         },
@@ -65,6 +88,14 @@ pub async fn build(cfg: &Config) -> Result<Arc<Gateway>, StartError> {
         },
         profiles,
     )?;
+    match (cfg.sandbox_uid_range, run_as) {
+        (Some(range), Some(_)) => sandbox.set_uid_range(range)?,
+        (Some(_), None) => {
+            warn!("sandbox.uid_range ignored: the gateway is not root and cannot switch users");
+        }
+        (None, _) => {}
+    }
+    crate::sandbox_pool::enable(&sandbox, &cfg.sandbox_pool)?;
     sandbox.check().await?;
     info!(profiles = ?sandbox.profiles().names(), run_as = ?run_as, "sandbox ready");
 
@@ -86,9 +117,17 @@ pub async fn build(cfg: &Config) -> Result<Arc<Gateway>, StartError> {
             max_queued: cfg.max_queued_tasks,
             replica_id: cfg.replica_id.clone(),
             environment: cfg.policy_environment.clone(),
+            approval: cfg.approval.clone(),
+            quotas: cfg.quotas.clone(),
         },
     );
     gateway.keep_policy_watcher(watcher);
+    if let Some(forwarder) = &cfg.egress_forwarder {
+        gateway.set_egress_forwarder(forwarder.clone());
+    }
+    gateway.set_redactor(cfg.redactor.clone());
+    gateway.set_secrets(cfg.secrets.clone());
+    gateway.set_audit_log(crate::audit::open(&cfg.audit, &cfg.database_url).await?);
     gateway
         .recover()
         .await
@@ -120,15 +159,26 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    if cfg.insecure_no_auth && !cfg.listen.ip().is_loopback() {
+    if cfg.auth.insecure {
         warn!(listen = %cfg.listen, "serving a non-loopback address WITHOUT AUTHENTICATION (server.insecure_no_auth = true): anyone who can reach it can run commands");
     }
     let app = app(cfg, gateway.clone()).await?;
-    info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), version = env!("CARGO_PKG_VERSION"), "serving");
-    let listener = listener.tap_io(|tcp| {
-        // Small gRPC and SSE frames must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-    });
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (tls, plain) = match &cfg.tls {
+        Some(t) => (Some(TlsListener::new(listener, t)?), None),
+        None => (None, Some(PlainListener(listener))),
+    };
+    info!(
+        listen = %local,
+        version = env!("CARGO_PKG_VERSION"),
+        tls = cfg.tls.is_some(),
+        client_certs = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        authentication = cfg.auth.is_configured(),
+        "serving"
+    );
     // Draining starts with the signal, beside the server's own graceful
     // shutdown: open output streams end only when their tasks do, and the
     // grace period is what bounds the tasks.
@@ -147,18 +197,37 @@ pub async fn serve(
             }
         }
     };
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
+    let serve = async move {
+        match (tls, plain) {
+            (Some(l), _) => serve_on(l, app, signal).await,
+            (None, Some(l)) => serve_on(l, app, signal).await,
+            (None, None) => Ok(()),
+        }
+    };
     let reload_on_hangup = tokio::spawn(reload_on_sighup(gateway.clone()));
-    let (result, ()) = tokio::join!(serve.into_future(), drain);
+    let (result, ()) = tokio::join!(serve, drain);
     reload_on_hangup.abort();
     info!("listener closed; draining tasks");
     gateway.shutdown(cfg.shutdown_grace).await;
     info!("stopped");
     result.map_err(StartError::Serve)
+}
+
+/// Serves `app` on `listener` until `signal`; every request carries its
+/// [`Peer`] as connect info.
+async fn serve_on<L>(
+    listener: L,
+    app: axum::Router,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = Peer>,
+    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(signal)
+        .into_future()
+        .await
 }
 
 /// Reloads the policy set on every SIGHUP. A broken set is rejected (with
@@ -202,18 +271,53 @@ pub async fn app(cfg: &Config, gateway: Arc<Gateway>) -> Result<axum::Router, St
         .prepare()
         .into_axum_router();
     let rest = rest::router(
-        gateway,
+        gateway.clone(),
         RestSettings {
             http: cfg.http.clone(),
             max_file_bytes: cfg.request_limits.max_file_bytes,
             max_task_timeout: cfg.request_limits.max_timeout,
         },
     );
+    let authenticator = Arc::new(Authenticator::new(cfg.auth.clone()));
     let steer = tower::service_fn(move |mut req: Request| {
         let grpc = grpc.clone();
         let rest = rest.clone();
+        let gateway = gateway.clone();
+        let started = std::time::Instant::now();
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0.clone());
+        if let Some(p) = &peer {
+            // The front doors read the peer address as axum's connect info.
+            req.extensions_mut().insert(ConnectInfo(p.addr));
+        }
+        let outcome = authenticator
+            .authenticate(req.headers(), peer.as_ref().and_then(|p| p.cert.as_deref()));
+        let refused = outcome.0.as_ref().err().cloned();
+        req.extensions_mut().insert(outcome);
+        let insecure = authenticator.insecure();
         async move {
             let resp: Response = if is_grpc(&req) {
+                if let Some(failure) = refused
+                    && !auth::grpc_is_public(req.uri().path())
+                {
+                    let method = grpc_method(req.uri().path());
+                    let request_id = uuid::Uuid::now_v7().to_string();
+                    auth::log_failure(
+                        &failure,
+                        &request_id,
+                        peer.map(|p| p.addr.to_string()).as_deref(),
+                    );
+                    let error = GatewayError::Unauthenticated;
+                    gateway.metrics().observe_api(
+                        Api::Grpc,
+                        method,
+                        code_name(error.code()),
+                        started.elapsed(),
+                    );
+                    return Ok(error.to_status(&request_id).into_http());
+                }
                 // tonic's `Request::remote_addr` reads its own connect info.
                 if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
                     let info = TcpConnectInfo {
@@ -224,12 +328,39 @@ pub async fn app(cfg: &Config, gateway: Arc<Gateway>) -> Result<axum::Router, St
                 }
                 grpc.oneshot(req).await?
             } else {
-                rest.oneshot(req).await?
+                let ready = req.uri().path() == "/ready";
+                let mut resp = rest.oneshot(req).await?;
+                if insecure && ready {
+                    resp.headers_mut().insert(
+                        axum::http::header::WARNING,
+                        axum::http::HeaderValue::from_static(auth::INSECURE_WARNING),
+                    );
+                }
+                resp
             };
             Ok::<_, Infallible>(resp)
         }
     });
     Ok(axum::Router::new().fallback_service(steer))
+}
+
+/// The `method` label of a gRPC call refused before it reached tonic.
+fn grpc_method(path: &str) -> &'static str {
+    match path.strip_prefix("/mcp.McpService/").unwrap_or_default() {
+        "Health" => "Health",
+        "ExecuteCommand" => "ExecuteCommand",
+        "RunCommand" => "RunCommand",
+        "GetTaskStatus" => "GetTaskStatus",
+        "StreamTaskOutput" => "StreamTaskOutput",
+        "CancelTask" => "CancelTask",
+        "ListTasks" => "ListTasks",
+        "ApproveTask" => "ApproveTask",
+        "RejectTask" => "RejectTask",
+        "ReadFile" => "ReadFile",
+        "WriteFile" => "WriteFile",
+        "DeleteFile" => "DeleteFile",
+        _ => "unmatched",
+    }
 }
 
 fn is_grpc(req: &Request) -> bool {

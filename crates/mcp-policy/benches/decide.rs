@@ -159,6 +159,20 @@ criterion_group!(benches, decide);
 fn main() {
     // `cargo test --all-targets` runs this in test mode: skip the long
     // percentile runs there.
+    // MCP_BENCH_PROFILE=N: only N allowed-command decisions, for
+    // `valgrind --tool=callgrind`, whose instruction counts are stable on a
+    // noisy machine where wall-clock percentiles are not.
+    if let Some(n) = std::env::var("MCP_BENCH_PROFILE")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let engine = engine();
+        let input = command("ls", &["-la", "src"]);
+        for _ in 0..n {
+            black_box(engine.evaluate(black_box(&input)));
+        }
+        return;
+    }
     if std::env::args().any(|a| a == "--bench") {
         let engine = engine();
         println!(

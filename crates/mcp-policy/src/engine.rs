@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::decision::{self, Decoded, ObligationKind, ObligationSet};
 use crate::error::{DecisionError, PolicyError};
 use crate::input::PolicyInput;
+use crate::vm::{Compiled, Run};
 
 /// The rule every request is decided by.
 pub(crate) const DECISION_RULE: &str = "data.mcp.decision";
@@ -70,6 +71,9 @@ pub struct EngineOptions {
     /// Use this file as `data` instead of `DIR/data.json` (`policy eval
     /// --data`, tests).
     pub data_file: Option<PathBuf>,
+    /// When set, a policy bundle is loaded only if its `.signatures.json`
+    /// is signed by this key and covers exactly its files.
+    pub bundle_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 impl Default for EngineOptions {
@@ -79,6 +83,7 @@ impl Default for EngineOptions {
             enforced: BTreeSet::from([ObligationKind::Profile]),
             input_limits: InputLimits::default(),
             data_file: None,
+            bundle_key: None,
         }
     }
 }
@@ -150,6 +155,10 @@ pub(crate) struct SourceFile {
 #[derive(Clone)]
 pub struct PolicyEngine {
     engine: regorus::Engine,
+    /// The same set compiled to bytecode: what requests are decided on.
+    /// `None` when the VM compiler does not accept the set; requests are
+    /// then evaluated on `engine` (the interpreter).
+    compiled: Option<Compiled>,
     revision: String,
     dir: PathBuf,
     files: Vec<String>,
@@ -178,13 +187,101 @@ impl PolicyEngine {
     }
 
     /// [`PolicyEngine::load`] with options.
+    ///
+    /// `dir` may also be a policy bundle (`.tar.gz`, see
+    /// [`crate::build_bundle`]): its `*.rego` files and every `data.json`
+    /// by path, verified against [`EngineOptions::bundle_key`] when set.
     pub fn load_with(dir: &Path, options: EngineOptions) -> Result<PolicyEngine, PolicyError> {
+        if crate::bundle::is_bundle(dir) {
+            return PolicyEngine::load_bundle(dir, options);
+        }
         let sources = read_sources(dir, false)?;
         let data = match &options.data_file {
             Some(path) => Some(read_file(path)?),
             None => read_data(dir)?,
         };
-        let mut engine = prepare(dir, &sources, data.as_ref())?;
+        let engine = prepare(dir, &sources, data.as_ref())?;
+        let mut hashed: Vec<(&str, &str)> = sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.text.as_str()))
+            .collect();
+        if let Some((_, text)) = &data {
+            hashed.push((DATA_FILE, text.as_str()));
+        }
+        let revision = revision(&mut hashed);
+        let files = sources.into_iter().map(|s| s.name).collect();
+        PolicyEngine::finish(dir, engine, revision, files, options)
+    }
+
+    fn load_bundle(path: &Path, options: EngineOptions) -> Result<PolicyEngine, PolicyError> {
+        let bundle = crate::bundle::read(path, options.bundle_key.as_ref())?;
+        let text = |name: &str, bytes: &[u8]| {
+            String::from_utf8(bytes.to_vec()).map_err(|_| PolicyError::Bundle {
+                path: path.to_owned(),
+                reason: format!("{name} is not UTF-8"),
+            })
+        };
+        let mut sources = Vec::new();
+        let mut data = Vec::new();
+        for (name, bytes) in &bundle.files {
+            if name.ends_with(".rego") && !name.ends_with("_test.rego") {
+                sources.push(SourceFile {
+                    name: name.clone(),
+                    path: path.join(name),
+                    text: text(name, bytes)?,
+                });
+            } else if let Some(at) = crate::bundle::data_path(name) {
+                data.push((path.join(name), text(name, bytes)?, at));
+            }
+        }
+        // `policy eval --data FILE`: that file is all of `data`.
+        if let Some(file) = &options.data_file {
+            let (p, t) = read_file(file)?;
+            data = vec![(p, t, Vec::new())];
+        }
+        if sources.is_empty() {
+            return Err(PolicyError::NoPolicies {
+                dir: path.to_owned(),
+            });
+        }
+        let docs: Vec<DataDoc<'_>> = data
+            .iter()
+            .map(|(p, t, at)| DataDoc {
+                path: p.clone(),
+                text: t,
+                at: at.clone(),
+            })
+            .collect();
+        let engine = prepare_docs(path, &sources, &docs)?;
+        // Every file counts, tests and manifest included: the revision
+        // names the bundle's content, the manifest's revision names it for
+        // people.
+        let mut hashed: Vec<(&str, &str)> = Vec::new();
+        let lossy: Vec<(String, String)> = bundle
+            .files
+            .iter()
+            .map(|(n, b)| (n.clone(), String::from_utf8_lossy(b).into_owned()))
+            .collect();
+        hashed.extend(lossy.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        let hash = revision(&mut hashed);
+        let revision = if bundle.manifest.revision.is_empty() {
+            hash
+        } else {
+            format!("{}+{hash}", bundle.manifest.revision)
+        };
+        let files = sources.into_iter().map(|s| s.name).collect();
+        PolicyEngine::finish(path, engine, revision, files, options)
+    }
+
+    /// The common end of loading a directory or a bundle: time limit, mask
+    /// detection, bytecode.
+    fn finish(
+        dir: &Path,
+        mut engine: regorus::Engine,
+        revision: String,
+        files: Vec<String>,
+        options: EngineOptions,
+    ) -> Result<PolicyEngine, PolicyError> {
         set_time_limit(&mut engine, options.eval_time_limit);
         let has_mask = engine
             .get_packages()
@@ -194,22 +291,23 @@ impl PolicyEngine {
             })?
             .iter()
             .any(|p| p == MASK_PACKAGE);
+        let compiled = match Compiled::new(&engine, has_mask, timer_config(options.eval_time_limit))
+        {
+            Ok(c) => Some(c),
+            Err(reason) => {
+                tracing::warn!(dir = %dir.display(), reason = %reason, "policy set cannot be compiled to bytecode; evaluating on the interpreter");
+                None
+            }
+        };
 
-        let mut hashed: Vec<(&str, &str)> = sources
-            .iter()
-            .map(|s| (s.name.as_str(), s.text.as_str()))
-            .collect();
-        if let Some((_, text)) = &data {
-            hashed.push((DATA_FILE, text.as_str()));
-        }
-        let revision = revision(&mut hashed);
-        tracing::debug!(revision = %revision, files = sources.len(), "policies loaded");
+        tracing::debug!(revision = %revision, files = files.len(), "policies loaded");
 
         Ok(PolicyEngine {
             engine,
+            compiled,
             revision,
             dir: dir.to_owned(),
-            files: sources.into_iter().map(|s| s.name).collect(),
+            files,
             has_mask,
             options,
         })
@@ -219,6 +317,9 @@ impl PolicyEngine {
     /// ([`DEFAULT_EVAL_TIME_LIMIT`] by default).
     pub fn with_eval_time_limit(mut self, limit: Duration) -> PolicyEngine {
         set_time_limit(&mut self.engine, limit);
+        if let Some(c) = &mut self.compiled {
+            c.set_timer(timer_config(limit));
+        }
         self.options.eval_time_limit = limit;
         self
     }
@@ -265,8 +366,10 @@ impl PolicyEngine {
         {
             return self.bounded(started, too_deep(limits));
         }
-        match serde_json::to_string(input) {
-            Ok(json) => self.evaluate_str(&json, started),
+        // Straight into the value the policy reads, without a JSON text or
+        // tree in between.
+        match crate::rego_value::to_rego(input) {
+            Ok(value) => self.evaluate_value(value, started),
             Err(e) => self.failed(started, DecisionError::Input(e.to_string())),
         }
     }
@@ -281,8 +384,8 @@ impl PolicyEngine {
         if depth_exceeds(input, limits.max_depth) {
             return self.bounded(started, too_deep(limits));
         }
-        match serde_json::to_string(input) {
-            Ok(json) => self.evaluate_str(&json, started),
+        match crate::rego_value::to_rego(input) {
+            Ok(value) => self.evaluate_value(value, started),
             Err(e) => self.failed(started, DecisionError::Input(e.to_string())),
         }
     }
@@ -324,18 +427,16 @@ impl PolicyEngine {
         }
     }
 
-    fn evaluate_str(&self, json: &str, started: Instant) -> Evaluated {
+    /// Bounds `input` by size and evaluates it.
+    fn evaluate_value(&self, input: regorus::Value, started: Instant) -> Evaluated {
         let max = self.options.input_limits.max_bytes;
-        if json.len() > max {
+        if let Some(len) = encoded_len_over(&input, max) {
             return self.bounded(
                 started,
-                format!(
-                    "input document is {} bytes, over the limit of {max}",
-                    json.len()
-                ),
+                format!("input document is {len} bytes, over the limit of {max}"),
             );
         }
-        match self.eval_inner(json) {
+        match self.eval_inner(input) {
             Ok((decoded, mask)) => Evaluated {
                 decision: decoded.decision,
                 obligations: decoded.obligations,
@@ -349,44 +450,92 @@ impl PolicyEngine {
         }
     }
 
-    fn eval_inner(&self, json: &str) -> Result<(Decoded, Vec<String>), DecisionError> {
-        let input =
-            regorus::Value::from_json_str(json).map_err(|e| DecisionError::Input(describe(&e)))?;
-
-        // Cheap: the clone shares the compiled policy (an Arc) and copies
-        // only per-evaluation state, so concurrent requests never contend.
-        let mut engine = self.engine.clone();
-        engine.set_input(input);
-        let value = engine
-            .eval_rule(DECISION_RULE.to_owned())
-            .map_err(|e| match describe(&e) {
-                // regorus' answer when no rule of that path exists at all.
-                m if m == NO_SUCH_RULE => DecisionError::Undefined,
-                m => DecisionError::Eval(m),
-            })?;
-        if value == regorus::Value::Undefined {
+    fn eval_inner(&self, input: regorus::Value) -> Result<(Decoded, Vec<String>), DecisionError> {
+        let run = match &self.compiled {
+            Some(compiled) => compiled.run(input).map_err(DecisionError::Eval)?,
+            None => self.interpret(input)?,
+        };
+        if run.decision == regorus::Value::Undefined {
             return Err(DecisionError::Undefined);
         }
-        let value = to_json(&value)?;
+        let value = to_json(&run.decision)?;
         let decoded = decision::from_value(&value, &self.revision, &self.options.enforced)?;
-        let mask = if self.has_mask {
-            self.mask(&mut engine)
-        } else {
-            Vec::new()
+        let mask = match run.mask {
+            Some(result) => self.mask(result),
+            None => Vec::new(),
         };
         Ok((decoded, mask))
     }
 
-    /// Evaluates [`MASK_RULE`] on the engine that just decided. A failure
-    /// masks the whole input: the log must never keep more than intended.
-    fn mask(&self, engine: &mut regorus::Engine) -> Vec<String> {
+    /// [`Compiled::run`] on the interpreter, for a set the VM compiler does
+    /// not accept (and for comparing both in tests).
+    fn interpret(&self, input: regorus::Value) -> Result<Run, DecisionError> {
+        // Cheap: the clone shares the compiled policy (an Arc) and copies
+        // only per-evaluation state, so concurrent requests never contend.
+        let mut engine = self.engine.clone();
+        engine.set_input(input);
+        let decision =
+            engine
+                .eval_rule(DECISION_RULE.to_owned())
+                .map_err(|e| match describe(&e) {
+                    // regorus' answer when no rule of that path exists at all.
+                    m if m == NO_SUCH_RULE => DecisionError::Undefined,
+                    m => DecisionError::Eval(m),
+                })?;
+        let mask = self.has_mask.then(|| {
+            engine
+                .eval_rule(MASK_RULE.to_owned())
+                .map_err(|e| describe(&e))
+        });
+        Ok(Run { decision, mask })
+    }
+
+    /// Evaluates `input` on the interpreter only; tests compare it with the
+    /// bytecode VM.
+    #[doc(hidden)]
+    pub fn evaluate_json_interpreted(&self, input: &serde_json::Value) -> Evaluated {
+        let started = Instant::now();
+        match crate::rego_value::to_rego(input)
+            .map_err(|e| DecisionError::Input(e.to_string()))
+            .and_then(|input| self.interpret(input))
+            .and_then(|run| {
+                if run.decision == regorus::Value::Undefined {
+                    return Err(DecisionError::Undefined);
+                }
+                let value = to_json(&run.decision)?;
+                let decoded = decision::from_value(&value, &self.revision, &self.options.enforced)?;
+                let mask = run.mask.map(|m| self.mask(m)).unwrap_or_default();
+                Ok((decoded, mask))
+            }) {
+            Ok((decoded, mask)) => Evaluated {
+                decision: decoded.decision,
+                obligations: decoded.obligations,
+                mask,
+                revision: self.revision.clone(),
+                latency: started.elapsed(),
+                shadow: None,
+                failure: None,
+            },
+            Err(err) => self.failed(started, err),
+        }
+    }
+
+    /// Whether requests are evaluated on the bytecode VM (`false`: on the
+    /// interpreter, because the VM compiler did not accept the set).
+    pub fn compiled(&self) -> bool {
+        self.compiled.is_some()
+    }
+
+    /// Turns the value of [`MASK_RULE`] into pointers. A failure masks the
+    /// whole input: the log must never keep more than intended.
+    fn mask(&self, result: Result<regorus::Value, String>) -> Vec<String> {
         let whole = || vec![String::new()];
-        let value = match engine.eval_rule(MASK_RULE.to_owned()) {
+        let value = match result {
             Ok(regorus::Value::Undefined) => return Vec::new(),
             Ok(v) => v,
-            Err(e) if describe(&e) == NO_SUCH_RULE => return Vec::new(),
+            Err(e) if e == NO_SUCH_RULE => return Vec::new(),
             Err(e) => {
-                tracing::warn!(error = %DecisionError::Eval(describe(&e)).redacted(), revision = %self.revision, "data.mcp.log.mask failed; masking the whole input");
+                tracing::warn!(error = %DecisionError::Eval(e).redacted(), revision = %self.revision, "data.mcp.log.mask failed; masking the whole input");
                 return whole();
             }
         };
@@ -469,10 +618,56 @@ pub(crate) fn depth_exceeds(v: &serde_json::Value, max: usize) -> bool {
 }
 
 fn to_json(value: &regorus::Value) -> Result<serde_json::Value, DecisionError> {
-    let json = value
-        .to_json_str()
-        .map_err(|e| DecisionError::Decode(describe(&e)))?;
-    serde_json::from_str(&json).map_err(|e| DecisionError::Decode(e.to_string()))
+    serde_json::to_value(value).map_err(|e| DecisionError::Decode(e.to_string()))
+}
+
+/// The length of `value` encoded as compact JSON (escapes aside) when it
+/// is over `max` bytes; `None` when within. Walks the tree without printing
+/// it, and stops once past `max`.
+fn encoded_len_over(value: &regorus::Value, max: usize) -> Option<usize> {
+    use regorus::Value;
+    fn digits(mut n: u64) -> usize {
+        let mut d = 1;
+        while n >= 10 {
+            n /= 10;
+            d += 1;
+        }
+        d
+    }
+    let mut len = 0usize;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        len += match v {
+            Value::Null | Value::Undefined => 4,
+            Value::Bool(b) => 4 + usize::from(!b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => digits(u),
+                (None, Some(i)) => 1 + digits(i.unsigned_abs()),
+                // Floats: the longest shortest-round-trip form.
+                (None, None) => 24,
+            },
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => {
+                let before = stack.len();
+                stack.extend(items.iter());
+                // Brackets and commas.
+                2 + (stack.len() - before).saturating_sub(1)
+            }
+            Value::Set(items) => {
+                stack.extend(items.iter());
+                2 + items.len().saturating_sub(1)
+            }
+            Value::Object(map) => {
+                // Braces, commas and colons; keys are counted as values.
+                stack.extend(map.iter().flat_map(|(k, v)| [k, v]));
+                2 + 2 * map.len().saturating_sub(1) + 1
+            }
+        };
+        if len > max {
+            return Some(len);
+        }
+    }
+    None
 }
 
 pub(crate) const DATA_FILE: &str = "data.json";
@@ -539,6 +734,31 @@ pub(crate) fn prepare(
     sources: &[SourceFile],
     data: Option<&(PathBuf, String)>,
 ) -> Result<regorus::Engine, PolicyError> {
+    let docs: Vec<DataDoc<'_>> = data
+        .map(|(path, text)| DataDoc {
+            path: path.clone(),
+            text,
+            at: Vec::new(),
+        })
+        .into_iter()
+        .collect();
+    prepare_docs(dir, sources, &docs)
+}
+
+/// One data document and where under `data` it is mounted.
+pub(crate) struct DataDoc<'a> {
+    pub path: PathBuf,
+    pub text: &'a str,
+    pub at: Vec<String>,
+}
+
+/// [`prepare`] with any number of data documents (a bundle's nested
+/// `data.json` files), merged into `data`.
+pub(crate) fn prepare_docs(
+    dir: &Path,
+    sources: &[SourceFile],
+    docs: &[DataDoc<'_>],
+) -> Result<regorus::Engine, PolicyError> {
     let mut engine = regorus::Engine::new();
     engine.set_rego_v0(false);
     set_time_limit(&mut engine, DEFAULT_EVAL_TIME_LIMIT);
@@ -555,11 +775,18 @@ pub(crate) fn prepare(
                 message: describe(&e),
             })?;
     }
-    if let Some((path, text)) = data {
-        let value = regorus::Value::from_json_str(text).map_err(|e| PolicyError::Data {
+    for DataDoc { path, text, at } in docs {
+        let mut value = regorus::Value::from_json_str(text).map_err(|e| PolicyError::Data {
             path: path.clone(),
             message: describe(&e),
         })?;
+        for key in at.iter().rev() {
+            let mut object = regorus::Value::new_object();
+            if let Ok(map) = object.as_object_mut() {
+                map.insert(regorus::Value::from(key.as_str()), value);
+            }
+            value = object;
+        }
         engine.add_data(value).map_err(|e| PolicyError::Data {
             path: path.clone(),
             message: describe(&e),
@@ -585,10 +812,14 @@ pub(crate) fn describe(e: &dyn fmt::Display) -> String {
 }
 
 fn set_time_limit(engine: &mut regorus::Engine, limit: Duration) {
-    engine.set_execution_timer_config(ExecutionTimerConfig {
+    engine.set_execution_timer_config(timer_config(limit));
+}
+
+fn timer_config(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
         limit,
         check_interval: NonZeroU32::new(TIMER_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
-    });
+    }
 }
 
 /// SHA-256 over `name NUL len contents` for each file in name order; the

@@ -46,6 +46,10 @@ pub enum PolicyError {
         #[source]
         source: regex::Error,
     },
+    /// A policy bundle is malformed, too large, holds a path that leaves
+    /// it, or fails its signature check.
+    #[error("policy bundle {path} is refused: {reason}")]
+    Bundle { path: PathBuf, reason: String },
     /// The coverage report could not be produced.
     #[error("coverage of {dir} cannot be computed: {message}")]
     Coverage { dir: PathBuf, message: String },

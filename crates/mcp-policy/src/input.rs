@@ -118,6 +118,11 @@ pub struct CommandInput {
     pub cwd: String,
     #[serde(default)]
     pub timeout_secs: u64,
+    /// Names of the secrets the environment refers to (`secret://NAME`),
+    /// sorted; the policy decides whether this principal may have them.
+    /// Values are never given to policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `input.request.file`.
@@ -202,6 +207,7 @@ impl PolicyInput {
             env_names: req.env.keys().cloned().collect(),
             cwd: req.cwd.clone(),
             timeout_secs: req.timeout.as_secs(),
+            secrets: mcp_core::secrets::names(req.env.values()),
         });
         input.request.sandbox = Some(SandboxInput::from(&req.sandbox));
         input.request.metadata = req.metadata.clone();

@@ -30,20 +30,29 @@
 //! - the input document carries environment variable names, never values,
 //!   and nothing here logs the input or argv above debug level.
 
+mod bundle;
 mod check;
 mod decision;
 mod engine;
 mod error;
 mod input;
 mod mask;
+mod rego_value;
 mod service;
 mod testing;
+mod vm;
 
+pub use bundle::{
+    BuiltBundle, MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES, Manifest, build as build_bundle,
+    read_signing_key, read_verifying_key,
+};
 pub use check::{Diagnostic, check};
 pub use decision::{
     ApprovalObligation, DECISION_SHAPE, Destination, LimitsObligation, ObligationKind,
     ObligationSet,
 };
+/// The public key bundles are verified with ([`EngineOptions::bundle_key`]).
+pub use ed25519_dalek::VerifyingKey as BundleKey;
 pub use engine::{
     DEFAULT_EVAL_TIME_LIMIT, EngineOptions, Evaluated, Explanation, InputLimits, MASK_RULE,
     PolicyEngine,

@@ -2,44 +2,16 @@
 //! `data.mcp.log.mask` JSON pointers replaced by [`MASKED`], then secrets
 //! that look like secrets redacted from every remaining string.
 
-use std::sync::LazyLock;
-
 use regex::Regex;
 use serde_json::Value;
 
 /// What a masked or redacted value is replaced with.
-pub const MASKED: &str = "<masked>";
+pub const MASKED: &str = mcp_core::redact::REDACTED;
 
-/// Built-in redaction rules, applied to every string of a logged input:
-/// `(pattern, replacement)`. They catch credentials passed in argv, which
-/// the input must carry for the policy but the log must not keep.
-const BUILT_IN: &[(&str, &str)] = &[
-    // --password=x, token: x, API_KEY=x, authorization=x
-    (
-        r"(?i)\b((?:[a-z0-9_]*[_-])?(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|authorization)[a-z0-9_]*)(\s*[=:]\s*)(?:(?:bearer|basic|token)\s+)?\S+",
-        "${1}${2}<masked>",
-    ),
-    (r"(?i)\bbearer\s+[a-z0-9._~+/=-]+", "Bearer <masked>"),
-    // Credentials in URLs: scheme://user:password@host
-    (r"(://[^/\s:@]+:)[^/\s@]+@", "${1}<masked>@"),
-    // AWS access key ids, GitHub and Slack tokens, PEM private keys.
-    (r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", "<masked>"),
-    (r"\bgh[pousr]_[A-Za-z0-9]{30,}\b", "<masked>"),
-    (r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b", "<masked>"),
-    (
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
-        "<masked>",
-    ),
-];
-
-static BUILT_IN_RULES: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-    BUILT_IN
-        .iter()
-        // The patterns are constants covered by tests; one that failed to
-        // compile would be skipped rather than take the gateway down.
-        .filter_map(|(p, r)| Regex::new(p).ok().map(|re| (re, *r)))
-        .collect()
-});
+// Built-in redaction rules, applied to every string of a logged input,
+// are the ones output and audit excerpts use: `mcp_core::redact`. They
+// catch credentials passed in argv, which the input must carry for the
+// policy but the log must not keep.
 
 /// [`masked_input`] for a raw document.
 pub fn masked_value(mut value: Value, mask: &[String], redact: &[String]) -> Value {
@@ -102,13 +74,10 @@ fn redact_strings(value: &mut Value, extra: &[Regex]) {
 
 /// The redacted string, or `None` when nothing matched (no allocation).
 pub(crate) fn redact_str(s: &str, extra: &[Regex]) -> Option<String> {
-    let mut out: Option<String> = None;
-    for (re, replacement) in BUILT_IN_RULES.iter() {
-        let current = out.as_deref().unwrap_or(s);
-        if re.is_match(current) {
-            out = Some(re.replace_all(current, *replacement).into_owned());
-        }
-    }
+    let mut out: Option<String> = match mcp_core::redact::Redactor::built_in().redact(s) {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(o) => Some(o),
+    };
     for re in extra {
         let current = out.as_deref().unwrap_or(s);
         if re.is_match(current) {
@@ -120,5 +89,5 @@ pub(crate) fn redact_str(s: &str, extra: &[Regex]) -> Option<String> {
 
 #[cfg(test)]
 pub(crate) fn built_in_rule_count() -> usize {
-    BUILT_IN_RULES.len()
+    mcp_core::redact::built_in_rule_count()
 }

@@ -220,6 +220,19 @@ impl PolicyService {
             })?;
         let mut dirs = vec![self.dir.clone()];
         dirs.extend(self.options.shadow_dir.clone());
+        // A bundle is replaced by renaming a new file over it, which ends a
+        // watch on the file itself: watch the directory that holds it.
+        for dir in &mut dirs {
+            if crate::bundle::is_bundle(dir)
+                && let Some(parent) = dir.parent()
+            {
+                *dir = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_owned()
+                };
+            }
+        }
         for dir in &dirs {
             watcher
                 .watch(dir, RecursiveMode::NonRecursive)
@@ -286,6 +299,13 @@ impl Drop for PolicyWatcher {
 /// Loads `dir`, then runs its tests when the options ask for it.
 fn load_checked(dir: &Path, options: &ServiceOptions) -> Result<PolicyEngine, PolicyError> {
     let engine = PolicyEngine::load_with(dir, options.engine.clone())?;
+    if options.reload_requires_passing_tests && crate::bundle::is_bundle(dir) {
+        // Tests run on a directory; a bundle's are run by `policy build`.
+        return Err(PolicyError::Bundle {
+            path: dir.to_owned(),
+            reason: "reload_requires_passing_tests needs a policy directory; bundles are tested when `policy build` makes them".to_owned(),
+        });
+    }
     if options.reload_requires_passing_tests {
         let failed: Vec<String> = PolicyEngine::run_tests(dir)?
             .into_iter()

@@ -267,7 +267,7 @@ fn built_in_redaction_catches_common_secrets() {
     use crate::mask::{built_in_rule_count, redact_str};
     assert_eq!(
         built_in_rule_count(),
-        7,
+        mcp_core::redact::BUILT_IN.len(),
         "a built-in pattern does not compile"
     );
     for (raw, want) in [
@@ -297,4 +297,74 @@ fn built_in_redaction_catches_common_secrets() {
         redact_str("key sk-abc1 here", &extra).as_deref(),
         Some("key <masked> here")
     );
+}
+
+/// The direct serialiser must build exactly the value the JSON text route
+/// builds (what the engine used before, and what `policy eval` still reads).
+#[test]
+fn input_serialised_into_a_rego_value_equals_the_json_route() {
+    use std::collections::BTreeMap;
+
+    use mcp_core::{ExecRequest, FileOp, FileRequest, Principal, RequestLimits};
+
+    use crate::input::{McpToolInput, NetworkInput, PolicyInput, RequestContext};
+
+    let ctx = RequestContext {
+        time: "2025-06-01T12:00:00Z".to_owned(),
+        source: None,
+        request_id: "r1".to_owned(),
+    };
+    let mut exec = ExecRequest {
+        command: "ls".to_owned(),
+        args: vec!["-la".to_owned(), "sr\"c\u{e9}".to_owned()],
+        env: BTreeMap::from([("LANG".to_owned(), "C".to_owned())]),
+        metadata: BTreeMap::from([("ticket".to_owned(), "OPS-1".to_owned())]),
+        ..Default::default()
+    };
+    exec.sandbox.limits.cpu_limit = 0.1;
+    exec.sandbox.limits.memory_bytes = u64::MAX;
+    let exec = exec.validate(&RequestLimits::default()).unwrap();
+    let file = FileRequest {
+        path: "a/b.txt".to_owned(),
+        op: FileOp::Delete,
+        content_len: 0,
+        mode: 0o640,
+        recursive: true,
+    }
+    .validate(&RequestLimits::default())
+    .unwrap();
+    let p = Principal::anonymous();
+    let inputs = [
+        PolicyInput::command(&p, &exec, Some("/usr/bin/ls"), &ctx)
+            .with_environment(&BTreeMap::from([("env".to_owned(), "prod".to_owned())]))
+            .with_trace_id(Some("0af7651916cd43dd8448eb211c80319c".to_owned())),
+        PolicyInput::command(&p, &exec, None, &ctx),
+        PolicyInput::file(&p, &file, &ctx),
+        PolicyInput::network(
+            &p,
+            NetworkInput {
+                host: "example.com".to_owned(),
+                port: 443,
+                protocol: "tcp".to_owned(),
+                resolved_ips: vec!["93.184.216.34".to_owned()],
+            },
+            &ctx,
+        ),
+        PolicyInput::mcp_tool(
+            &p,
+            McpToolInput {
+                server: "gh".to_owned(),
+                name: "create_issue".to_owned(),
+                arguments: json!({"n": -3, "f": 2.5, "big": 18446744073709551615u64,
+                    "z": null, "b": [true, false, {"x": []}], "s": "\u{1f600}"}),
+            },
+            &ctx,
+        ),
+    ];
+    for input in &inputs {
+        let direct = crate::rego_value::to_rego(input).unwrap();
+        let text = serde_json::to_string(input).unwrap();
+        let parsed = regorus::Value::from_json_str(&text).unwrap();
+        assert_eq!(direct, parsed, "{text}");
+    }
 }

@@ -45,6 +45,12 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    #[error("all {count} sandbox uids of sandbox.uid_range are in use")]
+    UidsExhausted { count: u32 },
+    #[error("invalid sandbox uid range: {reason}")]
+    BadUidRange { reason: String },
+    #[error("invalid warm pool settings: {reason}")]
+    BadPool { reason: String },
     #[error("cannot start bubblewrap")]
     Spawn {
         #[source]

@@ -84,8 +84,7 @@ pub async fn probe_host(settings: SandboxSettings, profiles: Profiles) -> HostRe
         if let Some(p) = profiles.get(name) {
             if p.network.allow_restricted {
                 notes.push(
-                    "allows network \"restricted\", which is refused until the egress proxy lands"
-                        .to_owned(),
+                    "allows network \"restricted\" (egress through the gateway's proxy)".to_owned(),
                 );
             }
             if !p.limits.require_cgroup && Cgroups::for_this_process().is_err() {

@@ -12,7 +12,9 @@
 //!
 //! Invariants:
 //! - every command runs inside bubblewrap with all namespaces unshared
-//!   (network only with `NetworkAccess::Host` on a profile that allows it),
+//!   (host network only with `NetworkAccess::Host` on a profile that allows
+//!   it; `NetworkAccess::Restricted` keeps the empty namespace and reaches
+//!   out only through the gateway's egress proxy, see [`EgressBinding`]),
 //!   nested user namespaces disabled, no capabilities, no-new-privs, a
 //!   read-only root, an empty environment plus the profile's and request's
 //!   variables, and, when the gateway is root, as the unprivileged `run_as`
@@ -42,8 +44,7 @@
 //! - argv, env and output are never logged above debug level;
 //! - `unsafe` lives only in the private `sys` module.
 //!
-//! Not yet here: `NetworkAccess::Restricted` (the egress proxy) fails with
-//! [`SandboxError::Unsupported`]. bubblewrap arms the parent-death signal
+//! Not yet here: bubblewrap arms the parent-death signal
 //! of the sandbox's init only after its mount setup (a few ms), so a
 //! gateway SIGKILLed inside that window can leave that sandbox running
 //! until the next gateway start kills what is left in the dead gateway's
@@ -53,12 +54,15 @@ mod cgroup;
 mod error;
 mod files;
 mod host;
+mod pool;
 mod profile;
 mod run;
 mod sandbox;
 mod seccomp;
+mod stub;
 #[allow(unsafe_code)]
 mod sys;
+mod uids;
 mod view;
 mod workspace;
 
@@ -66,11 +70,14 @@ pub use cgroup::CgroupMode;
 pub use error::{FileError, SandboxError};
 pub use files::FilesRoot;
 pub use host::{Feature, HostReport, ProfileReport, probe_host};
+pub use pool::{MAX_POOL_SIZE, PoolSettings, PoolStats};
 pub use profile::{
     FilesystemPolicy, NetworkPolicy, Profile, ProfileLimits, Profiles, SeccompPolicy,
 };
 pub use run::{Ending, LimitHits, RunOutcome};
-pub use sandbox::{Enforcement, RunSpec, Sandbox, SandboxSettings};
+pub use sandbox::{EGRESS_PORT, EgressBinding, Enforcement, RunSpec, Sandbox, SandboxSettings};
+pub use stub::{EXIT_PROTOCOL, STUB_SUBCOMMAND, stub_main};
+pub use uids::UidRange;
 pub use workspace::WorkspaceGuard;
 
 #[cfg(test)]

@@ -63,8 +63,8 @@ pub struct NetworkPolicy {
     /// Whether a request may get the host network (`NetworkAccess::Host`).
     pub allow_host: bool,
     /// Whether a request may get egress through the gateway's proxy
-    /// (`NetworkAccess::Restricted`); implied by `allow_host`. Not
-    /// supported yet: such requests fail with `SandboxError::Unsupported`.
+    /// (`NetworkAccess::Restricted`); implied by `allow_host`. Such runs
+    /// need an [`crate::EgressBinding`] (`Sandbox::run_with_egress`).
     pub allow_restricted: bool,
     /// Whether `AF_INET`/`AF_INET6` sockets are allowed without network
     /// access, for programs (test suites) that talk to themselves over the

@@ -22,6 +22,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 const READ_BUF: usize = 16 * 1024;
 /// How often a task's CPU time is compared with its CPU-time limit.
 const CPU_POLL: Duration = Duration::from_millis(100);
+/// Bounds of the number of spawner threads (the machine's parallelism,
+/// clamped).
+const SPAWNERS_MIN: usize = 2;
+const SPAWNERS_MAX: usize = 4;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,47 +123,131 @@ impl Proc {
 
 type SpawnJob = (Command, tokio::sync::oneshot::Sender<io::Result<Child>>);
 
-/// Spawns `cmd` from one long-lived thread. bwrap's `--die-with-parent` is
-/// `PR_SET_PDEATHSIG`, which fires when the spawning *thread* exits, not the
-/// process: spawning from a tokio blocking-pool thread (or a worker that
-/// `block_in_place` retired) would get sandboxes killed when that thread
-/// idles out. This thread lives as long as the process.
+/// Spawns `cmd` from a small set of long-lived threads. bwrap's
+/// `--die-with-parent` (and our own `PR_SET_PDEATHSIG` in the child) fires
+/// when the spawning *thread* exits, not the process: spawning from a tokio
+/// blocking-pool thread (or a worker that `block_in_place` retired) would
+/// get sandboxes killed when that thread idles out. These threads never
+/// exit (the job queue's sender lives in a static), so the signal only
+/// fires when the process dies. There are several, so one slow fork of a
+/// large gateway process does not queue every other spawn behind it; they
+/// share one queue, each taking the next job.
 async fn spawn(cmd: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnJob>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
-        let started = std::thread::Builder::new()
-            .name("mcp-sandbox-spawner".to_owned())
-            .spawn(move || {
-                while let Ok((mut cmd, reply)) = rx.recv() {
-                    if let Err(Ok(mut orphan)) = reply.send(cmd.spawn()) {
-                        // The run was dropped while we spawned: nobody
-                        // owns this child, so kill and reap it here.
-                        let _ = orphan.kill();
-                        let _ = orphan.wait();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = std::thread::available_parallelism()
+            .map_or(SPAWNERS_MIN, |n| n.get().clamp(SPAWNERS_MIN, SPAWNERS_MAX));
+        let mut started = 0;
+        for i in 0..threads {
+            let rx = Arc::clone(&rx);
+            let thread = std::thread::Builder::new()
+                .name(format!("mcp-sandbox-spawner-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for a job, so
+                        // the forks themselves run in parallel.
+                        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok((mut cmd, reply)) = job else { break };
+                        if let Err(Ok(mut orphan)) = reply.send(cmd.spawn()) {
+                            // The run was dropped while we spawned: nobody
+                            // owns this child, so kill and reap it here.
+                            let _ = orphan.kill();
+                            let _ = orphan.wait();
+                        }
                     }
-                }
-            });
-        match started {
-            Ok(_) => Some(tx),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the sandbox spawner thread");
-                None
+                });
+            match thread {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!(error = %e, "cannot start a sandbox spawner thread"),
             }
         }
+        (started > 0).then_some(tx)
     });
     let Some(spawner) = spawner else {
         return Err(io::Error::other(
-            "the sandbox spawner thread could not be started",
+            "the sandbox spawner threads could not be started",
         ));
     };
     let (reply, result) = tokio::sync::oneshot::channel();
     spawner
         .send((cmd, reply))
-        .map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?;
+        .map_err(|_| io::Error::other("the sandbox spawner threads are gone"))?;
     result
         .await
-        .map_err(|_| io::Error::other("the sandbox spawner thread is gone"))?
+        .map_err(|_| io::Error::other("the sandbox spawner threads are gone"))?
+}
+
+/// A started bubblewrap: its pid (ours until reaped) and its output pipes.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) pid: i32,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+}
+
+impl Started {
+    /// Kills a sandbox nobody will run a task in (a pooled one that is
+    /// discarded) and reaps it on a thread of its own, then drops
+    /// `workspace` (cgroup and directory).
+    pub(crate) fn abandon(self, workspace: WorkspaceGuard) {
+        let proc = Proc {
+            pid: self.pid,
+            exited: Mutex::new(false),
+            cgroup: workspace.cgroup().cloned(),
+        };
+        proc.kill();
+        drop((self.stdout, self.stderr));
+        let reaper = std::thread::Builder::new()
+            .name("mcp-sandbox-reap".to_owned())
+            .spawn(move || {
+                if let Err(e) = proc.wait() {
+                    tracing::warn!(error = %e, pid = proc.pid, "cannot reap a discarded sandbox");
+                }
+                drop(workspace);
+            });
+        if let Err(e) = reaper {
+            tracing::warn!(error = %e, "cannot start a thread to reap a discarded sandbox");
+        }
+    }
+}
+
+impl Started {
+    /// What the sandbox wrote to stderr so far (at most 2 KiB, waiting at
+    /// most 100 ms): bubblewrap's reason when a pooled sandbox failed to
+    /// start.
+    pub(crate) async fn early_stderr(&mut self) -> String {
+        let Some(pipe) = self.stderr.take() else {
+            return String::new();
+        };
+        let Ok(pipe) = tokio::process::ChildStderr::from_std(pipe) else {
+            return String::new();
+        };
+        let mut buf = Vec::new();
+        let mut pipe = tokio::io::AsyncReadExt::take(pipe, 2048);
+        let read = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut buf);
+        let _ = tokio::time::timeout(Duration::from_millis(100), read).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Spawns `cmd` (a fully prepared bwrap command) from a spawner thread.
+pub(crate) async fn start(cmd: Command) -> Result<Started, SandboxError> {
+    let mut child = spawn(cmd)
+        .await
+        .map_err(|source| SandboxError::Spawn { source })?;
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return Err(SandboxError::Spawn {
+            source: io::Error::other("child pid out of range"),
+        });
+    };
+    // std's Child neither waits nor kills on drop; from here on the pid is ours.
+    Ok(Started {
+        pid,
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+    })
 }
 
 /// Kills the sandbox if the run future is dropped before it finished; the
@@ -184,19 +272,31 @@ pub(crate) async fn execute(
     cancel: CancellationToken,
 ) -> Result<RunOutcome, SandboxError> {
     let started = Instant::now();
+    let child = start(cmd).await?;
+    supervise(
+        child, workspace, limits, max_output, on_output, cancel, started,
+    )
+    .await
+}
+
+/// Everything [`execute`] does once bubblewrap runs: for a cold sandbox
+/// right after the spawn, for a pooled one right after its order was sent.
+/// `started` is when the task's run began (its execution time).
+pub(crate) async fn supervise(
+    child: Started,
+    workspace: WorkspaceGuard,
+    limits: RunLimits,
+    max_output: usize,
+    on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+    cancel: CancellationToken,
+    started: Instant,
+) -> Result<RunOutcome, SandboxError> {
     let cgroup = workspace.cgroup().cloned();
-    let mut child = spawn(cmd)
-        .await
-        .map_err(|source| SandboxError::Spawn { source })?;
-    let Ok(pid) = i32::try_from(child.id()) else {
-        return Err(SandboxError::Spawn {
-            source: io::Error::other("child pid out of range"),
-        });
-    };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    // std's Child neither waits nor kills on drop; from here on the pid is ours.
-    drop(child);
+    let Started {
+        pid,
+        stdout,
+        stderr,
+    } = child;
     tracing::debug!(pid, "sandbox started");
 
     let proc = Arc::new(Proc {

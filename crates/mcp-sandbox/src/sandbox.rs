@@ -20,6 +20,7 @@ use crate::profile::{Profile, Profiles, is_clean_absolute};
 use crate::run::{self, Ending, RunLimits, RunOutcome};
 use crate::seccomp::{Families, ProfileFilters};
 use crate::sys::{self, ChildSetup, Rlimits};
+use crate::uids::{UidPool, UidRange};
 use crate::view::{self, Mount, Resolved, View};
 use crate::workspace::{self, WorkspaceGuard};
 
@@ -32,7 +33,28 @@ const CHECK_FILES: &str = ".sandbox-check";
 /// shared by every sandbox of the same user) is only a backstop; set to the
 /// task's pids times this, so one task's fork bomb cannot starve the
 /// others of the same uid.
-const NPROC_BACKSTOP_FACTOR: u64 = 64;
+pub(crate) const NPROC_BACKSTOP_FACTOR: u64 = 64;
+
+/// Where the egress forwarder binary appears inside a restricted sandbox.
+const EGRESS_FORWARDER: &str = "/run/mcp-egress/forward";
+/// Where the task's egress proxy socket appears inside a restricted sandbox.
+const EGRESS_SOCKET: &str = "/run/mcp-egress/proxy.sock";
+/// The loopback port the in-sandbox forwarder listens on.
+pub const EGRESS_PORT: u16 = 3128;
+
+/// What a run with `NetworkAccess::Restricted` needs from the gateway: the
+/// task's egress proxy, already listening, and the forwarder to run first
+/// inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressBinding {
+    /// The task's proxy socket on the host (see
+    /// [`Sandbox::egress_socket_path`]); bound read-only into the sandbox.
+    pub socket: PathBuf,
+    /// The binary that runs `mcp_egress::forward` when called with its
+    /// `__egress-forward` subcommand (the gateway's own executable); bound
+    /// read-only into the sandbox.
+    pub forwarder: PathBuf,
+}
 
 /// Host-side settings of the sandbox (from the gateway config).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +125,13 @@ struct Inner {
     /// This process's task cgroups; `None` when the host offers none (only
     /// profiles with `require_cgroup = false` run then).
     cgroups: Option<&'static Cgroups>,
+    /// Each profile's mounts on this host, planned once at [`Sandbox::new`]
+    /// (planning stats every bind; it was done per run).
+    plans: BTreeMap<String, Vec<Mount>>,
+    /// The warm pool, once [`Sandbox::enable_pool`] was called.
+    pool: std::sync::OnceLock<Arc<crate::pool::Pool>>,
+    /// Per-sandbox uids, once [`Sandbox::set_uid_range`] was called.
+    uids: std::sync::OnceLock<Arc<UidPool>>,
 }
 
 /// How this sandbox enforces its profiles on this host.
@@ -200,6 +229,10 @@ impl Sandbox {
 
         workspace::ensure_dir(&settings.workspaces_dir, 0o711)?;
         workspace::ensure_dir(&settings.files_root, 0o711)?;
+        let plans = profiles
+            .iter()
+            .map(|p| (p.name.clone(), view::plan(&p.filesystem)))
+            .collect();
 
         Ok(Sandbox {
             inner: Arc::new(Inner {
@@ -208,6 +241,9 @@ impl Sandbox {
                 owner,
                 filters,
                 cgroups: cgroups.as_ref().ok(),
+                plans,
+                pool: std::sync::OnceLock::new(),
+                uids: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -240,8 +276,61 @@ impl Sandbox {
         &self.inner.profiles
     }
 
+    /// Gives every sandbox started from now on a uid of its own from
+    /// `range` (group: the `run_as` gid, shared by all sandboxes), instead
+    /// of the single `run_as` uid. Only when the gateway runs as root; the
+    /// range must not contain the `run_as` uid. Set once, before the first
+    /// run.
+    pub fn set_uid_range(&self, range: UidRange) -> Result<(), SandboxError> {
+        let bad = |reason: String| SandboxError::BadUidRange { reason };
+        let range = range.validate().map_err(bad)?;
+        let Some((uid, _)) = self.inner.owner else {
+            return Err(bad(
+                "a uid range needs a gateway running as root (it cannot switch users otherwise)"
+                    .to_owned(),
+            ));
+        };
+        if range.contains(uid) {
+            return Err(bad(format!(
+                "the range contains the run_as uid {uid}, which the gateway's own files use"
+            )));
+        }
+        self.inner
+            .uids
+            .set(UidPool::new(range))
+            .map_err(|_| bad("the uid range is already set".to_owned()))
+    }
+
+    /// The per-sandbox uid range and how many of its uids are in use.
+    pub fn uid_range(&self) -> Option<(UidRange, usize)> {
+        self.inner.uids.get().map(|p| (p.range(), p.in_use()))
+    }
+
     pub fn settings(&self) -> &SandboxSettings {
         &self.inner.settings
+    }
+
+    /// `profile`'s planned mounts.
+    fn plan(&self, profile: &Profile) -> &[Mount] {
+        self.inner
+            .plans
+            .get(&profile.name)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether tasks run in task cgroups on this host.
+    pub(crate) fn has_cgroups(&self) -> bool {
+        self.inner.cgroups.is_some()
+    }
+
+    /// The warm pool, if enabled.
+    pub(crate) fn pool(&self) -> Option<&Arc<crate::pool::Pool>> {
+        self.inner.pool.get()
+    }
+
+    /// Enables the warm pool (once; a second call fails).
+    pub(crate) fn set_pool(&self, pool: Arc<crate::pool::Pool>) -> bool {
+        self.inner.pool.set(pool).is_ok()
     }
 
     /// Really runs `true` in every profile's sandbox, with its seccomp
@@ -276,7 +365,7 @@ impl Sandbox {
             denied_paths: Vec::new(),
         };
         let outcome = self
-            .run_unchecked(spec, &|_| {}, CancellationToken::new())
+            .run_unchecked(spec, None, &|_| {}, CancellationToken::new())
             .await?;
         match outcome.ending {
             Ending::Exited(0) => Ok(()),
@@ -305,7 +394,7 @@ impl Sandbox {
         if command.is_empty() || command.contains('\0') {
             return None;
         }
-        let view = View::of_profile(&view::plan(&profile.filesystem));
+        let view = View::of_profile(self.plan(profile));
         let is_exec = |p: &str| {
             matches!(view.resolve(Path::new(p)),
                 Resolved::File(_, m) if m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -334,12 +423,38 @@ impl Sandbox {
         cancel: CancellationToken,
     ) -> Result<RunOutcome, SandboxError> {
         check_tenant(&spec.tenant)?;
-        self.run_unchecked(spec, on_output, cancel).await
+        self.run_unchecked(spec, None, on_output, cancel).await
+    }
+
+    /// Like [`Sandbox::run`]; a spec with `NetworkAccess::Restricted` needs
+    /// `egress`: the command then runs under the in-sandbox forwarder with
+    /// `HTTP(S)_PROXY`/`ALL_PROXY` pointing at it, in an otherwise empty
+    /// network namespace.
+    pub async fn run_with_egress(
+        &self,
+        spec: RunSpec,
+        egress: Option<EgressBinding>,
+        on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, SandboxError> {
+        check_tenant(&spec.tenant)?;
+        self.run_unchecked(spec, egress, on_output, cancel).await
+    }
+
+    /// Where the egress proxy socket of task `task` goes on the host: in
+    /// the workspaces directory (0711), which the sandbox user can
+    /// traverse but not list.
+    pub fn egress_socket_path(&self, task: TaskId) -> PathBuf {
+        self.inner
+            .settings
+            .workspaces_dir
+            .join(format!("{task}.egress.sock"))
     }
 
     async fn run_unchecked(
         &self,
         spec: RunSpec,
+        egress: Option<EgressBinding>,
         on_output: &(dyn Fn(OutputChunk) + Send + Sync),
         cancel: CancellationToken,
     ) -> Result<RunOutcome, SandboxError> {
@@ -351,11 +466,18 @@ impl Sandbox {
         let max_output = self.inner.settings.max_output_bytes;
         let this = self.clone();
         let fut = async move {
-            let (cmd, guard, limits) = tokio::task::spawn_blocking(move || this.build(&spec))
-                .await
-                .map_err(|e| SandboxError::Spawn {
-                    source: std::io::Error::other(e),
-                })??;
+            if let Some(pool) = this.inner.pool.get() {
+                let pooled = pool.try_run(&this, &spec, on_output, &cancel).await;
+                if let Some(outcome) = pooled {
+                    return outcome;
+                }
+            }
+            let (cmd, guard, limits) =
+                tokio::task::spawn_blocking(move || this.build(&spec, egress.as_ref()))
+                    .await
+                    .map_err(|e| SandboxError::Spawn {
+                        source: std::io::Error::other(e),
+                    })??;
             run::execute(cmd, guard, limits, max_output, on_output, cancel).await
         };
         tracing::Instrument::instrument(fut, span).await
@@ -371,13 +493,29 @@ impl Sandbox {
     /// the caller's business.
     pub fn raw_command(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard), SandboxError> {
         check_tenant(&spec.tenant)?;
-        self.build(spec).map(|(cmd, guard, _)| (cmd, guard))
+        self.build(spec, None).map(|(cmd, guard, _)| (cmd, guard))
     }
 
     /// Validates `spec`, prepares the task directory, cgroup and tenant
     /// files dir, and builds the bubblewrap command. Blocking (filesystem
     /// work).
-    fn build(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard, RunLimits), SandboxError> {
+    fn build(
+        &self,
+        spec: &RunSpec,
+        egress: Option<&EgressBinding>,
+    ) -> Result<(Command, WorkspaceGuard, RunLimits), SandboxError> {
+        self.build_with(spec, egress, None)
+    }
+
+    /// [`Sandbox::build`], or with `warm` the command of a pooled sandbox:
+    /// the stub bound at [`crate::stub::STUB_PATH`] and the control channel
+    /// as stdin.
+    pub(crate) fn build_with(
+        &self,
+        spec: &RunSpec,
+        egress: Option<&EgressBinding>,
+        warm: Option<crate::pool::WarmParts>,
+    ) -> Result<(Command, WorkspaceGuard, RunLimits), SandboxError> {
         let settings = &self.inner.settings;
         let profile =
             self.inner
@@ -394,9 +532,13 @@ impl Sandbox {
                     profile: profile.name.clone(),
                 });
             }
+            // Still an empty namespace: the egress proxy is the only way out.
+            NetworkAccess::Restricted if profile.network.allow_restricted && egress.is_some() => {
+                false
+            }
             NetworkAccess::Restricted if profile.network.allow_restricted => {
                 return Err(SandboxError::Unsupported {
-                    what: "network access \"restricted\"".to_owned(),
+                    what: "network access \"restricted\" without an egress proxy".to_owned(),
                 });
             }
             NetworkAccess::Restricted => {
@@ -429,10 +571,30 @@ impl Sandbox {
             }
         }
 
-        let owner = self.inner.owner;
+        // With a uid range, this sandbox's own uid (in the shared sandbox
+        // group), held until its host state is torn down.
+        let lease = match (self.inner.uids.get(), self.inner.owner) {
+            (Some(pool), Some(_)) => Some(pool.lease().ok_or(SandboxError::UidsExhausted {
+                count: pool.range().count,
+            })?),
+            _ => None,
+        };
+        let owner = match (&lease, self.inner.owner) {
+            (Some(l), Some((_, gid))) => Some((l.uid(), gid)),
+            _ => self.inner.owner,
+        };
         let task = spec.task_id.to_string();
         let mut ws = workspace::create_workspace(&settings.workspaces_dir, &task, owner)?;
-        let files = workspace::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?;
+        let files = match (&lease, self.inner.owner) {
+            (Some(_), Some(run_as)) => {
+                workspace::ensure_shared_dir(&settings.files_root, &spec.tenant, run_as)?
+            }
+            _ => workspace::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?,
+        };
+        let own_uid = lease.is_some();
+        if let Some(l) = lease {
+            ws.set_uid_lease(l);
+        }
 
         let mut rlimits = effective_limits(profile, &spec.limits, spec.timeout);
         let mut cgroup_procs = Vec::new();
@@ -444,7 +606,9 @@ impl Sandbox {
                 let opened = cg.procs_files();
                 ws.set_cgroup(cg);
                 cgroup_procs = opened.map_err(cgroup_err)?;
-                rlimits.nproc = rlimits.nproc.saturating_mul(NPROC_BACKSTOP_FACTOR);
+                if !own_uid {
+                    rlimits.nproc = rlimits.nproc.saturating_mul(NPROC_BACKSTOP_FACTOR);
+                }
             }
             None if profile.limits.require_cgroup => {
                 return Err(SandboxError::NotEnforceable {
@@ -457,7 +621,10 @@ impl Sandbox {
             None => {}
         }
 
-        let families = if share_net || profile.network.loopback {
+        // Restricted runs need AF_INET for the forwarder and the command's
+        // proxy connections; the namespace holds only loopback.
+        let egress = egress.filter(|_| spec.network == NetworkAccess::Restricted);
+        let families = if share_net || profile.network.loopback || egress.is_some() {
             Families::WithInet
         } else {
             Families::UnixOnly
@@ -474,11 +641,44 @@ impl Sandbox {
         let seccomp = sys::sealed_memfd(c"mcp-sandbox-seccomp", bpf)
             .map_err(|source| SandboxError::Spawn { source })?;
 
-        let mounts = view::plan(&profile.filesystem);
-        let view = View::of_profile(&mounts).with_fixed(&files);
+        let mounts = self.plan(profile);
+        let view = View::of_profile(mounts).with_fixed(&files);
         let masks = denied_masks(&view, &spec.denied_paths)?;
+        let mut env = merged_env(profile, &spec.env);
+        let argv = match egress {
+            Some(_) => {
+                // Set last: the request cannot point the proxy elsewhere.
+                let http = format!("http://127.0.0.1:{EGRESS_PORT}");
+                let socks = format!("socks5h://127.0.0.1:{EGRESS_PORT}");
+                for (k, v) in [
+                    ("HTTP_PROXY", &http),
+                    ("http_proxy", &http),
+                    ("HTTPS_PROXY", &http),
+                    ("https_proxy", &http),
+                    ("ALL_PROXY", &socks),
+                    ("all_proxy", &socks),
+                    ("NO_PROXY", &String::new()),
+                    ("no_proxy", &String::new()),
+                ] {
+                    env.insert(k.to_owned(), v.clone());
+                }
+                let fwd = mcp_egress::forward::ForwardArgs {
+                    socket: PathBuf::from(EGRESS_SOCKET),
+                    port: EGRESS_PORT,
+                    argv: spec.argv.iter().map(OsString::from).collect(),
+                };
+                std::iter::once(EGRESS_FORWARDER.to_owned())
+                    .chain(
+                        fwd.to_args()
+                            .into_iter()
+                            .map(|a| a.to_string_lossy().into_owned()),
+                    )
+                    .collect()
+            }
+            None => spec.argv.clone(),
+        };
         let args = bwrap_args(&BwrapArgs {
-            mounts: &mounts,
+            mounts,
             share_net,
             tmp_size: profile.filesystem.tmp_size_bytes,
             workspace_size: profile.filesystem.workspace_size_bytes,
@@ -486,8 +686,9 @@ impl Sandbox {
             files: &files,
             masks: &masks,
             cwd: &spec.cwd,
-            env: merged_env(profile, &spec.env),
-            argv: &spec.argv,
+            env,
+            egress,
+            argv: &argv,
         });
         tracing::debug!(?args, "bwrap command");
         // The options (request env values, host paths) reach bwrap through a
@@ -499,13 +700,20 @@ impl Sandbox {
         // value may be "--" too, so it is found from the end).
         let split = args
             .len()
-            .checked_sub(spec.argv.len() + 1)
+            .checked_sub(argv.len() + 1)
             .filter(|i| args.get(*i).is_some_and(|a| a == "--"))
             .ok_or_else(|| SandboxError::BadArgv {
                 argv0: spec.argv.first().cloned().unwrap_or_default(),
             })?;
         let (options, command) = args.split_at(split);
         let mut blob = Vec::new();
+        if let Some(w) = &warm {
+            let fd = w.stub.as_raw_fd().to_string();
+            for a in ["--ro-bind-fd", &fd, crate::stub::STUB_PATH] {
+                blob.extend_from_slice(a.as_bytes());
+                blob.push(0);
+            }
+        }
         for a in options {
             if a.as_encoded_bytes().contains(&0) {
                 return Err(SandboxError::NulByte);
@@ -530,6 +738,11 @@ impl Sandbox {
             // std drops supplementary groups when root switches uid.
             cmd.uid(uid).gid(gid);
         }
+        let mut inherit = vec![seccomp, args_fd];
+        if let Some(w) = warm {
+            cmd.stdin(Stdio::from(w.control));
+            inherit.push(w.stub);
+        }
         let run_limits = RunLimits {
             timeout: spec.timeout,
             cpu_time: profile.limits.cpu_time_secs.map(Duration::from_secs),
@@ -540,7 +753,7 @@ impl Sandbox {
             ChildSetup {
                 limits: rlimits,
                 cgroup_procs,
-                inherit: vec![seccomp, args_fd],
+                inherit,
             },
         );
         Ok((cmd, ws, run_limits))
@@ -675,6 +888,8 @@ pub(crate) struct BwrapArgs<'a> {
     pub(crate) masks: &'a [Mask],
     pub(crate) cwd: &'a str,
     pub(crate) env: BTreeMap<String, String>,
+    /// Restricted network: the proxy socket and the forwarder to bind.
+    pub(crate) egress: Option<&'a EgressBinding>,
     pub(crate) argv: &'a [String],
 }
 
@@ -759,6 +974,16 @@ pub(crate) fn bwrap_args(a: &BwrapArgs<'_>) -> Vec<OsString> {
             Mask::Dir(p) => push(&[&"--tmpfs", p, &"--remount-ro", p]),
             Mask::File(p) => push(&[&"--ro-bind", &"/dev/null", p]),
         }
+    }
+    if let Some(e) = a.egress {
+        push(&[
+            &"--ro-bind",
+            &e.forwarder,
+            &EGRESS_FORWARDER,
+            &"--ro-bind",
+            &e.socket,
+            &EGRESS_SOCKET,
+        ]);
     }
     // bwrap's root and /dev are tmpfs mounts: without this a command
     // could fill them (in memory) and plant files in /, /etc or /dev.

@@ -319,3 +319,54 @@ pub(crate) fn landlock_abi() -> io::Result<u32> {
     }
     u32::try_from(rc).map_err(|_| io::Error::other("landlock ABI out of range"))
 }
+
+/// Lowers this process's rlimits to `limits` (the stub of a pooled
+/// sandbox, right before it executes the task's command): each becomes
+/// soft and hard limit, never above the hard limit already in place.
+pub(crate) fn lower_rlimits(limits: &Rlimits) -> io::Result<()> {
+    set_limit(libc::RLIMIT_AS, limits.address_space)?;
+    set_limit(libc::RLIMIT_NPROC, limits.nproc)?;
+    set_limit(libc::RLIMIT_NOFILE, limits.nofile)?;
+    set_limit(libc::RLIMIT_FSIZE, limits.fsize)?;
+    set_limit(libc::RLIMIT_CPU, limits.cpu_secs)?;
+    set_limit(libc::RLIMIT_CORE, 0)
+}
+
+/// This process's stdin as a Unix stream socket: the control channel of a
+/// pooled sandbox's stub. Fails when stdin is anything else.
+pub(crate) fn stdin_socket() -> io::Result<std::os::unix::net::UnixStream> {
+    let mut st = MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `st` is a valid, writable stat buffer; fd 0 is only inspected.
+    if unsafe { libc::fstat(0, st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0, so it filled `st` (zeroed anyway).
+    let st = unsafe { st.assume_init() };
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: fd 0 is open (fstat succeeded) and is a socket; the stub is
+    // its only user (std's Stdin is never touched), so owning it is sound.
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(0) })
+}
+
+/// Whether child `pid` has exited (not reaped: the pid stays ours).
+pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
+    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `info` is a valid, writable siginfo_t buffer; P_PID with a
+    // positive pid only concerns our own child; WNOHANG never blocks.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            info.as_mut_ptr(),
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid succeeded; with WNOHANG and no state change it leaves
+    // the zeroed buffer, so si_pid is 0.
+    Ok(unsafe { info.assume_init().si_pid() } != 0)
+}

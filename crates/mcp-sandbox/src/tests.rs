@@ -202,6 +202,7 @@ fn bwrap_args_have_isolation_mounts_and_argv_last() {
         masks: &masks,
         cwd: "sub/dir",
         env: BTreeMap::from([("HOME".to_owned(), "/workspace".to_owned())]),
+        egress: None,
         argv: &argv,
     });
     for w in [
@@ -275,6 +276,7 @@ fn share_net_only_when_asked() {
             masks: &[],
             cwd: "",
             env: BTreeMap::new(),
+            egress: None,
             argv: &["/x".to_owned()],
         })
     };
@@ -852,4 +854,49 @@ fn v1_task_cgroup_files_on_a_fake_cgroupfs() {
         (Some(4096), Some(8192))
     );
     assert_eq!(s.oom_kills, 1);
+}
+
+#[test]
+fn restricted_runs_bind_the_proxy_socket_and_forwarder_before_the_root_goes_read_only() {
+    let egress = crate::EgressBinding {
+        socket: "/srv/ws/t.egress.sock".into(),
+        forwarder: "/usr/bin/mcp-gateway".into(),
+    };
+    let argv = vec!["/run/mcp-egress/forward".to_owned()];
+    let args = bwrap_args(&BwrapArgs {
+        mounts: &[],
+        share_net: false,
+        tmp_size: 1024,
+        workspace_size: 4096,
+        seccomp_fd: 7,
+        files: Path::new("/files/t"),
+        masks: &[],
+        cwd: "",
+        env: BTreeMap::new(),
+        egress: Some(&egress),
+        argv: &argv,
+    });
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let at = |w: &[&str]| {
+        args.windows(w.len())
+            .position(|x| x == w)
+            .unwrap_or_else(|| panic!("{w:?} not in {args:?}"))
+    };
+    let fwd = at(&[
+        "--ro-bind",
+        "/usr/bin/mcp-gateway",
+        "/run/mcp-egress/forward",
+    ]);
+    let sock = at(&[
+        "--ro-bind",
+        "/srv/ws/t.egress.sock",
+        "/run/mcp-egress/proxy.sock",
+    ]);
+    let ro = at(&["--remount-ro", "/"]);
+    assert!(fwd < ro && sock < ro, "{args:?}");
+    // Still no host network.
+    assert!(!args.iter().any(|a| a == "--share-net"));
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::cgroup::TaskCgroup;
 use crate::error::SandboxError;
+use crate::uids::UidLease;
 
 const REMOVE_ATTEMPTS: u32 = 5;
 
@@ -20,6 +21,9 @@ const REMOVE_ATTEMPTS: u32 = 5;
 pub struct WorkspaceGuard {
     path: PathBuf,
     cgroup: Option<Arc<TaskCgroup>>,
+    /// The task's own uid, when the gateway leases one per sandbox;
+    /// dropped after `drop` killed the cgroup and removed the directory.
+    uid_lease: Option<UidLease>,
 }
 
 impl WorkspaceGuard {
@@ -37,6 +41,10 @@ impl WorkspaceGuard {
 
     pub(crate) fn set_cgroup(&mut self, cgroup: TaskCgroup) {
         self.cgroup = Some(Arc::new(cgroup));
+    }
+
+    pub(crate) fn set_uid_lease(&mut self, lease: UidLease) {
+        self.uid_lease = Some(lease);
     }
 }
 
@@ -93,7 +101,11 @@ pub(crate) fn create_workspace(
         .mode(0o700)
         .create(&path)
         .map_err(ws_err(&path))?;
-    let guard = WorkspaceGuard { path, cgroup: None };
+    let guard = WorkspaceGuard {
+        path,
+        cgroup: None,
+        uid_lease: None,
+    };
     chown_and_mode(&guard.path, owner, 0o700).map_err(ws_err(&guard.path))?;
     Ok(guard)
 }
@@ -130,4 +142,25 @@ fn chown_and_mode(path: &Path, owner: Option<(u32, u32)>, mode: u32) -> io::Resu
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     }
     fs::set_permissions(path, Permissions::from_mode(mode))
+}
+
+/// The tenant's files directory `root/name` when sandboxes run with uids of
+/// their own: owned by `owner` (the `run_as` user) and the shared sandbox
+/// group, mode 2770 (group-writable, new entries inherit the group), so
+/// every sandbox of the tenant, whatever its uid, can use it. A directory
+/// the gateway created earlier for the single sandbox user (owned by it,
+/// mode 0700) is converted; one the operator set up otherwise is left as is.
+pub(crate) fn ensure_shared_dir(
+    root: &Path,
+    name: &str,
+    owner: (u32, u32),
+) -> Result<PathBuf, SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = ensure_owned_dir(root, name, Some(owner))?;
+    let meta = fs::symlink_metadata(&path).map_err(ws_err(&path))?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() == owner.0 && (mode == 0o700 || (meta.gid() != owner.1 && mode == 0o2770)) {
+        chown_and_mode(&path, Some(owner), 0o2770).map_err(ws_err(&path))?;
+    }
+    Ok(path)
 }

@@ -23,6 +23,7 @@
 //!   `i64::MAX` on write;
 //! - no command output, argv or environment is ever logged by this crate.
 
+mod audit;
 mod error;
 mod rows;
 mod sqlite;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use mcp_core::{TaskId, TaskRecord, TaskResult, TaskState};
 use time::OffsetDateTime;
 
+pub use audit::{AuditLog, AuditOptions, MAX_AUDIT_PAGE};
 pub use error::StoreError;
 pub use sqlite::{INTERRUPTED, SqliteStore};
 
@@ -107,6 +109,126 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
 
     /// Checks that the database answers, for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new task waiting for approval (`task.state` must be
+    /// `pending_approval`) with what approval needs, in one statement.
+    async fn insert_pending(
+        &self,
+        task: &TaskRecord,
+        approval: &PendingApproval,
+    ) -> Result<(), StoreError>;
+
+    /// The approval details of a tenant's task (pending or decided), or
+    /// `None` if the task does not exist, belongs to another tenant or
+    /// never needed approval.
+    async fn get_approval(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<Option<PendingApproval>, StoreError>;
+
+    /// Approves: moves the task from `pending_approval` to `created`, owned
+    /// by `owner` (the replica that will run it), if it is still pending and
+    /// its approval has not expired at `at`. `false` when it is not (another
+    /// approver, a reject or the expiry came first).
+    async fn claim_pending(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        owner: &str,
+        decided_by: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends a task that is still `pending_approval` in the terminal `state`
+    /// (rejected, expired, cancelled) with `reason`. `false` when it is no
+    /// longer pending.
+    async fn finish_pending(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        state: TaskState,
+        at: OffsetDateTime,
+        reason: &str,
+        decided_by: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    /// Expires every pending task whose approval expired at or before `at`
+    /// (reason [`APPROVAL_EXPIRED`]); returns how many.
+    async fn expire_pending(&self, at: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Records the use of approval token `jti`; `false` when it was used
+    /// before (a replay).
+    async fn use_token(
+        &self,
+        jti: &str,
+        task: TaskId,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Claims an idempotency key for `key.task_id`. When another request
+    /// holds the key and its row is not older than `window_start`, answers
+    /// that request's hash and task instead ([`IdempotencyClaim::Existing`]).
+    async fn claim_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        window_start: OffsetDateTime,
+    ) -> Result<IdempotencyClaim, StoreError>;
+
+    /// Releases a key claimed for `task` (its request failed before the task
+    /// existed), so the next request with that key runs.
+    async fn release_idempotency_key(
+        &self,
+        tenant: &str,
+        principal: &str,
+        key: &str,
+        task: TaskId,
+    ) -> Result<(), StoreError>;
+
+    /// CPU time, in milliseconds, used by a tenant's tasks that finished at
+    /// or after `since`. What the per-tenant CPU budget is charged from.
+    async fn cpu_ms_since(&self, tenant: &str, since: OffsetDateTime) -> Result<u64, StoreError>;
+}
+
+/// The reason [`TaskStore::expire_pending`] records.
+pub const APPROVAL_EXPIRED: &str = "approval expired";
+
+/// What a task waiting for approval keeps beside its [`TaskRecord`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingApproval {
+    /// Owned by the gateway (its shape is the gateway's): what the approver
+    /// is shown and everything needed to run the task once approved.
+    pub details: serde_json::Value,
+    pub expires_at: OffsetDateTime,
+    /// Who approved or rejected it, once someone did.
+    pub decided_by: Option<String>,
+}
+
+/// One idempotency key of one principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub tenant: String,
+    pub principal: String,
+    pub key: String,
+    /// A hash of the request, to tell a repeat from a different request
+    /// that reuses the key.
+    pub request_hash: String,
+    /// The task the request will create.
+    pub task_id: TaskId,
+    pub at: OffsetDateTime,
+}
+
+/// The answer of [`TaskStore::claim_idempotency_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key is ours: create the task.
+    New,
+    /// An earlier request holds the key.
+    Existing {
+        request_hash: String,
+        task_id: TaskId,
+    },
 }
 
 /// One policy decision, kept for audit.
@@ -168,6 +290,8 @@ pub struct TaskQuery {
     pub before: Option<TaskId>,
     /// At most this many (capped at [`MAX_TASK_PAGE`]).
     pub limit: u32,
+    /// Only tasks whose metadata holds every one of these pairs.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The largest page [`TaskStore::list_tasks`] returns.

@@ -14,12 +14,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::rows::{
-    DecisionLogRow, DecisionRow, TaskRow, decision_columns, decision_log_columns, list_to_json,
-    map_to_json, task_columns, to_i64, to_ms,
+    DecisionLogRow, DecisionRow, TaskRow, decision_columns, decision_log_columns, from_ms,
+    list_to_json, map_to_json, task_columns, to_i64, to_ms,
 };
 use crate::{
-    DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, MAX_PAGE, MAX_TASK_PAGE,
-    StoreError, TaskQuery, TaskStore,
+    APPROVAL_EXPIRED, DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord,
+    IdempotencyClaim, IdempotencyKey, MAX_PAGE, MAX_TASK_PAGE, PendingApproval, StoreError,
+    TaskQuery, TaskStore,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -53,6 +54,8 @@ const LIST_TASKS_SQL: &str = concat!(
     " AND (?3 IS NULL OR created_at >= ?3)",
     " AND (?4 IS NULL OR created_at < ?4)",
     " AND (?5 IS NULL OR id < ?5)",
+    " AND NOT EXISTS (SELECT 1 FROM json_each(?7) f WHERE NOT EXISTS",
+    " (SELECT 1 FROM json_each(tasks.metadata) m WHERE m.key = f.key AND m.value = f.value))",
     " ORDER BY id DESC LIMIT ?6"
 );
 
@@ -98,7 +101,8 @@ pub(crate) const FINISH_SQL: &str = "UPDATE tasks
     SET state = ?1, completed_at = ?2, exit_code = ?3, stdout = ?4, stderr = ?5,
         stdout_truncated = ?6, stderr_truncated = ?7, cpu_time_ms = ?8, max_memory_kb = ?9,
         io_read_bytes = ?10, io_write_bytes = ?11, execution_time_ms = ?12, failure_reason = ?13
-    WHERE id = ?14 AND state NOT IN ('completed', 'failed', 'cancelled', 'timed_out')";
+    WHERE id = ?14
+      AND state NOT IN ('completed', 'failed', 'cancelled', 'timed_out', 'expired', 'rejected')";
 
 /// `mark_interrupted`: fail every non-terminal task of one owner.
 pub(crate) const INTERRUPT_SQL: &str = "UPDATE tasks
@@ -106,17 +110,88 @@ pub(crate) const INTERRUPT_SQL: &str = "UPDATE tasks
     WHERE owner = ?3 AND state IN ('created', 'queued', 'running')";
 
 /// The position of a non-terminal state in the forward order used by
-/// [`SET_STATE_SQL`]; `None` for terminal states.
+/// [`SET_STATE_SQL`]; `None` for terminal states and for
+/// `pending_approval`, which only approval leaves
+/// ([`TaskStore::claim_pending`]) or an end ([`TaskStore::finish_pending`]).
 pub(crate) fn rank(state: TaskState) -> Option<i64> {
     match state {
         TaskState::Created => Some(0),
         TaskState::Queued => Some(1),
         TaskState::Running => Some(2),
-        TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut => {
-            None
-        }
+        TaskState::Completed
+        | TaskState::Failed
+        | TaskState::Cancelled
+        | TaskState::TimedOut
+        | TaskState::PendingApproval
+        | TaskState::Expired
+        | TaskState::Rejected => None,
     }
 }
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds the 24 columns of [`task_columns!`] of `task`, in order.
+fn bind_task<'q>(
+    q: SqliteQuery<'q>,
+    task: &'q TaskRecord,
+    empty: &'q TaskResult,
+) -> SqliteQuery<'q> {
+    let r = task.result.as_ref().unwrap_or(empty);
+    q.bind(task.id.to_string())
+        .bind(task.kind.as_str())
+        .bind(task.state.as_str())
+        .bind(&task.tenant)
+        .bind(&task.principal)
+        .bind(&task.command)
+        .bind(list_to_json(&task.args))
+        .bind(task.profile.as_deref())
+        .bind(to_ms(task.created_at))
+        .bind(task.started_at.map(to_ms))
+        .bind(task.completed_at.map(to_ms))
+        .bind(map_to_json(&task.metadata))
+        .bind(task.result.as_ref().map(|r| r.exit_code))
+        .bind(r.stdout.as_slice())
+        .bind(r.stderr.as_slice())
+        .bind(r.stdout_truncated)
+        .bind(r.stderr_truncated)
+        .bind(to_i64(r.usage.cpu_time_ms))
+        .bind(to_i64(r.usage.max_memory_kb))
+        .bind(to_i64(r.usage.io_read_bytes))
+        .bind(to_i64(r.usage.io_write_bytes))
+        .bind(to_i64(r.execution_time_ms))
+        .bind(task.failure_reason.as_deref())
+        .bind(&task.owner)
+}
+
+const INSERT_PENDING_SQL: &str = concat!(
+    "INSERT INTO tasks (",
+    task_columns!(),
+    ", approval, approval_expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+     ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
+);
+
+/// `claim_pending`: approve only a pending, unexpired task of the tenant.
+const CLAIM_PENDING_SQL: &str = "UPDATE tasks
+    SET state = 'created', owner = ?1, decided_by = ?2
+    WHERE id = ?3 AND tenant = ?4 AND state = 'pending_approval' AND approval_expires_at > ?5";
+
+/// `finish_pending`: end a task only while it is still pending.
+const FINISH_PENDING_SQL: &str = "UPDATE tasks
+    SET state = ?1, completed_at = ?2, failure_reason = ?3, decided_by = COALESCE(?4, decided_by)
+    WHERE id = ?5 AND tenant = ?6 AND state = 'pending_approval'";
+
+const EXPIRE_PENDING_SQL: &str = "UPDATE tasks
+    SET state = 'expired', completed_at = ?1, failure_reason = ?2
+    WHERE state = 'pending_approval' AND approval_expires_at <= ?1";
+
+/// `claim_idempotency_key`: take a free key, or one whose holder is older
+/// than the window (`?7`); otherwise leave the holder in place.
+const CLAIM_KEY_SQL: &str = "INSERT INTO idempotency_keys
+    (tenant, principal, key, request_hash, task_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    ON CONFLICT (tenant, principal, key) DO UPDATE
+    SET request_hash = excluded.request_hash, task_id = excluded.task_id,
+        created_at = excluded.created_at
+    WHERE idempotency_keys.created_at < ?7";
 
 /// A [`TaskStore`] on SQLite.
 ///
@@ -211,32 +286,7 @@ impl TaskStore for SqliteStore {
     #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %task.id))]
     async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let empty = TaskResult::default();
-        let r = task.result.as_ref().unwrap_or(&empty);
-        let done = sqlx::query(INSERT_TASK_SQL)
-            .bind(task.id.to_string())
-            .bind(task.kind.as_str())
-            .bind(task.state.as_str())
-            .bind(&task.tenant)
-            .bind(&task.principal)
-            .bind(&task.command)
-            .bind(list_to_json(&task.args))
-            .bind(task.profile.as_deref())
-            .bind(to_ms(task.created_at))
-            .bind(task.started_at.map(to_ms))
-            .bind(task.completed_at.map(to_ms))
-            .bind(map_to_json(&task.metadata))
-            .bind(task.result.as_ref().map(|r| r.exit_code))
-            .bind(r.stdout.as_slice())
-            .bind(r.stderr.as_slice())
-            .bind(r.stdout_truncated)
-            .bind(r.stderr_truncated)
-            .bind(to_i64(r.usage.cpu_time_ms))
-            .bind(to_i64(r.usage.max_memory_kb))
-            .bind(to_i64(r.usage.io_read_bytes))
-            .bind(to_i64(r.usage.io_write_bytes))
-            .bind(to_i64(r.execution_time_ms))
-            .bind(task.failure_reason.as_deref())
-            .bind(&task.owner)
+        let done = bind_task(sqlx::query(INSERT_TASK_SQL), task, &empty)
             .execute(&self.pool)
             .await;
         match done {
@@ -412,6 +462,7 @@ impl TaskStore for SqliteStore {
             .bind(query.until.map(to_ms))
             .bind(query.before.map(|id| id.to_string()))
             .bind(i64::from(query.limit.clamp(1, MAX_TASK_PAGE)))
+            .bind(map_to_json(&query.metadata))
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(TaskRecord::try_from).collect()
@@ -420,5 +471,219 @@ impl TaskStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %task.id))]
+    async fn insert_pending(
+        &self,
+        task: &TaskRecord,
+        approval: &PendingApproval,
+    ) -> Result<(), StoreError> {
+        if task.state != TaskState::PendingApproval {
+            return Err(StoreError::InvalidTransition {
+                id: task.id,
+                from: task.state,
+                to: TaskState::PendingApproval,
+            });
+        }
+        let empty = TaskResult::default();
+        let details =
+            serde_json::to_string(&approval.details).unwrap_or_else(|_| "null".to_owned());
+        let done = bind_task(sqlx::query(INSERT_PENDING_SQL), task, &empty)
+            .bind(details)
+            .bind(to_ms(approval.expires_at))
+            .execute(&self.pool)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_database_error()
+                    .is_some_and(|db| db.is_unique_violation()) =>
+            {
+                Err(StoreError::DuplicateTask { id: task.id })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    #[tracing::instrument(name = "store.read", skip_all, fields(task_id = %id))]
+    async fn get_approval(
+        &self,
+        tenant: &str,
+        id: TaskId,
+    ) -> Result<Option<PendingApproval>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT approval, approval_expires_at, decided_by FROM tasks WHERE id = ?1 AND tenant = ?2",
+        )
+        .bind(id.to_string())
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((Some(raw), Some(expires), decided_by)) = row else {
+            return Ok(None);
+        };
+        let details = serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            reason: format!("approval: {e}"),
+        })?;
+        Ok(Some(PendingApproval {
+            details,
+            expires_at: from_ms(&id.to_string(), "approval_expires_at", expires)?,
+            decided_by,
+        }))
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %id))]
+    async fn claim_pending(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        owner: &str,
+        decided_by: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(CLAIM_PENDING_SQL)
+            .bind(owner)
+            .bind(decided_by)
+            .bind(id.to_string())
+            .bind(tenant)
+            .bind(to_ms(at))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %id, state = state.as_str()))]
+    async fn finish_pending(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        state: TaskState,
+        at: OffsetDateTime,
+        reason: &str,
+        decided_by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if !state.is_terminal() {
+            return Err(StoreError::InvalidTransition {
+                id,
+                from: TaskState::PendingApproval,
+                to: state,
+            });
+        }
+        let done = sqlx::query(FINISH_PENDING_SQL)
+            .bind(state.as_str())
+            .bind(to_ms(at))
+            .bind(reason)
+            .bind(decided_by)
+            .bind(id.to_string())
+            .bind(tenant)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all)]
+    async fn expire_pending(&self, at: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query(EXPIRE_PENDING_SQL)
+            .bind(to_ms(at))
+            .bind(APPROVAL_EXPIRED)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %task))]
+    async fn use_token(
+        &self,
+        jti: &str,
+        task: TaskId,
+        at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO used_approval_tokens (jti, task_id, used_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(task.to_string())
+        .bind(to_ms(at))
+        .bind(to_ms(expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %key.task_id))]
+    async fn claim_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        window_start: OffsetDateTime,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let done = sqlx::query(CLAIM_KEY_SQL)
+            .bind(&key.tenant)
+            .bind(&key.principal)
+            .bind(&key.key)
+            .bind(&key.request_hash)
+            .bind(key.task_id.to_string())
+            .bind(to_ms(key.at))
+            .bind(to_ms(window_start))
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            return Ok(IdempotencyClaim::New);
+        }
+        let (request_hash, task_id): (String, String) = sqlx::query_as(
+            "SELECT request_hash, task_id FROM idempotency_keys \
+             WHERE tenant = ?1 AND principal = ?2 AND key = ?3",
+        )
+        .bind(&key.tenant)
+        .bind(&key.principal)
+        .bind(&key.key)
+        .fetch_one(&self.pool)
+        .await?;
+        let task_id = task_id
+            .parse()
+            .map_err(|e: mcp_core::TaskIdError| StoreError::Corrupt {
+                id: key.key.clone(),
+                reason: format!("idempotency_keys.task_id: {e}"),
+            })?;
+        Ok(IdempotencyClaim::Existing {
+            request_hash,
+            task_id,
+        })
+    }
+
+    #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %task))]
+    async fn release_idempotency_key(
+        &self,
+        tenant: &str,
+        principal: &str,
+        key: &str,
+        task: TaskId,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys \
+             WHERE tenant = ?1 AND principal = ?2 AND key = ?3 AND task_id = ?4",
+        )
+        .bind(tenant)
+        .bind(principal)
+        .bind(key)
+        .bind(task.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "store.read", skip_all, fields(tenant = %tenant))]
+    async fn cpu_ms_since(&self, tenant: &str, since: OffsetDateTime) -> Result<u64, StoreError> {
+        let total: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(cpu_time_ms) FROM tasks WHERE tenant = ?1 AND completed_at >= ?2",
+        )
+        .bind(tenant)
+        .bind(to_ms(since))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(total.unwrap_or(0)).unwrap_or(0))
     }
 }

@@ -263,3 +263,67 @@ fn durations_and_line_ranges_are_readable() {
     assert_eq!(ranges(&[1, 2, 3, 5, 7, 8]), "1-3,5,7-8");
     assert_eq!(ranges(&[]), "");
 }
+
+/// Keys as an operator makes them with openssl; the bundle as `policy build`
+/// writes it; the gateway's loader with the public key configured.
+#[test]
+fn policy_build_writes_a_signed_bundle_the_gateway_verifies() {
+    let keys = tempfile::tempdir().unwrap();
+    let private = keys.path().join("bundle.key");
+    let public = keys.path().join("bundle.pub");
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .expect("openssl is needed for this test: apt-get install openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+
+    let output = keys.path().join("policies.tar.gz");
+    let args = BuildArgs {
+        dir: policies(),
+        output: output.clone(),
+        revision: "cli1".to_owned(),
+        signing_key: Some(private.clone()),
+    };
+    assert_eq!(build(&args).unwrap(), ExitCode::SUCCESS);
+    let options = EngineOptions {
+        bundle_key: Some(mcp_policy::read_verifying_key(&public).unwrap()),
+        ..EngineOptions::default()
+    };
+    let engine = PolicyEngine::load_with(&output, options.clone()).unwrap();
+    assert!(engine.revision().starts_with("cli1+"));
+    assert!(engine.decide(&command("ls")).allow);
+
+    // A public key file that is no key is refused with its path.
+    std::fs::write(&public, "not a key").unwrap();
+    assert!(matches!(
+        mcp_policy::read_verifying_key(&public),
+        Err(PolicyError::Bundle { .. })
+    ));
+    // Unsigned output cannot pass for signed.
+    let unsigned = BuildArgs {
+        signing_key: None,
+        ..args
+    };
+    assert_eq!(build(&unsigned).unwrap(), ExitCode::SUCCESS);
+    assert!(matches!(
+        PolicyEngine::load_with(&output, options),
+        Err(PolicyError::Bundle { .. })
+    ));
+}

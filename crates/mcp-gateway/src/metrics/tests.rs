@@ -19,6 +19,7 @@ fn every_documented_metric_is_exported() {
     m.observe_task("completed", Duration::from_millis(40));
     m.observe_decision(true);
     m.observe_policy_eval(Duration::from_micros(80));
+    m.observe_store_write("finish", Duration::from_micros(300));
     observe_sandbox_spawn("default", Duration::from_millis(7));
     let text = m.encode(&snapshot()).unwrap();
     let names = exported_names(&text);
@@ -29,6 +30,7 @@ fn every_documented_metric_is_exported() {
         "mcp_task_outcomes_total",
         "mcp_policy_decisions_total",
         "mcp_policy_eval_duration_seconds_count",
+        "mcp_store_write_duration_seconds_sum",
         "mcp_sandbox_spawn_duration_seconds_sum",
         "mcp_tasks_running",
         "mcp_tasks_queued",

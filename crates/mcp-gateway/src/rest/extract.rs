@@ -76,6 +76,18 @@ impl IntoResponse for ApiError {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if let GatewayError::QuotaExceeded {
+            retry_after_secs, ..
+        } = self.error
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if matches!(self.error, GatewayError::Unauthenticated) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(crate::auth::WWW_AUTHENTICATE),
+            );
+        }
         resp.extensions_mut().insert(ErrorCode(m.grpc));
         resp
     }

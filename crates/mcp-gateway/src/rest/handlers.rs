@@ -65,11 +65,18 @@ pub(crate) async fn execute(
     State(app): State<AppState>,
     ApiCaller(caller): ApiCaller,
     _: ApiQuery<NoQuery>,
-    ApiJson(body): ApiJson<ExecuteBody>,
+    headers: axum::http::HeaderMap,
+    ApiJson(mut body): ApiJson<ExecuteBody>,
 ) -> Result<Response, ApiError> {
     let gw = app.gateway.clone();
     let c = caller.clone();
-    let started = detached(async move { gw.execute(&c, body.into()).await })
+    let key = body.idempotency_key.take().or_else(|| {
+        headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let started = detached(async move { gw.execute_idempotent(&c, body.into(), key).await })
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
     let location = format!("/v1/tasks/{}", started.id);
@@ -137,6 +144,7 @@ pub(crate) async fn list_tasks(
         until: q.until,
         cursor: q.cursor,
         limit: q.limit,
+        ..Default::default()
     };
     let (tasks, next) = app
         .gateway

@@ -16,6 +16,7 @@
 //! - counts the request in `mcp_api_requests_total{api="rest"}` and tags the
 //!   response with `x-request-id`.
 
+mod approval;
 mod extract;
 mod handlers;
 pub mod types;
@@ -29,7 +30,6 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use mcp_core::Principal;
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
 use tracing::{Instrument, info_span};
@@ -90,6 +90,8 @@ fn routes(json_max: usize, file_max: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::get_task))
         .routes(routes!(handlers::task_output))
         .routes(routes!(handlers::cancel_task))
+        .routes(routes!(approval::approve_task))
+        .routes(routes!(approval::reject_task))
         .routes(routes!(handlers::health))
         .routes(routes!(handlers::ready))
         .routes(routes!(handlers::metrics))
@@ -114,6 +116,7 @@ fn routes(json_max: usize, file_max: usize) -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = routes(1, 1).split_for_parts().1;
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    crate::auth::openapi::document(&mut doc);
     doc
 }
 
@@ -173,6 +176,8 @@ fn operation(method: &Method, route: Option<&str>) -> &'static str {
         ("GET", "/v1/tasks/{id}") => "GetTaskStatus",
         ("GET", "/v1/tasks/{id}/output") => "StreamTaskOutput",
         ("POST", "/v1/tasks/{id}/cancel") => "CancelTask",
+        ("POST", "/v1/tasks/{id}/approve") => "ApproveTask",
+        ("POST", "/v1/tasks/{id}/reject") => "RejectTask",
         ("GET", "/v1/files/{*path}") => "ReadFile",
         ("PUT", "/v1/files/{*path}") => "WriteFile",
         ("DELETE", "/v1/files/{*path}") => "DeleteFile",
@@ -203,12 +208,14 @@ async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Res
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string());
-    let caller = span.in_scope(|| {
-        // Authentication arrives with a later release; until then every
-        // caller is the anonymous principal of the default tenant.
+    // Authenticated by `server` before steering (see `crate::auth`); a
+    // refusal is answered below, after the request id exists.
+    let authn = span.in_scope(|| {
         let _authn = info_span!("authn").entered();
-        Caller::new(Principal::anonymous(), peer)
+        crate::auth::principal(req.extensions())
     });
+    let refused = authn.as_ref().err().cloned();
+    let caller = Caller::new(authn.unwrap_or_else(|_| crate::auth::nobody()), peer);
     span.record("request_id", tracing::field::display(caller.request_id));
     span.record("principal", caller.principal.id.as_str());
 
@@ -229,6 +236,16 @@ async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Res
     req.extensions_mut().insert(BodyLimit(body_max));
 
     let resp = async {
+        if let Some(failure) = refused
+            && !crate::auth::rest_is_public(op)
+        {
+            crate::auth::log_failure(
+                &failure,
+                &caller.request_id.to_string(),
+                caller.source.as_deref(),
+            );
+            return ApiError::new(GatewayError::Unauthenticated, &caller).into_response();
+        }
         let _permit = if is_exempt(op) {
             None
         } else {

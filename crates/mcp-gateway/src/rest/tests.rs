@@ -28,7 +28,7 @@ fn every_documented_operation_has_its_own_metric_label() {
     let n = seen.len();
     seen.dedup();
     assert_eq!(n, seen.len(), "operation ids are unique");
-    assert_eq!(n, 13, "{seen:?}");
+    assert_eq!(n, 15, "{seen:?}");
     assert_eq!(operation(&Method::GET, None), "unmatched");
     assert_eq!(operation(&Method::PATCH, Some("/v1/run")), "unmatched");
 }

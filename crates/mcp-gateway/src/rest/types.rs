@@ -38,6 +38,11 @@ pub struct ExecuteBody {
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
     pub sandbox: SandboxBody,
+    /// Repeats with the same key by the same principal within the
+    /// configured window answer the first task instead of running again
+    /// (the `Idempotency-Key` header is used when this is absent).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// What the command asks of its sandbox; policy decides whether it gets it.
@@ -113,6 +118,12 @@ pub enum TaskStatus {
     Failed,
     Cancelled,
     TimedOut,
+    /// Waiting for an approver (`POST /v1/tasks/{id}/approve`).
+    PendingApproval,
+    /// Nobody approved it in time.
+    Expired,
+    /// An approver rejected it.
+    Rejected,
 }
 
 impl From<TaskState> for TaskStatus {
@@ -125,6 +136,9 @@ impl From<TaskState> for TaskStatus {
             TaskState::Failed => TaskStatus::Failed,
             TaskState::Cancelled => TaskStatus::Cancelled,
             TaskState::TimedOut => TaskStatus::TimedOut,
+            TaskState::PendingApproval => TaskStatus::PendingApproval,
+            TaskState::Expired => TaskStatus::Expired,
+            TaskState::Rejected => TaskStatus::Rejected,
         }
     }
 }

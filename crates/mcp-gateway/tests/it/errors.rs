@@ -14,6 +14,7 @@ use serde_json::Value;
 fn every_variant() -> Vec<GatewayError> {
     let id = TaskId::new();
     vec![
+        GatewayError::Unauthenticated,
         GatewayError::InvalidRequest(ValidationError::EmptyCommand),
         GatewayError::BadTaskId(TaskIdError("nope".into())),
         GatewayError::Denied {
@@ -74,10 +75,24 @@ fn every_variant() -> Vec<GatewayError> {
         GatewayError::Internal {
             what: "secret internal detail".into(),
         },
+        GatewayError::QuotaExceeded {
+            quota: "tasks per minute",
+            limit: 2,
+            retry_after_secs: 30,
+        },
+        GatewayError::SelfApproval { id },
+        GatewayError::ApprovalTokenInvalid {
+            reason: "the token was already used",
+        },
+        GatewayError::NotPendingApproval {
+            id,
+            state: TaskState::Running,
+        },
+        GatewayError::IdempotencyKeyReused,
     ]
 }
 
-const VARIANTS: usize = 24;
+const VARIANTS: usize = 30;
 
 fn variant_index(e: &GatewayError) -> usize {
     match e {
@@ -105,6 +120,12 @@ fn variant_index(e: &GatewayError) -> usize {
         GatewayError::RequestTimeout { .. } => 21,
         GatewayError::Busy { .. } => 22,
         GatewayError::Internal { .. } => 23,
+        GatewayError::Unauthenticated => 24,
+        GatewayError::QuotaExceeded { .. } => 25,
+        GatewayError::SelfApproval { .. } => 26,
+        GatewayError::ApprovalTokenInvalid { .. } => 27,
+        GatewayError::NotPendingApproval { .. } => 28,
+        GatewayError::IdempotencyKeyReused => 29,
     }
 }
 

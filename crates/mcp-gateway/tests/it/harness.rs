@@ -226,6 +226,11 @@ impl ServedBinary {
 }
 
 impl ServedBinary {
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn endpoint(&self) -> String {
         self.url("")
     }

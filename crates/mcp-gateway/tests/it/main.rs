@@ -4,14 +4,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod approval;
+mod audit;
+mod auth;
 mod bad_input;
 mod cli;
 mod commands;
+mod egress;
 mod errors;
 mod files;
 mod harness;
 mod metrics;
+mod pool;
+mod quotas;
 mod reload;
 mod rest;
 mod restart;
+mod secrets;
 mod traces;

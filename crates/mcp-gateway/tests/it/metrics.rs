@@ -102,6 +102,22 @@ async fn metrics_appear_and_move_after_requests_through_both_doors() {
     );
     assert_eq!(moved(r#"mcp_policy_decisions_total{decision="deny"}"#), 1.0);
     assert_eq!(moved("mcp_policy_eval_duration_seconds_count"), 3.0);
+    // Every decision is stored (allowed or not); each task is inserted,
+    // marked running and finished.
+    for (op, n) in [
+        ("record_decision", 3.0),
+        ("insert_task", 2.0),
+        ("set_state", 2.0),
+        ("finish", 2.0),
+    ] {
+        assert_eq!(
+            moved(&format!(
+                r#"mcp_store_write_duration_seconds_count{{op="{op}"}}"#
+            )),
+            n,
+            "{after}"
+        );
+    }
     // Process-wide (other tests' sandboxes count too): at least ours.
     assert!(
         moved(r#"mcp_sandbox_spawn_duration_seconds_count{profile="default"}"#) >= 2.0,

@@ -17,6 +17,8 @@ use mcp_policy::{
 use serde::Deserialize;
 use tempfile::TempDir;
 
+mod bundle;
+
 fn policies_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
     // Canonical, so failure messages show a readable path.
@@ -158,6 +160,71 @@ fn every_policy_case_file_gets_its_expected_decision() -> Result<()> {
         failures.join("\n")
     );
     assert!(paths.len() >= 15, "only {} case files", paths.len());
+    Ok(())
+}
+
+/// Requests are decided on regorus' bytecode VM; `policy test` and
+/// `--explain` run the interpreter. Both must agree on every case, mask
+/// included, or a policy tested green could decide differently live.
+#[test]
+fn bytecode_vm_and_interpreter_agree_on_every_case() -> Result<()> {
+    let engine = PolicyEngine::load(&policies_dir())?;
+    assert!(engine.compiled(), "the shipped policies must run on the VM");
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(policies_dir().join("cases"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+            inputs.push((path.display().to_string(), case["input"].clone()));
+        }
+    }
+    // The mask rule's inputs: a secret-looking metadata key, an MCP tool
+    // call, and a kind no policy handles.
+    let mut secret = serde_json::to_value(ls_input()?)?;
+    secret["request"]["metadata"] = serde_json::json!({"api_token": "x", "ticket": "OPS-1"});
+    inputs.push(("metadata secret".to_owned(), secret));
+    let mut tool = serde_json::to_value(ls_input()?)?;
+    tool["request"]["kind"] = "mcp_tool".into();
+    tool["request"]["mcp_tool"] =
+        serde_json::json!({"server": "gh", "name": "create_issue", "arguments": {"a": 1}});
+    inputs.push(("mcp tool".to_owned(), tool));
+    let mut odd = serde_json::to_value(ls_input()?)?;
+    odd["request"]["kind"] = "teleport".into();
+    inputs.push(("unknown kind".to_owned(), odd));
+
+    for (name, input) in &inputs {
+        let vm = engine.evaluate_json(input);
+        let interpreted = engine.evaluate_json_interpreted(input);
+        assert_eq!(vm.failure, None, "{name}");
+        assert_eq!(vm.decision, interpreted.decision, "{name}");
+        assert_eq!(vm.obligations, interpreted.obligations, "{name}");
+        assert_eq!(vm.mask, interpreted.mask, "{name}");
+    }
+    assert!(inputs.len() >= 18);
+    assert!(
+        inputs
+            .iter()
+            .any(|(_, i)| !engine.evaluate_json(i).mask.is_empty()),
+        "no input exercised the mask"
+    );
+    Ok(())
+}
+
+/// A set the VM compiler does not accept (`with` in a policy rule) is
+/// still loaded and decided, on the interpreter.
+#[test]
+fn a_set_the_vm_cannot_compile_is_decided_on_the_interpreter() -> Result<()> {
+    let (_dir, engine) = load(&[(
+        "main.rego",
+        r#"package mcp
+allowed if input.request.kind == "file"
+decision := {"allow": a, "deny_reasons": [], "warnings": [], "obligations": {}} if {
+    a := allowed with input.request.kind as "file"
+}"#,
+    )])?;
+    assert!(!engine.compiled());
+    let d = engine.decide(&ls_input()?);
+    assert!(d.allow, "{d:?}");
     Ok(())
 }
 
@@ -817,9 +884,14 @@ fn run_tests_filters_by_regex_and_measures_coverage() -> Result<()> {
             .iter()
             .all(|f| !f.path.ends_with("_test.rego"))
     );
+    // Every policy file of the directory, whoever added it.
+    let policy_files = std::fs::read_dir(policies_dir())?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".rego") && !n.ends_with("_test.rego"))
+        .count();
     assert_eq!(
         coverage.files.len(),
-        6,
+        policy_files,
         "{:?}",
         coverage.files.iter().map(|f| &f.path).collect::<Vec<_>>()
     );

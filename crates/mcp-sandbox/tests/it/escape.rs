@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mcp_core::{ChunkKind, NetworkAccess, ResourceLimits, TaskId};
 use mcp_sandbox::{Ending, RunOutcome, RunSpec};
 
-use super::{Harness, host_is_root, processes_matching, profiles_dir, text};
+use super::{Harness, POOLED, host_is_root, processes_matching, profiles_dir, text};
 
 /// A profile with small limits, so every limit can be hit in a second or two.
 const TIGHT: &str = r#"
@@ -75,7 +75,7 @@ fn escape(max_output: usize) -> Escape {
         }
     }
     std::fs::write(profiles.path().join("tight.toml"), TIGHT).unwrap();
-    let h = Harness::with_profiles(max_output, profiles.path());
+    let h = Harness::with_profiles_pooled(max_output, profiles.path(), POOLED);
     assert!(
         h.sandbox.resolve_command("default", "python3").is_some(),
         "the escape suite's attacker is python3: apt-get install python3"
@@ -84,6 +84,21 @@ fn escape(max_output: usize) -> Escape {
         h,
         _profiles: profiles,
     }
+}
+
+/// This process and suite (cold or pooled, which run at the same time in
+/// one process): the markers, keys and names tests put on the host must
+/// differ between the two.
+fn instance() -> u32 {
+    std::process::id().wrapping_mul(2) + u32::from(POOLED)
+}
+
+/// The full name of test `name` of this module (`escape::…` or
+/// `pooled::escape::…`), to re-run it as a child process.
+fn test_name(name: &str) -> String {
+    let module = module_path!();
+    let module = module.split_once("::").map_or(module, |(_, m)| m);
+    format!("{module}::{name}")
 }
 
 fn x86_64_only() {
@@ -118,13 +133,17 @@ impl Escape {
     }
 
     /// Asserts that the task cgroups of `task` are gone (they are removed
-    /// in the background right after the run).
+    /// in the background right after the run), and those of the pooled
+    /// sandboxes the harness used (named when they were started, not after
+    /// their task).
     async fn assert_cgroups_removed(&self, task: TaskId) {
         let dirs = self.h.sandbox.enforcement().cgroup_dirs;
         assert!(!dirs.is_empty(), "no task cgroups on this host");
+        let mut names = self.h.used_pooled();
+        names.push(task.to_string());
         let left = || -> Vec<PathBuf> {
             dirs.iter()
-                .map(|d| d.join(task.to_string()))
+                .flat_map(|d| names.iter().map(|n| d.join(n)))
                 .filter(|d| d.exists())
                 .collect()
         };
@@ -512,7 +531,7 @@ async fn writes_outside_the_binds_fail_and_the_host_is_unchanged() {
     let core_pattern = std::fs::read("/proc/sys/kernel/core_pattern").unwrap();
     let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
     let python_before = std::fs::read(&python).unwrap();
-    let marker = format!("escape-{}", std::process::id());
+    let marker = format!("escape-{}", instance());
     let script = format!(
         r#"
 for p in ["/usr/{m}", "/etc/{m}", "/{m}", "/bin/{m}", "/lib/{m}", "/dev/{m}", "/proc/{m}",
@@ -601,6 +620,9 @@ async fn disk_fill_stops_at_the_caps() {
     );
     // The task's host directory holds nothing and is gone.
     assert!(!e.h.workspaces().join(task.to_string()).exists());
+    for name in e.h.used_pooled() {
+        assert!(!e.h.workspaces().join(name).exists());
+    }
 }
 
 // --------------------------------------------------------------- hosts
@@ -630,7 +652,7 @@ fn host_env_secrets_never_reach_the_sandbox() {
     let child = Command::new(exe)
         .args([
             "--exact",
-            "escape::host_env_secrets_never_reach_the_sandbox",
+            test_name("host_env_secrets_never_reach_the_sandbox").as_str(),
             "--nocapture",
             "--test-threads=1",
         ])
@@ -689,7 +711,7 @@ async fn bwrap_argv_reveals_neither_env_nor_host_paths() {
 #[tokio::test]
 async fn host_processes_are_invisible() {
     let e = escape(1 << 20);
-    let marker = format!("37.{}1", std::process::id());
+    let marker = format!("37.{}1", instance());
     let mut host = Command::new("sleep").arg(&marker).spawn().unwrap();
     let (out, _) = e
         .h
@@ -721,7 +743,7 @@ async fn host_processes_are_invisible() {
 async fn host_shm_and_abstract_sockets_are_unreachable() {
     x86_64_only();
     let e = escape(1 << 20);
-    let key = 0x4d43_0000 | (std::process::id() & 0xffff);
+    let key = 0x4d43_0000 | (instance() & 0xffff);
     // A host shm segment, created by a host python3 and removed at the end.
     struct Shm(String);
     impl Drop for Shm {
@@ -750,7 +772,7 @@ async fn host_shm_and_abstract_sockets_are_unreachable() {
         "host shmget: {shm_id}"
     );
     let _shm = Shm(shm_id);
-    let name = format!("mcp-escape-{}", std::process::id());
+    let name = format!("mcp-escape-{}", instance());
     let _listener =
         UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
 
@@ -824,7 +846,7 @@ except OSError as err:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_bomb_stops_at_pids_max() {
     let e = escape(1 << 16);
-    let marker = format!("38.{}1", std::process::id());
+    let marker = format!("38.{}1", instance());
     // Unlike a shell, this bomb shrugs off failed forks and keeps going.
     let script = format!(
         r#"
@@ -957,7 +979,7 @@ async fn cpu_spin_is_throttled_to_the_cpu_limit() {
 #[tokio::test]
 async fn orphans_die_with_their_task() {
     let e = escape(1 << 20);
-    let marker = format!("39.{}1", std::process::id());
+    let marker = format!("39.{}1", instance());
     let script = format!(
         "setsid sleep {marker} & (sleep {marker} &) ; nohup sleep {marker} >/dev/null 2>&1 & \
          sleep 0.2; echo started"
@@ -1011,7 +1033,7 @@ fn the_next_gateway_sweeps_a_dead_gateways_cgroups() {
         Command::new(&exe)
             .args([
                 "--exact",
-                "escape::the_next_gateway_sweeps_a_dead_gateways_cgroups",
+                test_name("the_next_gateway_sweeps_a_dead_gateways_cgroups").as_str(),
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -34,6 +34,13 @@ fn host_is_root() -> bool {
 }
 
 mod escape;
+mod pool;
+mod pooled;
+mod uids;
+
+/// Whether the escape suite at `escape` runs against pooled sandboxes
+/// (`pooled::escape` is the same suite with this `true`).
+const POOLED: bool = false;
 
 /// A sandbox with its workspaces and files roots under `base`.
 fn sandbox_in(base: &Path, max_output_bytes: usize) -> Sandbox {
@@ -67,6 +74,11 @@ fn sandbox_with(base: &Path, max_output_bytes: usize, profiles: &Path) -> Sandbo
 struct Harness {
     tmp: tempfile::TempDir,
     sandbox: Sandbox,
+    /// Runs through [`Harness::run`] use a pooled sandbox whenever the
+    /// spec allows it (asserted), else a cold one.
+    pooled: bool,
+    /// The names (workspace and cgroup) of the pooled sandboxes used.
+    used: Mutex<Vec<String>>,
 }
 
 impl Harness {
@@ -85,7 +97,38 @@ impl Harness {
         );
         let tmp = tempfile::tempdir().unwrap();
         let sandbox = sandbox_with(tmp.path(), max_output_bytes, profiles);
-        Harness { tmp, sandbox }
+        Harness {
+            tmp,
+            sandbox,
+            pooled: false,
+            used: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Like [`Harness::with_profiles`], with a warm pool of one sandbox per
+    /// profile and tenant when `pooled`.
+    fn with_profiles_pooled(max_output_bytes: usize, profiles: &Path, pooled: bool) -> Harness {
+        let mut h = Harness::with_profiles(max_output_bytes, profiles);
+        if pooled {
+            pool::enable(&h.sandbox, 1);
+            h.pooled = true;
+        }
+        h
+    }
+
+    /// The pooled sandboxes used by [`Harness::run`] so far.
+    fn used_pooled(&self) -> Vec<String> {
+        self.used.lock().unwrap().clone()
+    }
+
+    fn workspace_names(&self) -> Vec<String> {
+        std::fs::read_dir(self.workspaces())
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn workspaces(&self) -> PathBuf {
@@ -132,7 +175,28 @@ impl Harness {
     ) -> Result<(RunOutcome, Vec<OutputChunk>), SandboxError> {
         let chunks = Mutex::new(Vec::new());
         let on_output = |c: OutputChunk| chunks.lock().unwrap().push(c);
+        let expect_pooled = self.pooled && pool::fits(&spec);
+        if expect_pooled {
+            self.sandbox
+                .prewarm(&spec.profile, &spec.tenant)
+                .await
+                .unwrap();
+        }
+        let before = self.sandbox.pool_stats().pooled_runs;
+        let waiting = self.workspace_names();
         let outcome = self.sandbox.run(spec, &on_output, cancel).await?;
+        let now = self.workspace_names();
+        self.used
+            .lock()
+            .unwrap()
+            .extend(waiting.into_iter().filter(|n| !now.contains(n)));
+        if expect_pooled {
+            assert_eq!(
+                self.sandbox.pool_stats().pooled_runs,
+                before + 1,
+                "the run did not use a pooled sandbox"
+            );
+        }
         Ok((outcome, chunks.into_inner().unwrap()))
     }
 }

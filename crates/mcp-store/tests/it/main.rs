@@ -1,5 +1,7 @@
 //! Integration tests against real SQLite files in a temporary directory.
 
+mod audit;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -760,6 +762,7 @@ async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters() {
         until: None,
         before,
         limit,
+        metadata: Default::default(),
     };
     let page1 = store.list_tasks(&q(None, None, 3)).await.unwrap();
     assert_eq!(
@@ -813,4 +816,253 @@ fn list_fixture(tenant: &str) -> mcp_core::TaskRecord {
         failure_reason: None,
         owner: "test".into(),
     }
+}
+
+fn pending_fixture(tenant: &str) -> (TaskRecord, mcp_store::PendingApproval) {
+    let mut t = task(tenant, "test");
+    t.state = TaskState::PendingApproval;
+    let approval = mcp_store::PendingApproval {
+        details: serde_json::json!({"roles": ["ops"], "reason": "needs a human"}),
+        expires_at: now_ms() + time::Duration::hours(1),
+        decided_by: None,
+    };
+    (t, approval)
+}
+
+#[tokio::test]
+async fn pending_tasks_are_claimed_once_and_only_by_their_tenant() -> Result<()> {
+    let (_dir, path, store) = store().await?;
+    let (t, approval) = pending_fixture("acme");
+    store.insert_pending(&t, &approval).await?;
+    // Survives a reopen (a restart) with its approval details.
+    store.close().await;
+    let store = SqliteStore::open(&path).await?;
+    assert_eq!(
+        store.mark_interrupted("test", now_ms()).await?,
+        0,
+        "pending is not interrupted"
+    );
+    let got = store
+        .get_approval("acme", t.id)
+        .await?
+        .expect("approval details");
+    assert_eq!(got.details, approval.details);
+    assert_eq!(got.expires_at, approval.expires_at);
+    assert_eq!(store.get_approval("other", t.id).await?, None);
+    assert!(
+        !store
+            .claim_pending("other", t.id, "r2", "bob", now_ms())
+            .await?
+    );
+    assert!(
+        store
+            .claim_pending("acme", t.id, "r2", "bob", now_ms())
+            .await?
+    );
+    assert!(
+        !store
+            .claim_pending("acme", t.id, "r2", "carol", now_ms())
+            .await?,
+        "only once"
+    );
+    let rec = store.get_task("acme", t.id).await?.expect("task");
+    assert_eq!(rec.state, TaskState::Created);
+    assert_eq!(rec.owner, "r2");
+    let got = store
+        .get_approval("acme", t.id)
+        .await?
+        .expect("approval details");
+    assert_eq!(got.decided_by.as_deref(), Some("bob"));
+    // Once claimed it is not pending any more: no reject, no expiry.
+    assert!(
+        !store
+            .finish_pending("acme", t.id, TaskState::Rejected, now_ms(), "no", Some("x"))
+            .await?
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pending_tasks_expire_and_are_rejected_with_a_reason() -> Result<()> {
+    let (_dir, _path, store) = store().await?;
+    let (a, approval) = pending_fixture("acme");
+    store.insert_pending(&a, &approval).await?;
+    let (b, _) = pending_fixture("acme");
+    store.insert_pending(&b, &approval).await?;
+    assert!(
+        store
+            .finish_pending(
+                "acme",
+                b.id,
+                TaskState::Rejected,
+                now_ms(),
+                "not today",
+                Some("bob")
+            )
+            .await?
+    );
+    let rec = store.get_task("acme", b.id).await?.expect("task");
+    assert_eq!(rec.state, TaskState::Rejected);
+    assert_eq!(rec.failure_reason.as_deref(), Some("not today"));
+
+    // Before the expiry nothing expires; at it, the pending one does.
+    assert_eq!(store.expire_pending(now_ms()).await?, 0);
+    let late = approval.expires_at + time::Duration::seconds(1);
+    assert!(
+        !store
+            .claim_pending("acme", a.id, "test", "bob", late)
+            .await?,
+        "expired approvals cannot be claimed"
+    );
+    assert_eq!(store.expire_pending(late).await?, 1);
+    let rec = store.get_task("acme", a.id).await?.expect("task");
+    assert_eq!(rec.state, TaskState::Expired);
+    assert_eq!(
+        rec.failure_reason.as_deref(),
+        Some(mcp_store::APPROVAL_EXPIRED)
+    );
+    assert!(matches!(
+        store.set_state(a.id, TaskState::Running, late).await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn approval_tokens_are_single_use() -> Result<()> {
+    let (_dir, _path, store) = store().await?;
+    let id = TaskId::new();
+    let exp = now_ms() + time::Duration::minutes(5);
+    assert!(store.use_token("jti-1", id, now_ms(), exp).await?);
+    assert!(
+        !store.use_token("jti-1", id, now_ms(), exp).await?,
+        "a replay is refused"
+    );
+    assert!(store.use_token("jti-2", id, now_ms(), exp).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn idempotency_keys_answer_the_first_task_within_the_window() -> Result<()> {
+    let (_dir, _path, store) = store().await?;
+    let t0 = now_ms();
+    let key = |task_id, hash: &str, at| mcp_store::IdempotencyKey {
+        tenant: "acme".into(),
+        principal: "alice".into(),
+        key: "k1".into(),
+        request_hash: hash.into(),
+        task_id,
+        at,
+    };
+    let first = TaskId::new();
+    let window = time::Duration::minutes(10);
+    assert_eq!(
+        store
+            .claim_idempotency_key(&key(first, "h1", t0), t0 - window)
+            .await?,
+        mcp_store::IdempotencyClaim::New
+    );
+    let second = TaskId::new();
+    assert_eq!(
+        store
+            .claim_idempotency_key(&key(second, "h2", t0), t0 - window)
+            .await?,
+        mcp_store::IdempotencyClaim::Existing {
+            request_hash: "h1".into(),
+            task_id: first
+        }
+    );
+    // Another principal's key of the same name is its own.
+    let mut other = key(second, "h1", t0);
+    other.principal = "bob".into();
+    assert_eq!(
+        store.claim_idempotency_key(&other, t0 - window).await?,
+        mcp_store::IdempotencyClaim::New
+    );
+    // After the window the key is free again.
+    let later = t0 + window + time::Duration::seconds(1);
+    assert_eq!(
+        store
+            .claim_idempotency_key(&key(second, "h2", later), later - window)
+            .await?,
+        mcp_store::IdempotencyClaim::New
+    );
+    // A released key is free at once.
+    store
+        .release_idempotency_key("acme", "alice", "k1", second)
+        .await?;
+    let third = TaskId::new();
+    assert_eq!(
+        store
+            .claim_idempotency_key(&key(third, "h3", later), later - window)
+            .await?,
+        mcp_store::IdempotencyClaim::New
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_tasks_filters_by_metadata_and_cpu_is_summed_per_tenant() -> Result<()> {
+    let (_dir, _path, store) = store().await?;
+    let mut a = list_fixture("acme");
+    a.metadata = BTreeMap::from([("team".into(), "red".into()), ("env".into(), "prod".into())]);
+    store.insert_task(&a).await?;
+    let mut b = list_fixture("acme");
+    b.metadata = BTreeMap::from([("team".into(), "blue".into())]);
+    store.insert_task(&b).await?;
+    let q = |metadata: BTreeMap<String, String>| mcp_store::TaskQuery {
+        tenant: "acme".into(),
+        state: None,
+        since: None,
+        until: None,
+        before: None,
+        limit: 10,
+        metadata,
+    };
+    let red = store
+        .list_tasks(&q(BTreeMap::from([("team".into(), "red".into())])))
+        .await?;
+    assert_eq!(red.iter().map(|t| t.id).collect::<Vec<_>>(), vec![a.id]);
+    let both = store
+        .list_tasks(&q(BTreeMap::from([
+            ("team".into(), "red".into()),
+            ("env".into(), "dev".into()),
+        ])))
+        .await?;
+    assert!(both.is_empty(), "every pair must match");
+    assert_eq!(store.list_tasks(&q(BTreeMap::new())).await?.len(), 2);
+
+    let done = now_ms();
+    let result = TaskResult {
+        usage: ResourceUsage {
+            cpu_time_ms: 1500,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    store
+        .finish(a.id, TaskState::Completed, done, Some(&result), None)
+        .await?;
+    store
+        .finish(b.id, TaskState::Completed, done, Some(&result), None)
+        .await?;
+    let mut c = list_fixture("other");
+    c.state = TaskState::Created;
+    store.insert_task(&c).await?;
+    store
+        .finish(c.id, TaskState::Completed, done, Some(&result), None)
+        .await?;
+    assert_eq!(
+        store
+            .cpu_ms_since("acme", done - time::Duration::hours(1))
+            .await?,
+        3000
+    );
+    assert_eq!(
+        store
+            .cpu_ms_since("acme", done + time::Duration::seconds(1))
+            .await?,
+        0
+    );
+    Ok(())
 }

@@ -71,7 +71,14 @@ no-auth acknowledgement, mount paths) laid over it.
 {{- $cfg := deepCopy (.Values.config | default dict) }}
 {{- $server := get $cfg "server" | default dict }}
 {{- $_ := set $server "listen" (printf "%s:%d" .Values.listenAddress (int .Values.containerPort)) }}
-{{- $_ := set $server "insecure_no_auth" true }}
+{{- $_ := set $server "insecure_no_auth" (.Values.auth.insecureNoAuth | default false) }}
+{{- if hasKey $cfg "auth" }}
+{{- fail "config.auth is not used: set auth.apiKeys / auth.jwt" }}
+{{- end }}
+{{- $jwt := .Values.auth.jwt | default dict }}
+{{- if not (or .Values.auth.apiKeys $jwt.issuer .Values.auth.insecureNoAuth) }}
+{{- fail "the gateway listens on the pod network and needs authentication: set auth.apiKeys or auth.jwt.issuer (or, knowingly, auth.insecureNoAuth=true)" }}
+{{- end }}
 {{- $_ := set $cfg "server" $server }}
 {{- $storage := get $cfg "storage" | default dict }}
 {{- $_ := set $storage "data_dir" "/var/lib/mcp-gateway" }}
@@ -82,8 +89,7 @@ no-auth acknowledgement, mount paths) laid over it.
 {{- $sandbox := get $cfg "sandbox" | default dict }}
 {{- $_ := set $sandbox "profiles_dir" "/etc/mcp-gateway/sandbox-profiles" }}
 {{- $_ := set $cfg "sandbox" $sandbox }}
-# Rendered by the mcp-gateway Helm chart from values.config.
-# NO AUTHENTICATION yet: insecure_no_auth is required to serve the pod network.
+# Rendered by the mcp-gateway Helm chart from values.config and values.auth.
 {{- range $section := keys $cfg | sortAlpha }}
 {{- $table := get $cfg $section }}
 {{- if not (kindIs "map" $table) }}
@@ -94,6 +100,33 @@ no-auth acknowledgement, mount paths) laid over it.
 {{- range $key := keys $table | sortAlpha }}
 {{ $key }} = {{ include "mcp-gateway.tomlValue" (get $table $key) }}
 {{- end }}
+{{- end }}
+{{- range .Values.auth.apiKeys }}
+
+[[auth.api_keys]]
+id = {{ required "auth.apiKeys[].id is required" .id | toJson }}
+tenant = {{ required "auth.apiKeys[].tenant is required" .tenant | toJson }}
+roles = {{ include "mcp-gateway.tomlValue" (.roles | default list) }}
+hash = {{ required "auth.apiKeys[].hash is required" .hash | toJson }}
+{{- end }}
+{{- if $jwt.issuer }}
+
+[auth.jwt]
+issuer = {{ $jwt.issuer | toJson }}
+audience = {{ required "auth.jwt.audience is required" $jwt.audience | toJson }}
+{{- if $jwt.secretName }}
+hs256_secret_env = "MCP_GATEWAY_JWT_HS256_SECRET"
+{{- end }}
+{{- if $jwt.jwksConfigMap }}
+jwks_file = {{ printf "/etc/mcp-gateway/jwks/%s" $jwt.jwksKey | toJson }}
+{{- end }}
+{{- if not (or $jwt.secretName $jwt.jwksConfigMap) }}
+{{- fail "auth.jwt needs secretName (HS256) or jwksConfigMap (RS256/ES256)" }}
+{{- end }}
+leeway_secs = {{ int $jwt.leewaySecs }}
+id_claim = {{ $jwt.idClaim | toJson }}
+tenant_claim = {{ $jwt.tenantClaim | toJson }}
+roles_claim = {{ $jwt.rolesClaim | toJson }}
 {{- end }}
 {{- end }}
 

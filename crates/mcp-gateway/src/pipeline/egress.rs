@@ -1,0 +1,350 @@
+//! Restricted network access (`NETWORK_RESTRICTED`): each such task gets
+//! its own egress proxy (`mcp_egress::EgressProxy`) on a unix socket that
+//! `mcp-sandbox` binds into the sandbox, and every connection through it is
+//! decided here: the command decision's `network` obligation (when the
+//! policy set one) must list the destination, and the Rego network policy
+//! (`kind: network`, with the resolved addresses) must allow it. Each
+//! decision goes to the decision log like any other.
+//!
+//! Internal addresses (loopback, private, link-local, metadata, ...) are
+//! refused by the proxy unless the network policy allowed the connection
+//! after seeing them (the shipped `network.rego` does so only for
+//! allowlist entries marked `"private": true`) and the obligation, if any,
+//! lists the destination.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use mcp_core::{NetworkAccess, OutputChunk, TaskId};
+use mcp_egress::{
+    ConnectRequest, Decider, EgressProxy, Outcome, ProxyContext, ProxySettings, Resolver,
+    SystemResolver, Verdict,
+};
+use mcp_policy::{Destination, NetworkInput, PolicyInput};
+use mcp_sandbox::{EgressBinding, RunOutcome, RunSpec, SandboxError};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Caller, Gateway};
+
+/// The gateway-wide egress settings.
+#[derive(Debug)]
+pub(crate) struct EgressState {
+    /// The binary bound into restricted sandboxes as the forwarder.
+    forwarder: RwLock<PathBuf>,
+    /// Resolves destination names (the system resolver unless replaced).
+    resolver: RwLock<Arc<dyn Resolver>>,
+    /// Restricted tasks accepted but not yet started.
+    pending: Mutex<HashMap<TaskId, TaskEgress>>,
+}
+
+impl EgressState {
+    /// Remembers how `spec`'s connections are decided, when it asks for
+    /// restricted network access.
+    pub(crate) fn register(
+        &self,
+        spec: &RunSpec,
+        caller: &Caller,
+        obligations: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        if spec.network == NetworkAccess::Restricted {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.task_id, TaskEgress::new(caller, obligations));
+        }
+    }
+
+    fn take(&self, task: TaskId) -> Option<TaskEgress> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task)
+    }
+}
+
+impl Default for EgressState {
+    fn default() -> Self {
+        EgressState {
+            forwarder: RwLock::new(std::env::current_exe().unwrap_or_default()),
+            resolver: RwLock::new(Arc::new(SystemResolver)),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What a restricted task's connections are decided against.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskEgress {
+    caller: Caller,
+    /// The command decision's `network` obligation; `None` when the policy
+    /// set none (then the network policy alone decides).
+    destinations: Option<Vec<Destination>>,
+}
+
+impl TaskEgress {
+    /// From the command decision's stored obligations (`details.obligations`).
+    fn new(
+        caller: &Caller,
+        obligations: &serde_json::Map<String, serde_json::Value>,
+    ) -> TaskEgress {
+        let destinations = obligations.get("network").map(|v| {
+            serde_json::from_value::<Vec<Destination>>(v.clone()).unwrap_or_else(|e| {
+                // The engine validated the shape; should it ever not parse,
+                // no destination is allowed (fail closed).
+                warn!(error = %e, "unreadable network obligation; no destination allowed");
+                Vec::new()
+            })
+        });
+        TaskEgress {
+            caller: caller.clone(),
+            destinations,
+        }
+    }
+}
+
+impl Gateway {
+    /// Replaces the binary bound into restricted sandboxes as the egress
+    /// forwarder (default: this executable).
+    pub fn set_egress_forwarder(&self, path: PathBuf) {
+        *self
+            .egress
+            .forwarder
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = path;
+    }
+
+    /// Replaces the resolver of egress destinations (default: the system
+    /// resolver). Tests pin names to local addresses with
+    /// `mcp_egress::StaticResolver`.
+    pub fn set_egress_resolver(&self, resolver: Arc<dyn Resolver>) {
+        *self
+            .egress
+            .resolver
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = resolver;
+    }
+
+    /// Runs `spec` in the sandbox; a restricted task first gets its egress
+    /// proxy, which is stopped (its connections dropped, its socket
+    /// removed) when the run ends.
+    pub(super) async fn run_sandbox(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, SandboxError> {
+        let registered = self.egress.take(spec.task_id);
+        if spec.network != NetworkAccess::Restricted {
+            return self.sandbox.run(spec, on_output, cancel).await;
+        }
+        let Some(task) = registered else {
+            // Fail closed: without its decision context a task gets no proxy.
+            return Err(SandboxError::Unsupported {
+                what: "restricted network access for a task started without its command decision"
+                    .to_owned(),
+            });
+        };
+        let socket = self.sandbox.egress_socket_path(spec.task_id);
+        // A leftover of a crashed run would make the bind fail.
+        let _ = std::fs::remove_file(&socket);
+        let forwarder = self
+            .egress
+            .forwarder
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let resolver = self
+            .egress
+            .resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let decider = Arc::new(GatewayDecider {
+            gateway: self.clone(),
+            task_id: spec.task_id,
+            task: task.clone(),
+        });
+        let proxy = EgressProxy::bind(
+            &socket,
+            decider,
+            resolver,
+            ProxyContext {
+                task_id: spec.task_id.to_string(),
+                principal: task.caller.principal.id.clone(),
+            },
+            ProxySettings::default(),
+        )
+        .map_err(|e| SandboxError::Spawn {
+            source: std::io::Error::other(e),
+        })?;
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(proxy.serve(stop.clone()));
+        let binding = EgressBinding {
+            socket: socket.clone(),
+            forwarder,
+        };
+        let outcome = self
+            .sandbox
+            .run_with_egress(spec, Some(binding), on_output, cancel)
+            .await;
+        stop.cancel();
+        let _ = served.await;
+        let _ = std::fs::remove_file(&socket);
+        outcome
+    }
+}
+
+/// Decides one task's connections for its proxy.
+#[derive(Debug)]
+struct GatewayDecider {
+    gateway: Arc<Gateway>,
+    task_id: TaskId,
+    task: TaskEgress,
+}
+
+impl GatewayDecider {
+    /// A caller for one connection: the task's principal, a request id of
+    /// its own (each decision is its own log entry).
+    fn caller(&self) -> Caller {
+        Caller::new(
+            self.task.caller.principal.clone(),
+            self.task.caller.source.clone(),
+        )
+    }
+}
+
+/// Whether an obligation entry names this destination: the exact host, or
+/// `*.suffix` for exactly one more label (as the policy's host globs); the
+/// port when given; the protocol.
+pub(crate) fn destination_matches(d: &Destination, host: &str, port: u16, protocol: &str) -> bool {
+    let host_ok = match d.host.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .and_then(|h| h.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        None => d.host.eq_ignore_ascii_case(host),
+    };
+    host_ok && d.port.is_none_or(|p| p == port) && d.protocol == protocol
+}
+
+#[async_trait]
+impl Decider for GatewayDecider {
+    async fn decide(&self, req: &ConnectRequest) -> Verdict {
+        let caller = self.caller();
+        let protocol = req.protocol.as_str();
+        let input = PolicyInput::network(
+            &caller.principal,
+            NetworkInput {
+                host: req.host.clone(),
+                port: req.port,
+                protocol: protocol.to_owned(),
+                resolved_ips: req.resolved.iter().map(|(ip, _)| ip.to_string()).collect(),
+            },
+            &self.gateway.context(&caller),
+        );
+        let (mut decision, details) = self.gateway.decide(input);
+        if decision.allow
+            && let Some(list) = &self.task.destinations
+            && !list
+                .iter()
+                .any(|d| destination_matches(d, &req.host, req.port, protocol))
+        {
+            decision.allow = false;
+            decision.deny_reasons.push(format!(
+                "destination {}:{}/{protocol} is not in the task's network obligation",
+                req.host, req.port
+            ));
+        }
+        // The network policy saw the resolved addresses; its allow is the
+        // explicit allowance for internal ones.
+        let internal: Vec<String> = req
+            .resolved
+            .iter()
+            .filter(|(_, c)| c.is_internal())
+            .map(|(ip, c)| format!("{ip} ({c})"))
+            .collect();
+        let summary = format!(
+            "{protocol} {}:{} via {}",
+            req.host,
+            req.port,
+            req.via.as_str()
+        );
+        if let Err(e) = self
+            .gateway
+            .record_decision(
+                &caller,
+                "network",
+                &summary,
+                &decision,
+                &details,
+                Some(self.task_id),
+            )
+            .await
+        {
+            // Nothing is opened without a stored decision.
+            warn!(error = %e, task_id = %self.task_id, "cannot store network decision; refusing");
+            return Verdict::deny("the decision could not be recorded");
+        }
+        info!(
+            task_id = %self.task_id,
+            request_id = %caller.request_id,
+            host = %req.host,
+            port = req.port,
+            allow = decision.allow,
+            internal = ?internal,
+            "network decision"
+        );
+        Verdict {
+            allow: decision.allow,
+            allow_internal: decision.allow,
+            reasons: decision.deny_reasons,
+        }
+    }
+
+    async fn record(&self, req: &ConnectRequest, outcome: &Outcome) {
+        if outcome.decided {
+            // Already in the decision log (decide stores before answering).
+            return;
+        }
+        // Nothing to decide (the name did not resolve): logged as a denial.
+        let caller = self.caller();
+        let decision = mcp_core::Decision {
+            allow: false,
+            deny_reasons: outcome.reasons.clone(),
+            warnings: Vec::new(),
+            obligations: mcp_core::Obligations::default(),
+            policy_revision: self.gateway.policy_revision(),
+        };
+        let summary = format!(
+            "{} {}:{} via {}",
+            req.protocol.as_str(),
+            req.host,
+            req.port,
+            req.via.as_str()
+        );
+        let details = mcp_store::DecisionDetails {
+            input: None,
+            latency_us: 0,
+            profile: None,
+            obligations: serde_json::Map::new(),
+            warnings: Vec::new(),
+        };
+        if let Err(e) = self
+            .gateway
+            .record_decision(
+                &caller,
+                "network",
+                &summary,
+                &decision,
+                &details,
+                Some(self.task_id),
+            )
+            .await
+        {
+            warn!(error = %e, task_id = %self.task_id, "cannot store network refusal");
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The audit trail's storage: one serialised appender over the
+//! `audit_log` and `audit_checkpoints` tables (migration `0003_audit`).
+//!
+//! Durability: the appender has its own connection pool on the database
+//! file with `synchronous = FULL`, so an append has reached the disk (the
+//! WAL is fsynced at commit) before [`AuditLog::append`] returns, while the
+//! task store keeps `NORMAL` for its hotter writes. Ordering: `seq` and
+//! `prev_hash` are read and the record inserted in one `BEGIN IMMEDIATE`
+//! transaction, under an in-process lock, so two appends can never take
+//! the same place in the chain (and another process writing the same file
+//! waits for the write lock rather than forking the chain).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_audit::{AuditEvent, AuditRecord, Checkpoint, DecisionSummary, GENESIS_HASH, Signer};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use sqlx::migrate::Migrator;
+
+use crate::rows::{list_to_json, to_i64};
+use crate::{Backend, StoreError, parse_url};
+
+/// The same migrations as the task store: the audit tables live in the
+/// same database, and whichever opens first brings the schema up to date.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long an append waits for another writer.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest page [`AuditLog::records`] returns.
+pub const MAX_AUDIT_PAGE: u32 = 10_000;
+
+const COLUMNS: &str = "seq, at, request_id, trace_id, principal, tenant, action, \
+    decision_revision, decision_allow, decision_reasons, task_id, command, input_sha256, \
+    output_sha256, outcome, latency_us, prev_hash, hash";
+
+/// When checkpoints are signed.
+#[derive(Debug, Clone, Default)]
+pub struct AuditOptions {
+    /// Signs checkpoints; `None` writes none (the chain alone still
+    /// catches edits, but not a rewrite of all hashes or a cut tail).
+    pub signer: Option<Arc<Signer>>,
+    /// A checkpoint every this many records; 0 = not by count.
+    pub checkpoint_every: u64,
+    /// A checkpoint when this long passed since the last one (checked at
+    /// each append and by [`AuditLog::checkpoint_if_due`]); `None` = not by time.
+    pub checkpoint_interval: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct Tail {
+    /// Records since the last checkpoint.
+    unanchored: u64,
+    last_checkpoint_ms: Option<i64>,
+}
+
+/// The append-only audit log.
+#[derive(Debug)]
+pub struct AuditLog {
+    pool: SqlitePool,
+    options: AuditOptions,
+    tail: tokio::sync::Mutex<Tail>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    at: i64,
+    request_id: String,
+    trace_id: Option<String>,
+    principal: String,
+    tenant: String,
+    action: String,
+    decision_revision: Option<String>,
+    decision_allow: Option<bool>,
+    decision_reasons: Option<String>,
+    task_id: Option<String>,
+    command: Option<String>,
+    input_sha256: Option<String>,
+    output_sha256: Option<String>,
+    outcome: String,
+    latency_us: i64,
+    prev_hash: String,
+    hash: String,
+}
+
+impl TryFrom<AuditRow> for AuditRecord {
+    type Error = StoreError;
+
+    fn try_from(r: AuditRow) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: format!("audit {}", r.seq),
+            reason,
+        };
+        let seq = u64::try_from(r.seq).map_err(|_| corrupt(format!("seq {} < 1", r.seq)))?;
+        let latency_us = u64::try_from(r.latency_us)
+            .map_err(|_| corrupt(format!("latency_us {} is negative", r.latency_us)))?;
+        let decision = match (r.decision_revision, r.decision_allow) {
+            (Some(revision), Some(allow)) => Some(DecisionSummary {
+                revision,
+                allow,
+                reasons: match r.decision_reasons.as_deref() {
+                    None => Vec::new(),
+                    Some(raw) => serde_json::from_str(raw)
+                        .map_err(|e| corrupt(format!("decision_reasons: {e}")))?,
+                },
+            }),
+            (None, None) => None,
+            _ => return Err(corrupt("decision columns are half set".to_owned())),
+        };
+        Ok(AuditRecord {
+            seq,
+            event: AuditEvent {
+                at_ms: r.at,
+                request_id: r.request_id,
+                trace_id: r.trace_id,
+                principal: r.principal,
+                tenant: r.tenant,
+                action: r.action,
+                decision,
+                task_id: r.task_id,
+                command: r.command,
+                input_sha256: r.input_sha256,
+                output_sha256: r.output_sha256,
+                outcome: r.outcome,
+                latency_us,
+            },
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct CheckpointRow {
+    seq: i64,
+    at: i64,
+    hash: String,
+    key_id: String,
+    signature: String,
+}
+
+impl AuditLog {
+    /// Opens the audit log in the database a store URL names (see
+    /// [`crate::open_store`]), bringing the schema up to date.
+    pub async fn open(url: &str, options: AuditOptions) -> Result<Self, StoreError> {
+        let connect = match parse_url(url)? {
+            Backend::SqliteMemory => SqliteConnectOptions::new().filename(":memory:"),
+            Backend::SqliteFile(path) => {
+                if let Some(dir) = Path::new(path)
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+                }
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+            }
+        };
+        let connect = connect
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        // One connection: appends are serialised anyway, and `:memory:`
+        // needs a single connection to stay one database.
+        let pool = SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(connect)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let log = Self {
+            pool,
+            options,
+            tail: tokio::sync::Mutex::new(Tail::default()),
+        };
+        let (last, anchored, anchored_at) = log.positions().await?;
+        *log.tail.lock().await = Tail {
+            unanchored: last.saturating_sub(anchored),
+            last_checkpoint_ms: anchored_at,
+        };
+        Ok(log)
+    }
+
+    /// Opens an existing database file read-only, without migrations, for
+    /// `audit verify` and `audit export` (they must not change what they
+    /// examine).
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect)
+            .await?;
+        Ok(Self {
+            pool,
+            options: AuditOptions::default(),
+            tail: tokio::sync::Mutex::new(Tail::default()),
+        })
+    }
+
+    /// `(last seq, last checkpointed seq, time of the last checkpoint)`.
+    async fn positions(&self) -> Result<(u64, u64, Option<i64>), StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?;
+        let cp: Option<(i64, i64)> =
+            sqlx::query_as("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        let to_u = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok((
+            last.map_or(0, to_u),
+            cp.map_or(0, |(s, _)| to_u(s)),
+            cp.map(|(_, at)| at),
+        ))
+    }
+
+    /// Seals `event` as the next record and stores it durably; answers the
+    /// stored record. Signs a checkpoint over it in the same transaction
+    /// when one is due.
+    #[tracing::instrument(name = "store.write", skip_all, fields(op = "audit_append"))]
+    pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        let mut tail = self.tail.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (seq, prev) = match last {
+            Some((seq, hash)) => (u64::try_from(seq).unwrap_or(0).saturating_add(1), hash),
+            None => (1, GENESIS_HASH.to_owned()),
+        };
+        let at_ms = event.at_ms;
+        let rec = mcp_audit::seal(seq, &prev, event);
+        insert_record(&mut tx, &rec).await?;
+        let due = self.due(&tail, at_ms);
+        let checkpoint = match (&self.options.signer, due) {
+            (Some(signer), true) => {
+                let cp = signer.checkpoint(rec.seq, &rec.hash, at_ms);
+                insert_checkpoint(&mut tx, &cp).await?;
+                Some(cp)
+            }
+            _ => None,
+        };
+        tx.commit().await?;
+        match checkpoint {
+            Some(cp) => {
+                tail.unanchored = 0;
+                tail.last_checkpoint_ms = Some(cp.at_ms);
+            }
+            None => tail.unanchored += 1,
+        }
+        Ok(rec)
+    }
+
+    /// Whether the record about to be written at `at_ms` gets a checkpoint.
+    fn due(&self, tail: &Tail, at_ms: i64) -> bool {
+        let by_count = self.options.checkpoint_every > 0
+            && tail.unanchored + 1 >= self.options.checkpoint_every;
+        let by_time = self.options.checkpoint_interval.is_some_and(|every| {
+            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+            tail.last_checkpoint_ms
+                .is_none_or(|last| at_ms.saturating_sub(last) >= every)
+        });
+        by_count || by_time
+    }
+
+    /// Signs a checkpoint over the last record if records were appended
+    /// since the last checkpoint and the interval has passed (or
+    /// `force`). For a periodic timer and for shutdown, so a quiet log's
+    /// tail is anchored too. Answers the checkpoint written, if any.
+    pub async fn checkpoint_if_due(
+        &self,
+        now_ms: i64,
+        force: bool,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let Some(signer) = &self.options.signer else {
+            return Ok(None);
+        };
+        let mut tail = self.tail.lock().await;
+        if tail.unanchored == 0 {
+            return Ok(None);
+        }
+        let interval_passed = self.options.checkpoint_interval.is_some_and(|every| {
+            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+            tail.last_checkpoint_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= every)
+        });
+        if !(force || interval_passed) {
+            return Ok(None);
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((seq, hash)) = last else {
+            return Ok(None);
+        };
+        let cp = signer.checkpoint(u64::try_from(seq).unwrap_or(0), &hash, now_ms);
+        insert_checkpoint(&mut tx, &cp).await?;
+        tx.commit().await?;
+        tail.unanchored = 0;
+        tail.last_checkpoint_ms = Some(now_ms);
+        Ok(Some(cp))
+    }
+
+    /// Records with `seq > after` (and `at >= since_ms` when given), in
+    /// sequence order, at most `limit` (capped at [`MAX_AUDIT_PAGE`]).
+    pub async fn records(
+        &self,
+        after: u64,
+        since_ms: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_log WHERE seq > ?1 AND (?2 IS NULL OR at >= ?2) \
+             ORDER BY seq LIMIT ?3"
+        );
+        let rows: Vec<AuditRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(after))
+            .bind(since_ms)
+            .bind(i64::from(limit.clamp(1, MAX_AUDIT_PAGE)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(AuditRecord::try_from).collect()
+    }
+
+    /// Every checkpoint, in sequence order.
+    pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows: Vec<CheckpointRow> = sqlx::query_as(
+            "SELECT seq, at, hash, key_id, signature FROM audit_checkpoints ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Checkpoint {
+                    seq: u64::try_from(r.seq).map_err(|_| StoreError::Corrupt {
+                        id: format!("audit checkpoint {}", r.seq),
+                        reason: "negative seq".to_owned(),
+                    })?,
+                    at_ms: r.at,
+                    hash: r.hash,
+                    key_id: r.key_id,
+                    signature: r.signature,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks that the audit tables answer, for readiness probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1 FROM audit_log LIMIT 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_record(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    r: &AuditRecord,
+) -> Result<(), StoreError> {
+    let e = &r.event;
+    let sql = format!(
+        "INSERT INTO audit_log ({COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(to_i64(r.seq))
+        .bind(e.at_ms)
+        .bind(&e.request_id)
+        .bind(e.trace_id.as_deref())
+        .bind(&e.principal)
+        .bind(&e.tenant)
+        .bind(&e.action)
+        .bind(e.decision.as_ref().map(|d| d.revision.as_str()))
+        .bind(e.decision.as_ref().map(|d| d.allow))
+        .bind(e.decision.as_ref().map(|d| list_to_json(&d.reasons)))
+        .bind(e.task_id.as_deref())
+        .bind(e.command.as_deref())
+        .bind(e.input_sha256.as_deref())
+        .bind(e.output_sha256.as_deref())
+        .bind(&e.outcome)
+        .bind(to_i64(e.latency_us))
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_checkpoint(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    c: &Checkpoint,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (seq, at, hash, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(to_i64(c.seq))
+    .bind(c.at_ms)
+    .bind(&c.hash)
+    .bind(&c.key_id)
+    .bind(&c.signature)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
