@@ -920,6 +920,10 @@ impl Gateway {
                 p
             }
         };
+        if permit.is_none() {
+            // Never ran, so `run_sandbox` will not consume the registration.
+            self.egress.forget(id);
+        }
         let (state, result, reason) = match permit {
             None => (
                 TaskState::Cancelled,

@@ -57,6 +57,11 @@ impl EgressState {
         }
     }
 
+    /// Forgets a task that ends without running (cancelled while queued).
+    pub(crate) fn forget(&self, task: TaskId) {
+        self.take(task);
+    }
+
     fn take(&self, task: TaskId) -> Option<TaskEgress> {
         self.pending
             .lock()

@@ -36,7 +36,11 @@ fn oversized_pools_and_a_zero_bound_are_refused() {
 fn the_keys_parse_from_toml() {
     use figment::Figment;
     use figment::providers::{Format, Toml};
-    let parse = |s: &str| Figment::from(Toml::string(s)).extract::<RawPool>().map_err(Box::new);
+    let parse = |s: &str| {
+        Figment::from(Toml::string(s))
+            .extract::<RawPool>()
+            .map_err(Box::new)
+    };
     let pool = parse("sizes = { default = 2 }\nmax_total = 4").unwrap();
     assert!(pool.enabled());
     assert_eq!(pool.sizes.get("default"), Some(&2));

@@ -577,7 +577,7 @@ async fn no_network_unless_the_profile_allows_host() {
 }
 
 #[tokio::test]
-async fn restricted_network_is_unsupported_and_needs_a_profile_allowing_it() {
+async fn restricted_network_needs_an_egress_binding_and_a_profile_allowing_it() {
     let h = Harness::new();
     let mut spec = h.spec("true", &[]);
     spec.network = NetworkAccess::Restricted;
@@ -589,6 +589,7 @@ async fn restricted_network_is_unsupported_and_needs_a_profile_allowing_it() {
         matches!(err, SandboxError::NetworkNotAllowed { ref profile } if profile == "default"),
         "{err}"
     );
+    // Without the gateway's egress proxy bound in, there is no way out.
     for profile in ["network-restricted", "build"] {
         spec.profile = profile.into();
         spec.task_id = TaskId::new();
