@@ -71,6 +71,12 @@ struct DecisionLabels {
     decision: &'static str,
 }
 
+/// A policy reload's outcome: `ok` or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RevisionLabels {
     revision: String,
@@ -146,6 +152,11 @@ pub struct Metrics {
     task_slots: Gauge,
     task_queue_capacity: Gauge,
     policy_revision: Family<RevisionLabels, Gauge>,
+    policy_reloads: Family<ReloadLabels, Counter>,
+    shadow_disagreements: Counter,
+    /// Serialises scrapes while they bring the mirrored counters up to the
+    /// policy service's own totals (two scrapes must not both add a delta).
+    mirror: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -237,6 +248,18 @@ impl Metrics {
             "The revision (content hash) of the loaded policy set; always 1",
             policy_revision.clone(),
         );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "mcp_policy_reloads",
+            "Policy reloads by outcome; on `failed` the previous revision kept serving",
+            policy_reloads.clone(),
+        );
+        let shadow_disagreements = Counter::default();
+        registry.register(
+            "mcp_policy_shadow_disagreements",
+            "Requests on which the shadow policy set's outcome (allow, or profile) differed from the active one's",
+            shadow_disagreements.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -259,6 +282,9 @@ impl Metrics {
             task_slots,
             task_queue_capacity,
             policy_revision,
+            policy_reloads,
+            shadow_disagreements,
+            mirror: std::sync::Mutex::new(()),
         }
     }
 
@@ -330,6 +356,26 @@ impl Metrics {
                 revision: snapshot.policy_revision.to_owned(),
             })
             .set(1);
+        {
+            // The policy service counts; these counters mirror its totals.
+            let _one_scrape = self.mirror.lock().unwrap_or_else(|e| e.into_inner());
+            let catch_up = |c: &Counter, total: u64| {
+                c.inc_by(total.saturating_sub(c.get()));
+            };
+            catch_up(
+                &self
+                    .policy_reloads
+                    .get_or_create(&ReloadLabels { outcome: "ok" }),
+                snapshot.policy_reloads,
+            );
+            catch_up(
+                &self
+                    .policy_reloads
+                    .get_or_create(&ReloadLabels { outcome: "failed" }),
+                snapshot.policy_reload_failures,
+            );
+            catch_up(&self.shadow_disagreements, snapshot.shadow_disagreements);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -344,6 +390,10 @@ pub struct Snapshot<'a> {
     pub slots: usize,
     pub queue_capacity: usize,
     pub policy_revision: &'a str,
+    /// Totals of the policy service since start.
+    pub policy_reloads: u64,
+    pub policy_reload_failures: u64,
+    pub shadow_disagreements: u64,
 }
 
 /// The standard `process_*` metrics, read from `/proc/self` on each scrape.

@@ -254,6 +254,7 @@ impl Gateway {
             .settings
             .max_running
             .saturating_sub(self.slots.available_permits());
+        let stats = self.policy.stats();
         self.metrics
             .encode(&Snapshot {
                 running,
@@ -261,6 +262,9 @@ impl Gateway {
                 slots: self.settings.max_running,
                 queue_capacity: self.settings.max_queued,
                 policy_revision: &self.policy.revision(),
+                policy_reloads: stats.reloads,
+                policy_reload_failures: stats.reload_failures,
+                shadow_disagreements: stats.shadow_disagreements,
             })
             .map_err(|_| GatewayError::Internal {
                 what: "cannot encode metrics".to_owned(),

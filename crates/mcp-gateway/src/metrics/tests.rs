@@ -9,6 +9,9 @@ fn snapshot() -> Snapshot<'static> {
         slots: 4,
         queue_capacity: 8,
         policy_revision: "abc123",
+        policy_reloads: 0,
+        policy_reload_failures: 0,
+        shadow_disagreements: 0,
     }
 }
 
@@ -121,6 +124,53 @@ fn task_latency_is_in_milliseconds() {
     );
     assert!(
         text.contains("mcp_task_outcomes_total{outcome=\"timed_out\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn policy_reload_and_shadow_counters_follow_the_service_totals() {
+    let m = Metrics::new();
+    let scrape = |ok, failed, shadow| {
+        m.encode(&Snapshot {
+            policy_reloads: ok,
+            policy_reload_failures: failed,
+            shadow_disagreements: shadow,
+            ..snapshot()
+        })
+        .unwrap()
+    };
+    let text = scrape(2, 1, 5);
+    assert!(
+        text.contains("mcp_policy_reloads_total{outcome=\"ok\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_policy_reloads_total{outcome=\"failed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_policy_shadow_disagreements_total 5"),
+        "{text}"
+    );
+    // A second scrape with the same totals adds nothing; new totals are
+    // reached, not added on top.
+    let text = scrape(2, 1, 5);
+    assert!(
+        text.contains("mcp_policy_reloads_total{outcome=\"ok\"} 2"),
+        "{text}"
+    );
+    let text = scrape(3, 4, 5);
+    assert!(
+        text.contains("mcp_policy_reloads_total{outcome=\"ok\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_policy_reloads_total{outcome=\"failed\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_policy_shadow_disagreements_total 5"),
         "{text}"
     );
 }

@@ -64,7 +64,24 @@ async fn policy_changes_apply_without_restart_and_broken_sets_are_rejected() {
         "package mcp\n\ndeny contains x if {\n",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The rejection is counted (once per file event the watcher saw); wait
+    // for it rather than for a fixed time.
+    let rest = crate::rest::Rest::new(&gw);
+    let failed_reloads = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("mcp_policy_reloads_total{outcome=\"failed\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = rest.get("/metrics").await.text().await.unwrap();
+        if failed_reloads(&text) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed_reloads(&text) >= 1, "{text}");
     assert_eq!(gw.client.health().await.unwrap().policy_revision, rev1);
     let (code, _) = code_of(gw.client.run(cmd("echo", &["still closed"])).await);
     assert_eq!(code, Code::PermissionDenied);
