@@ -4,22 +4,25 @@
 //! namespaces, seccomp, cgroup mode and controllers, landlock ABI) and
 //! which configured profiles can be enforced, by really starting one
 //! sandbox per profile with its seccomp filter, cgroup and limits, exactly
-//! as `serve` does at startup. It exits 1 when any profile cannot be
-//! enforced, which is when `serve` would refuse to start.
+//! as `serve` does at startup, and how the configured per-sandbox uid
+//! range (`sandbox.uid_range`) and warm pool (`[sandbox.pool]`) would be
+//! used. It exits 1 when any profile cannot be enforced or the pool would
+//! be refused, which is when `serve` would refuse to start.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use mcp_sandbox::{Profiles, SandboxSettings};
+use mcp_sandbox::{HostOptions, Profiles, SandboxSettings};
 
 use crate::config::{self, Overrides};
 
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
-    /// Report what this host offers the sandbox and which profiles can be
-    /// enforced here; exit 1 when one cannot.
+    /// Report what this host offers the sandbox, which profiles can be
+    /// enforced here, and the uid range and warm pool configured; exit 1
+    /// when a profile cannot be enforced or the pool would be refused.
     Check {
         /// Config file [default: /etc/mcp-gateway/config.toml when it exists].
         #[arg(long, env = "MCP_GATEWAY_CONFIG")]
@@ -72,6 +75,10 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
                     max_output_bytes: cfg.max_output_bytes,
                 },
                 profiles,
+                &HostOptions {
+                    uid_range: cfg.sandbox_uid_range,
+                    pool: crate::sandbox_pool::settings(&cfg.sandbox_pool)?,
+                },
             )
             .await;
             let text = if json {
@@ -88,7 +95,7 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
                 _ => {}
             }
-            Ok(if report.all_enforceable() {
+            Ok(if report.passes() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

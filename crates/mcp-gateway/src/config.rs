@@ -73,9 +73,23 @@ pub struct RawPolicy {
     /// Empty = none.
     pub shadow_dir: PathBuf,
     /// A policy bundle (`.tar.gz`, see `mcp-gateway policy build`) to load
-    /// instead of `dir`; watched and reloaded like a directory.
+    /// instead of `dir`; watched and reloaded like a directory. Or an
+    /// `https://` URL (`http://` for loopback hosts or with
+    /// `bundle_allow_http`) polled for new bundles (`bundle_fetch`).
     /// Empty = use `dir`.
     pub bundle: PathBuf,
+    /// With a URL `bundle`: seconds between polls (1..=86400).
+    pub bundle_poll_secs: u64,
+    /// With a URL `bundle`: seconds one download may take (1..=600).
+    pub bundle_timeout_secs: u64,
+    /// With a URL `bundle`: allow `http://` to a non-loopback host.
+    pub bundle_allow_http: bool,
+    /// With a URL `bundle`: a file holding a bearer token for the bundle
+    /// server (read on every poll). Empty = none.
+    pub bundle_token_file: PathBuf,
+    /// With an `https://` `bundle`: trust only the CA certificates in this
+    /// PEM file. Empty = the system's roots.
+    pub bundle_ca_file: PathBuf,
     /// An Ed25519 public key (PEM). When set, a bundle (active or shadow)
     /// loads only when signed with the matching private key.
     pub bundle_public_key: PathBuf,
@@ -272,6 +286,11 @@ impl Default for RawPolicy {
             reload_requires_passing_tests: false,
             shadow_dir: PathBuf::new(),
             bundle: PathBuf::new(),
+            bundle_poll_secs: crate::bundle_fetch::DEFAULT_POLL_SECS,
+            bundle_timeout_secs: crate::bundle_fetch::DEFAULT_TIMEOUT_SECS,
+            bundle_allow_http: false,
+            bundle_token_file: PathBuf::new(),
+            bundle_ca_file: PathBuf::new(),
             bundle_public_key: PathBuf::new(),
             environment: Default::default(),
         }
@@ -346,6 +365,9 @@ pub struct Config {
     pub policy_shadow_dir: Option<PathBuf>,
     /// `policy.bundle_public_key`: bundles must be signed with its key.
     pub policy_bundle_key: Option<PathBuf>,
+    /// `policy.bundle` as a URL: where and how often to fetch it;
+    /// `policies_dir` is then the cached copy in the data dir.
+    pub policy_bundle_fetch: Option<crate::bundle_fetch::FetchSettings>,
     pub policy_environment: std::collections::BTreeMap<String, String>,
     pub profiles_dir: PathBuf,
     pub bwrap: PathBuf,
@@ -494,7 +516,10 @@ impl RawConfig {
             self.storage.database_url.clone()
         };
 
-        if !self.policy.bundle.as_os_str().is_empty() {
+        let bundle_fetch = crate::bundle_fetch::validate(&self.policy, &data_dir, &mut problems);
+        if bundle_fetch.is_some() {
+            // Fetched at start (server::build).
+        } else if !self.policy.bundle.as_os_str().is_empty() {
             if !self.policy.bundle.is_file() {
                 problems.push(format!(
                     "policy.bundle {} is not a file",
@@ -647,11 +672,12 @@ impl RawConfig {
             workspaces_dir: or_under(&self.sandbox.workspaces_dir, "workspaces"),
             data_dir,
             database_url,
-            policies_dir: if self.policy.bundle.as_os_str().is_empty() {
-                self.policy.dir
-            } else {
-                self.policy.bundle
+            policies_dir: match &bundle_fetch {
+                Some(f) => f.cache.clone(),
+                None if self.policy.bundle.as_os_str().is_empty() => self.policy.dir,
+                None => self.policy.bundle,
             },
+            policy_bundle_fetch: bundle_fetch,
             policy_bundle_key: (!self.policy.bundle_public_key.as_os_str().is_empty())
                 .then_some(self.policy.bundle_public_key),
             policy_watch: self.policy.watch,

@@ -20,6 +20,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot load policies")]
     Policy(#[from] mcp_policy::PolicyError),
+    #[error("cannot fetch the policy bundle")]
+    BundleFetch(#[from] crate::bundle_fetch::FetchError),
     #[error("cannot set up the sandbox")]
     Sandbox(#[from] mcp_sandbox::SandboxError),
     #[error("cannot set up the files root")]

@@ -176,6 +176,17 @@ pub fn status_response(t: TaskRecord) -> pb::TaskStatusResponse {
     }
 }
 
+/// [`status_response`] with the approval's reason and expiry while the
+/// task waits for one: every answer that shows a task goes through here.
+async fn task_answer(gw: &Gateway, t: TaskRecord) -> pb::TaskStatusResponse {
+    let approval = crate::approval::shown(gw, &t).await;
+    let mut resp = status_response(t);
+    if let Some(info) = resp.task_info.as_mut() {
+        (info.approval_reason, info.approval_expires_at) = approval.unzip();
+    }
+    resp
+}
+
 fn chunk(task_id: &str, c: OutputChunk) -> pb::TaskOutputChunk {
     pb::TaskOutputChunk {
         task_id: task_id.to_owned(),
@@ -245,7 +256,8 @@ impl McpService for GrpcService {
             .run(&call.caller, exec_request(req.into_inner()))
             .instrument(call.span.clone())
             .await;
-        Ok(Response::new(status_response(self.end(&call, result)?)))
+        let rec = self.end(&call, result)?;
+        Ok(Response::new(task_answer(&self.gateway, rec).await))
     }
 
     async fn get_task_status(
@@ -259,13 +271,7 @@ impl McpService for GrpcService {
             .instrument(call.span.clone())
             .await;
         let rec = self.end(&call, result)?;
-        let approval = crate::approval::shown(&self.gateway, &rec).await;
-        let mut resp = status_response(rec);
-        if let (Some(info), Some((reason, expires))) = (resp.task_info.as_mut(), approval) {
-            info.approval_reason = Some(reason);
-            info.approval_expires_at = Some(expires);
-        }
-        Ok(Response::new(resp))
+        Ok(Response::new(task_answer(&self.gateway, rec).await))
     }
 
     type StreamTaskOutputStream = ChunkStream;
@@ -327,7 +333,8 @@ impl McpService for GrpcService {
             .cancel(&call.caller, &req.get_ref().task_id)
             .instrument(call.span.clone())
             .await;
-        Ok(Response::new(status_response(self.end(&call, result)?)))
+        let rec = self.end(&call, result)?;
+        Ok(Response::new(task_answer(&self.gateway, rec).await))
     }
 
     async fn read_file(
@@ -410,7 +417,8 @@ impl McpService for GrpcService {
         )
         .instrument(call.span.clone())
         .await;
-        Ok(Response::new(status_response(self.end(&call, result)?)))
+        let rec = self.end(&call, result)?;
+        Ok(Response::new(task_answer(&self.gateway, rec).await))
     }
 
     async fn reject_task(
@@ -431,7 +439,8 @@ impl McpService for GrpcService {
         )
         .instrument(call.span.clone())
         .await;
-        Ok(Response::new(status_response(self.end(&call, result)?)))
+        let rec = self.end(&call, result)?;
+        Ok(Response::new(task_answer(&self.gateway, rec).await))
     }
 
     async fn list_tasks(
@@ -468,11 +477,12 @@ impl McpService for GrpcService {
             Err(e) => Err(e),
         };
         let (tasks, next) = self.end(&call, result)?;
+        let mut infos = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            infos.extend(task_answer(&self.gateway, t).await.task_info);
+        }
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks
-                .into_iter()
-                .filter_map(|t| status_response(t).task_info)
-                .collect(),
+            tasks: infos,
             next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
         }))
     }

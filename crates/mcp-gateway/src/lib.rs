@@ -12,6 +12,7 @@
 pub mod approval;
 pub mod audit;
 pub mod auth;
+pub mod bundle_fetch;
 pub mod cmd_audit;
 pub mod cmd_policy;
 pub mod cmd_sandbox;

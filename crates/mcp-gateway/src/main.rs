@@ -343,6 +343,10 @@ fn check_config(args: ServerArgs) -> anyhow::Result<ExitCode> {
         });
     let revision = match loaded {
         Ok(p) => p.revision().to_owned(),
+        // Offline: a bundle URL is fetched at start; nothing cached yet.
+        Err(_) if cfg.policy_bundle_fetch.is_some() && !cfg.policies_dir.exists() => {
+            "(fetched from policy.bundle at start)".to_owned()
+        }
         Err(e) => {
             problems.push(format!("policies: {e}"));
             String::new()
@@ -519,6 +523,8 @@ fn status_json(r: &mcp_client::TaskStatusResponse) -> String {
         "failure_reason": info.failure_reason,
         "profile": info.profile,
         "metadata": info.metadata,
+        "approval_reason": info.approval_reason,
+        "approval_expires_at": info.approval_expires_at,
     });
     if let Some(res) = &r.result {
         v["result"] = serde_json::json!({

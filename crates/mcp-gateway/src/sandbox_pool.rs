@@ -58,11 +58,11 @@ impl RawPool {
     }
 }
 
-/// Enables the pool on `sandbox` when `pool` sizes any profile. Fails
-/// (at startup) on an unknown profile or a stub that cannot be used.
-pub fn enable(sandbox: &Sandbox, pool: &RawPool) -> Result<(), SandboxError> {
+/// The pool settings `pool` gives the sandbox; `None` when it pools no
+/// profile. The stub defaults to this executable.
+pub fn settings(pool: &RawPool) -> Result<Option<PoolSettings>, SandboxError> {
     if !pool.enabled() {
-        return Ok(());
+        return Ok(None);
     }
     let stub = if pool.stub.as_os_str().is_empty() {
         std::env::current_exe().map_err(|e| SandboxError::BadPool {
@@ -71,12 +71,21 @@ pub fn enable(sandbox: &Sandbox, pool: &RawPool) -> Result<(), SandboxError> {
     } else {
         pool.stub.clone()
     };
-    sandbox.enable_pool(PoolSettings {
+    Ok(Some(PoolSettings {
         sizes: pool.sizes.clone(),
         max_total: pool.max_total,
         stub,
         stub_args: vec![STUB_SUBCOMMAND.to_owned()],
-    })?;
+    }))
+}
+
+/// Enables the pool on `sandbox` when `pool` sizes any profile. Fails
+/// (at startup) on an unknown profile or a stub that cannot be used.
+pub fn enable(sandbox: &Sandbox, pool: &RawPool) -> Result<(), SandboxError> {
+    let Some(settings) = settings(pool)? else {
+        return Ok(());
+    };
+    sandbox.enable_pool(settings)?;
     tracing::info!(sizes = ?pool.sizes, max_total = pool.max_total, "warm sandbox pool enabled");
     Ok(())
 }

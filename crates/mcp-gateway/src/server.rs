@@ -45,30 +45,42 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// that a real sandbox starts, opens the store and reaps tasks a previous
 /// run left unfinished.
 pub async fn build(cfg: &Config) -> Result<Arc<Gateway>, StartError> {
-    let policy = Arc::new(PolicyService::start(
-        &cfg.policies_dir,
-        ServiceOptions {
-            engine: EngineOptions {
-                // limits and require_approval: enforced by quota/approval.
-                enforced: [
-                    mcp_policy::ObligationKind::Profile,
-                    mcp_policy::ObligationKind::Limits,
-                    mcp_policy::ObligationKind::RequireApproval,
-                    // network: enforced by the egress proxy (pipeline::egress).
-                    mcp_policy::ObligationKind::Network,
-                    // redact: output, stream and audit redaction (audit, live).
-                    mcp_policy::ObligationKind::Redact,
-                ]
-                .into_iter()
-                .chain(EngineOptions::default().enforced)
-                .collect(),
-                bundle_key: crate::cmd_policy::bundle_key(cfg.policy_bundle_key.as_deref())?,
-                ..EngineOptions::default()
-            },
-            reload_requires_passing_tests: cfg.policy_reload_requires_tests,
-            shadow_dir: cfg.policy_shadow_dir.clone(),
+    let policy_options = ServiceOptions {
+        engine: EngineOptions {
+            // limits and require_approval: enforced by quota/approval.
+            enforced: [
+                mcp_policy::ObligationKind::Profile,
+                mcp_policy::ObligationKind::Limits,
+                mcp_policy::ObligationKind::RequireApproval,
+                // network: enforced by the egress proxy (pipeline::egress).
+                mcp_policy::ObligationKind::Network,
+                // redact: output, stream and audit redaction (audit, live).
+                mcp_policy::ObligationKind::Redact,
+            ]
+            .into_iter()
+            .chain(EngineOptions::default().enforced)
+            .collect(),
+            bundle_key: crate::cmd_policy::bundle_key(cfg.policy_bundle_key.as_deref())?,
+            ..EngineOptions::default()
         },
-    )?);
+        reload_requires_passing_tests: cfg.policy_reload_requires_tests,
+        shadow_dir: cfg.policy_shadow_dir.clone(),
+    };
+    // A bundle URL: the first download (or the cached last good bundle)
+    // lands at `cfg.policies_dir` before the service starts from it.
+    let bundle_fetcher = match &cfg.policy_bundle_fetch {
+        Some(settings) => {
+            let mut fetcher = crate::bundle_fetch::BundleFetcher::new(settings.clone())?;
+            fetcher.prepare(&policy_options.engine).await?;
+            Some(fetcher)
+        }
+        None => None,
+    };
+    let policy = Arc::new(PolicyService::start(&cfg.policies_dir, policy_options)?);
+    if let Some(fetcher) = bundle_fetcher {
+        // Ends when the policy service (the gateway) is dropped.
+        drop(fetcher.spawn(Arc::downgrade(&policy)));
+    }
     info!(revision = %policy.revision(), shadow = ?policy.shadow_revision(), dir = %cfg.policies_dir.display(), "policies loaded");
     let watcher = if cfg.policy_watch {
         Some(policy.watch()?)

@@ -193,6 +193,56 @@ impl PolicyService {
         Ok(new)
     }
 
+    /// Loads the bundle `candidate` and, when it loads (and its tests pass
+    /// where asked), renames it over the service's own bundle path and swaps
+    /// it in; returns the new active revision. This is how a bundle fetched
+    /// from elsewhere (the gateway downloads it into a file beside the
+    /// active one, on the same file system) replaces the active one: the
+    /// file at the service's path only ever holds a set that loaded. On an
+    /// error the previous set keeps serving, the error is logged and
+    /// counted, and `candidate` is left where it is. Blocking.
+    pub fn reload_from(&self, candidate: &Path) -> Result<String, PolicyError> {
+        let _guard = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = self.revision();
+        let engine = load_checked(candidate, &self.options).and_then(|engine| {
+            std::fs::rename(candidate, &self.dir)
+                .map(|()| engine)
+                .map_err(|source| PolicyError::Read {
+                    path: self.dir.clone(),
+                    source,
+                })
+        });
+        let engine = match engine {
+            Ok(e) => e,
+            Err(err) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %err, candidate = %candidate.display(), revision = %old, "policy bundle rejected; keeping the previous revision");
+                return Err(err);
+            }
+        };
+        let new = engine.revision().to_owned();
+        self.active.store(Arc::new(engine));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        if new == old {
+            tracing::info!(revision = %new, "policy bundle reloaded, revision unchanged");
+        } else {
+            tracing::info!(revision = %new, previous = %old, "policy bundle reloaded");
+        }
+        Ok(new)
+    }
+
+    /// Counts a reload that failed before it reached the service (the
+    /// caller could not obtain the new set, e.g. a bundle download failed
+    /// with a network error or an HTTP status), so that
+    /// [`ServiceStats::reload_failures`] covers every kind of rejected
+    /// update. The caller logs the reason.
+    pub fn count_reload_failure(&self) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Watches the policy directory (and the shadow directory) and reloads
     /// once it has been quiet for [`WATCH_DEBOUNCE`] after a change. Stops
     /// when the returned [`PolicyWatcher`] is dropped. Runs on its own

@@ -1,14 +1,17 @@
 //! What this host offers the sandbox, and which profiles it can enforce:
 //! the report behind `mcp-gateway sandbox check`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
 use crate::cgroup::Cgroups;
+use crate::pool::PoolSettings;
 use crate::profile::Profiles;
 use crate::sandbox::{Sandbox, SandboxSettings};
+use crate::uids::UidRange;
 use crate::{seccomp, sys};
 
 /// bubblewrap releases older than this lack options the sandbox relies on
@@ -52,6 +55,47 @@ pub struct ProfileReport {
     pub notes: Vec<String>,
 }
 
+/// What of the configuration beyond the profiles `sandbox check` reports:
+/// what `serve` gives [`Sandbox::set_uid_range`] and
+/// [`Sandbox::enable_pool`].
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// `sandbox.uid_range`.
+    pub uid_range: Option<UidRange>,
+    /// `[sandbox.pool]`, when it pools any profile.
+    pub pool: Option<PoolSettings>,
+}
+
+/// `sandbox.uid_range` as configured, and whether sandboxes get its uids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UidRangeReport {
+    pub start: u32,
+    /// The last uid of the range.
+    pub end: u32,
+    /// How many uids: one per running (or pooled, waiting) sandbox, so at
+    /// most this many sandboxes exist at once.
+    pub count: u32,
+    /// Sandboxes get uids of the range only when the gateway runs as root
+    /// (it cannot switch users otherwise; `serve` then ignores the range).
+    pub used: bool,
+    /// What `serve` would refuse.
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// `[sandbox.pool]` as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolReport {
+    /// Pre-started sandboxes per (profile, tenant), by profile.
+    pub sizes: BTreeMap<String, usize>,
+    /// Most pre-started sandboxes over all profiles and tenants.
+    pub max_total: usize,
+    /// The stub executable on the host.
+    pub stub: String,
+    /// What `serve` would refuse (unknown profile, stub not executable, …).
+    pub problems: Vec<String>,
+}
+
 /// Everything `mcp-gateway sandbox check` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostReport {
@@ -62,6 +106,10 @@ pub struct HostReport {
     /// Informational: no profile uses landlock yet.
     pub landlock: Feature,
     pub profiles: Vec<ProfileReport>,
+    /// `None` when no range is set: every sandbox runs as the `run_as` uid.
+    pub uid_range: Option<UidRangeReport>,
+    /// `None` when no profile is pooled: every sandbox starts cold.
+    pub pool: Option<PoolReport>,
 }
 
 impl HostReport {
@@ -69,11 +117,79 @@ impl HostReport {
     pub fn all_enforceable(&self) -> bool {
         self.profiles.iter().all(|p| p.enforceable)
     }
+
+    /// True when `serve` would start with this configuration: every
+    /// profile enforceable, and the uid range and pool accepted.
+    pub fn passes(&self) -> bool {
+        self.all_enforceable()
+            && self
+                .uid_range
+                .as_ref()
+                .is_none_or(|r| r.problems.is_empty())
+            && self.pool.as_ref().is_none_or(|p| p.problems.is_empty())
+    }
+}
+
+/// The uid range as `serve` would use it with `settings` and `pool`.
+fn uid_range_report(
+    range: UidRange,
+    settings: &SandboxSettings,
+    pool: Option<&PoolSettings>,
+) -> UidRangeReport {
+    let used = settings.run_as.is_some();
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    if let Err(e) = range.validate() {
+        problems.push(e);
+    }
+    match settings.run_as {
+        Some((uid, _)) if range.contains(uid) => problems.push(format!(
+            "the range contains the run_as uid {uid}, which the gateway's own files use"
+        )),
+        Some(_) => {}
+        None => notes.push(
+            "not used: the gateway is not root and cannot switch users; every sandbox runs \
+             as the gateway's user"
+                .to_owned(),
+        ),
+    }
+    if let Some(p) = pool.filter(|_| used) {
+        let count = usize::try_from(range.count).unwrap_or(usize::MAX);
+        if p.max_total >= count {
+            notes.push(format!(
+                "the warm pool may hold up to {} waiting sandboxes, each with a uid of the \
+                 range: tasks find no free uid while it is full",
+                p.max_total
+            ));
+        }
+    }
+    UidRangeReport {
+        start: range.start,
+        end: range.start.saturating_add(range.count.saturating_sub(1)),
+        count: range.count,
+        used,
+        problems,
+        notes,
+    }
 }
 
 /// Probes the host (read-only, except for starting one `true` per profile
-/// in a real sandbox) and reports which profiles can be enforced.
-pub async fn probe_host(settings: SandboxSettings, profiles: Profiles) -> HostReport {
+/// in a real sandbox) and reports which profiles can be enforced, and how
+/// `options` (uid range, warm pool) would be used.
+pub async fn probe_host(
+    settings: SandboxSettings,
+    profiles: Profiles,
+    options: &HostOptions,
+) -> HostReport {
+    let uid_range = options
+        .uid_range
+        .map(|r| uid_range_report(r, &settings, options.pool.as_ref()));
+    let pool = options.pool.as_ref().map(|p| PoolReport {
+        sizes: p.sizes.clone(),
+        max_total: p.max_total,
+        stub: p.stub.display().to_string(),
+        problems: p.check(&profiles).1,
+    });
     let bwrap_path = settings.bwrap.clone();
     let bwrap = tokio::task::spawn_blocking(move || probe_bwrap(&bwrap_path))
         .await
@@ -142,6 +258,8 @@ pub async fn probe_host(settings: SandboxSettings, profiles: Profiles) -> HostRe
             Err(e) => Feature::missing(format!("unknown: {e}")),
         },
         profiles: reports,
+        uid_range,
+        pool,
     }
 }
 
@@ -259,6 +377,46 @@ impl fmt::Display for HostReport {
             }
             for note in &p.notes {
                 writeln!(f, "    note: {note}")?;
+            }
+        }
+        match &self.uid_range {
+            None => writeln!(f, "uid range        not set: every sandbox runs as one uid")?,
+            Some(r) => {
+                let usage = if r.used {
+                    "one per sandbox"
+                } else {
+                    "NOT USED (not root)"
+                };
+                writeln!(
+                    f,
+                    "uid range        {}-{}: {} uids, {usage}",
+                    r.start, r.end, r.count
+                )?;
+                for problem in &r.problems {
+                    writeln!(f, "    problem: {problem}")?;
+                }
+                for note in &r.notes {
+                    writeln!(f, "    note: {note}")?;
+                }
+            }
+        }
+        match &self.pool {
+            None => writeln!(f, "warm pool        off: every sandbox starts cold")?,
+            Some(p) => {
+                let sizes = p
+                    .sizes
+                    .iter()
+                    .map(|(name, n)| format!("{name}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                writeln!(
+                    f,
+                    "warm pool        {sizes} per (profile, tenant); at most {} in all; stub {}",
+                    p.max_total, p.stub
+                )?;
+                for problem in &p.problems {
+                    writeln!(f, "    problem: {problem}")?;
+                }
             }
         }
         Ok(())

@@ -69,7 +69,9 @@ mod workspace;
 pub use cgroup::CgroupMode;
 pub use error::{FileError, SandboxError};
 pub use files::FilesRoot;
-pub use host::{Feature, HostReport, ProfileReport, probe_host};
+pub use host::{
+    Feature, HostOptions, HostReport, PoolReport, ProfileReport, UidRangeReport, probe_host,
+};
 pub use pool::{MAX_POOL_SIZE, PoolSettings, PoolStats};
 pub use profile::{
     FilesystemPolicy, NetworkPolicy, Profile, ProfileLimits, Profiles, SeccompPolicy,

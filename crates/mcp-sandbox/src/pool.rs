@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SandboxError;
-use crate::profile::{Profile, is_clean_absolute};
+use crate::profile::{Profile, Profiles, is_clean_absolute};
 use crate::run::{self, RunLimits, RunOutcome, Started};
 use crate::sandbox::{
     NPROC_BACKSTOP_FACTOR, RunSpec, Sandbox, cgroup_limits, effective_limits, is_valid_tenant,
@@ -466,14 +466,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-impl Sandbox {
-    /// Enables the warm pool. Fails on an unknown profile, a size above
-    /// [`MAX_POOL_SIZE`], `max_total` 0 while a size is not, a stub that is
-    /// not an executable file, or a second call.
-    pub fn enable_pool(&self, settings: PoolSettings) -> Result<(), SandboxError> {
+impl PoolSettings {
+    /// What [`Sandbox::enable_pool`] would refuse with `profiles`, and the
+    /// stub opened (`O_PATH`) when it is an executable file. Also behind
+    /// `mcp-gateway sandbox check`.
+    pub(crate) fn check(&self, profiles: &Profiles) -> (Option<File>, Vec<String>) {
         let mut problems = Vec::new();
-        for (name, size) in &settings.sizes {
-            if self.profiles().get(name).is_none() {
+        for (name, size) in &self.sizes {
+            if profiles.get(name).is_none() {
                 problems.push(format!("unknown profile {name:?}"));
             }
             if *size > MAX_POOL_SIZE {
@@ -482,26 +482,36 @@ impl Sandbox {
                 ));
             }
         }
-        let any = settings.sizes.values().any(|s| *s > 0);
-        if any && settings.max_total == 0 {
+        let any = self.sizes.values().any(|s| *s > 0);
+        if any && self.max_total == 0 {
             problems.push("max_total must be at least 1 when a pool size is set".to_owned());
         }
-        let stub = std::fs::File::options()
+        let stub = File::options()
             .read(true)
             .custom_flags(libc::O_PATH)
-            .open(&settings.stub);
-        let executable = std::fs::metadata(&settings.stub)
+            .open(&self.stub);
+        let executable = std::fs::metadata(&self.stub)
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         let stub = match stub {
             Ok(f) if executable => Some(f),
             _ => {
                 problems.push(format!(
                     "stub {} is not an executable file",
-                    settings.stub.display()
+                    self.stub.display()
                 ));
                 None
             }
         };
+        (stub, problems)
+    }
+}
+
+impl Sandbox {
+    /// Enables the warm pool. Fails on an unknown profile, a size above
+    /// [`MAX_POOL_SIZE`], `max_total` 0 while a size is not, a stub that is
+    /// not an executable file, or a second call.
+    pub fn enable_pool(&self, settings: PoolSettings) -> Result<(), SandboxError> {
+        let (stub, problems) = settings.check(self.profiles());
         let (Some(stub), true) = (stub, problems.is_empty()) else {
             return Err(SandboxError::BadPool {
                 reason: problems.join("; "),

@@ -66,7 +66,7 @@ pub(crate) async fn approve_task(
     let rec = decide(&app.gateway, &caller, Verdict::Approve, req)
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(Json(rec.into()))
+    Ok(Json(super::handlers::task_view(&app.gateway, rec).await))
 }
 
 /// Rejects a task in `pending_approval`; it ends `rejected` with the reason.
@@ -100,5 +100,5 @@ pub(crate) async fn reject_task(
     let rec = decide(&app.gateway, &caller, Verdict::Reject, req)
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(Json(rec.into()))
+    Ok(Json(super::handlers::task_view(&app.gateway, rec).await))
 }

@@ -216,22 +216,28 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(de)
-            .map(ApiQuery)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                ApiError::from_parts(
-                    GatewayError::MalformedRequest {
-                        field: known_field(path),
-                        reason: format!("query string: {inner}"),
-                    },
-                    request_id(&parts.extensions),
-                )
-            })
+        parse_query(parts.uri.query().unwrap_or_default(), &parts.extensions).map(ApiQuery)
     }
+}
+
+/// Parses a query string strictly into `T`, as [`ApiQuery`] does; `ext`
+/// are the request's extensions (for the request id of an error).
+pub(crate) fn parse_query<T: DeserializeOwned>(
+    query: &str,
+    ext: &axum::http::Extensions,
+) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::from_parts(
+            GatewayError::MalformedRequest {
+                field: known_field(path),
+                reason: format!("query string: {inner}"),
+            },
+            request_id(ext),
+        )
+    })
 }
 
 /// The current request's [`Caller`], put there by the front middleware.

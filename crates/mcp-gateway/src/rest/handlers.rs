@@ -19,13 +19,21 @@ use tracing::Instrument as _;
 
 use super::AppState;
 use super::extract::{ApiBytes, ApiCaller, ApiError, ApiJson, ApiPath, ApiQuery, ErrorCode};
+use super::list_query::{ApiListQuery, metadata_filter};
 use super::types::{
     DeleteQuery, ErrorBody, ExecuteBody, FileDeleted, FileWritten, Health, ListQuery, NoQuery,
     OutputEvent, Ready, Task, TaskCreated, TaskList, WriteQuery,
 };
 use crate::error::GatewayError;
 use crate::live::Cursor;
-use crate::pipeline::Output;
+use crate::pipeline::{Gateway, Output};
+
+/// A task's JSON, with its approval's reason and expiry while it waits
+/// for one (every REST answer that shows a task goes through here).
+pub(crate) async fn task_view(gw: &Gateway, rec: mcp_core::TaskRecord) -> Task {
+    let approval = crate::approval::shown(gw, &rec).await;
+    Task::from(rec).with_approval(approval)
+}
 
 /// Runs a pipeline call to its end even if the client goes away (hyper
 /// drops a request's future when its connection closes), so a request
@@ -117,7 +125,7 @@ pub(crate) async fn run(
     let rec = detached(async move { gw.run(&c, body.into()).await })
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(Json(rec.into()))
+    Ok(Json(task_view(&app.gateway, rec).await))
 }
 
 /// One page of the caller's tasks, newest first. Only the caller's tenant
@@ -130,29 +138,33 @@ pub(crate) async fn run(
     params(ListQuery),
     responses(
         (status = 200, description = "A page of tasks", body = TaskList),
-        (status = 400, description = "A malformed filter (2001)", body = ErrorBody),
+        (status = 400, description = "A malformed filter (2004) or cursor (2002)", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_tasks(
     State(app): State<AppState>,
     ApiCaller(caller): ApiCaller,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiListQuery(q): ApiListQuery,
 ) -> Result<Json<TaskList>, ApiError> {
     let filter = crate::pipeline::ListFilter {
+        metadata: metadata_filter(&q.metadata).map_err(|e| ApiError::new(e, &caller))?,
         state: q.status,
         since: q.since,
         until: q.until,
         cursor: q.cursor,
         limit: q.limit,
-        ..Default::default()
     };
     let (tasks, next) = app
         .gateway
         .list(&caller, filter)
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
+    let mut views = Vec::with_capacity(tasks.len());
+    for rec in tasks {
+        views.push(task_view(&app.gateway, rec).await);
+    }
     Ok(Json(TaskList {
-        tasks: tasks.into_iter().map(Into::into).collect(),
+        tasks: views,
         next_cursor: next.map(|id| id.to_string()),
     }))
 }
@@ -181,7 +193,7 @@ pub(crate) async fn get_task(
         .status(&caller, &id)
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(Json(rec.into()))
+    Ok(Json(task_view(&app.gateway, rec).await))
 }
 
 /// Cancels a queued or running task and answers with its final record,
@@ -211,7 +223,7 @@ pub(crate) async fn cancel_task(
     let rec = detached(async move { gw.cancel(&c, &id).await })
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(Json(rec.into()))
+    Ok(Json(task_view(&app.gateway, rec).await))
 }
 
 /// The task's output as Server-Sent Events, like gRPC `StreamTaskOutput`:

@@ -19,6 +19,7 @@
 mod approval;
 mod extract;
 mod handlers;
+mod list_query;
 pub mod types;
 
 use std::net::SocketAddr;

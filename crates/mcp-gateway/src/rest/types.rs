@@ -182,6 +182,21 @@ pub struct Task {
     pub metadata: BTreeMap<String, String>,
     /// Present once the command ran.
     pub result: Option<TaskResultBody>,
+    /// While the task is `pending_approval`: why the policy requires
+    /// approval.
+    pub approval_reason: Option<String>,
+    /// While the task is `pending_approval`: when it expires unless
+    /// approved or rejected (RFC 3339).
+    pub approval_expires_at: Option<String>,
+}
+
+impl Task {
+    /// The task with what [`crate::approval::shown`] found: the approval's
+    /// reason and expiry.
+    pub fn with_approval(mut self, approval: Option<(String, String)>) -> Self {
+        (self.approval_reason, self.approval_expires_at) = approval.unzip();
+        self
+    }
 }
 
 /// What a finished command produced. Output is capped and decoded as UTF-8
@@ -235,6 +250,8 @@ impl From<TaskRecord> for Task {
                     io_write_bytes: r.usage.io_write_bytes,
                 },
             }),
+            approval_reason: None,
+            approval_expires_at: None,
         }
     }
 }
@@ -291,6 +308,11 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 50).
     pub limit: Option<u32>,
+    /// Only tasks whose metadata holds this `key:value` pair (split at the
+    /// first `:`); repeat the parameter to require several pairs, e.g.
+    /// `metadata=team:infra&metadata=batch:b1`.
+    #[param(style = Form, explode)]
+    pub metadata: Vec<String>,
 }
 
 /// One page of `GET /v1/tasks`, newest first.

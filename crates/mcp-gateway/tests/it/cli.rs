@@ -1,4 +1,4 @@
-//! The operator-facing edges: `check-config`, `--version`, and server
+//! The operator-facing edges: `check-config`, `sandbox check`, `--version`, and server
 //! reflection (what lets grpcurl work without the .proto).
 
 use std::process::Command;
@@ -121,4 +121,80 @@ async fn reflection_lists_the_service_for_grpcurl() {
     assert!(names.contains(&"mcp.McpService"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
     gw.stop().await;
+}
+
+#[test]
+fn sandbox_check_reports_the_uid_range_and_the_warm_pool() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // The sandbox user must reach its workspace below here.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let root = is_root();
+    let check = |pool: &str, json: bool| {
+        let cfg = tmp.path().join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[policy]\ndir = \"{}\"\n[sandbox]\nprofiles_dir = \"{}\"\nuid_range = {{ start = 300000, count = 64 }}\n[sandbox.pool]\n{pool}\n",
+                repo().join("policies").display(),
+                repo().join("sandbox-profiles").display(),
+            ),
+        )
+        .unwrap();
+        let mut c = gateway();
+        c.args(["sandbox", "check", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(tmp.path());
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+
+    let out = check("sizes = { default = 2 }\nmax_total = 4", true);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let range = &v["uid_range"];
+    assert_eq!(range["start"], 300000, "{v}");
+    assert_eq!(range["end"], 300063, "{v}");
+    assert_eq!(range["count"], 64, "{v}");
+    assert_eq!(range["used"], root, "{v}");
+    assert_eq!(v["pool"]["sizes"], serde_json::json!({"default": 2}), "{v}");
+    assert_eq!(v["pool"]["max_total"], 4, "{v}");
+    // The default stub is this very executable, as with `serve`.
+    let stub = std::fs::canonicalize(env!("CARGO_BIN_EXE_mcp-gateway")).unwrap();
+    let got = std::fs::canonicalize(v["pool"]["stub"].as_str().unwrap()).unwrap();
+    assert_eq!(got, stub, "{v}");
+    assert_eq!(v["pool"]["problems"], serde_json::json!([]), "{v}");
+
+    let out = check("sizes = { default = 2 }\nmax_total = 4", false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("uid range        300000-300063: 64 uids"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warm pool        default=2 per (profile, tenant); at most 4 in all"),
+        "{text}"
+    );
+
+    // A pool `serve` would refuse fails the check, naming the problem.
+    let out = check("sizes = { nosuch = 1 }", false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("problem: unknown profile \"nosuch\""),
+        "{text}"
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        .unwrap()
 }

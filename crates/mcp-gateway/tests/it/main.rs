@@ -8,6 +8,7 @@ mod approval;
 mod audit;
 mod auth;
 mod bad_input;
+mod bundle_fetch;
 mod cli;
 mod commands;
 mod egress;

@@ -353,3 +353,227 @@ async fn idempotent_repeats_return_the_same_task_even_after_a_restart() {
     assert_eq!(alice.execute(req).await.unwrap().task_id, first);
     gw.stop().await;
 }
+
+/// `GET /v1/tasks` as `key`'s principal.
+async fn rest_list(gw: &TestGateway, key: &str, query: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/tasks{query}", gw.endpoint()))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+fn ids(page: &serde_json::Value) -> Vec<String> {
+    page["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn rest_lists_filter_by_metadata_like_grpc_within_the_tenant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(config(tmp.path())).await;
+    let mut alice = client_as(&gw, "alice").await;
+    let mut run = async |pairs: &[(&str, &str)]| {
+        let mut r = cmd("true", &[]);
+        for (k, v) in pairs {
+            r.metadata.insert((*k).into(), (*v).into());
+        }
+        alice.run(r).await.unwrap().task_info.unwrap().task_id
+    };
+    let b1 = run(&[("batch", "b1")]).await;
+    let b1_infra = run(&[("batch", "b1"), ("team", "infra")]).await;
+    let colon = run(&[("url", "http://x:1/"), ("team", "")]).await;
+    run(&[("batch", "b2")]).await;
+    run(&[]).await;
+    // Another tenant's task with the same metadata is never listed.
+    let mut mallory = client_as(&gw, "mallory").await;
+    let mut theirs = cmd("true", &[]);
+    theirs.metadata.insert("batch".into(), "b1".into());
+    mallory.run(theirs).await.unwrap();
+
+    let bob = "key-bob-0002";
+    for (query, want) in [
+        ("?metadata=batch:b1", vec![b1_infra.clone(), b1.clone()]),
+        (
+            "?metadata=batch%3Ab1&metadata=team:infra",
+            vec![b1_infra.clone()],
+        ),
+        ("?metadata=team:infra&metadata=batch:b2", vec![]),
+        // Split at the first `:`; an empty value is a value.
+        ("?metadata=url:http://x:1/", vec![colon.clone()]),
+        ("?metadata=team:", vec![colon.clone()]),
+        ("?metadata=batch:b1&limit=1", vec![b1_infra.clone()]),
+    ] {
+        let (status, page) = rest_list(&gw, bob, query).await;
+        assert_eq!(status, 200, "{query}: {page}");
+        assert_eq!(ids(&page), want, "{query}");
+        // The same filter through gRPC gives the same tasks.
+        let grpc = alice
+            .list_tasks(ListTasksRequest {
+                metadata: grpc_filter(query),
+                page_size: if query.contains("limit=1") { 1 } else { 0 },
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let grpc_ids: Vec<String> = grpc.tasks.into_iter().map(|t| t.task_id).collect();
+        assert_eq!(grpc_ids, want, "gRPC {query}");
+    }
+    let (_, theirs) = rest_list(&gw, "key-mallory-0005", "?metadata=batch:b1").await;
+    assert_eq!(ids(&theirs).len(), 1, "{theirs}");
+    assert!(!ids(&theirs).contains(&b1), "{theirs}");
+
+    for query in [
+        "?metadata=batch",
+        "?metadata=:b1",
+        "?metadata=batch:b1&metadata=batch:b2",
+    ] {
+        let (status, body) = rest_list(&gw, bob, query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], 2004, "{query}: {body}");
+        assert_eq!(body["error"]["details"]["field"], "metadata", "{query}");
+    }
+    // Other parameters are still checked strictly.
+    let (status, body) = rest_list(&gw, bob, "?metadata=batch:b1&metdata=x:y").await;
+    assert_eq!(status, 400, "{body}");
+    gw.stop().await;
+}
+
+/// The `metadata` pairs of a REST list query, as the gRPC filter map.
+fn grpc_filter(query: &str) -> std::collections::HashMap<String, String> {
+    form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+        .filter(|(k, _)| k == "metadata")
+        .map(|(_, v)| {
+            let (key, value) = v.split_once(':').unwrap();
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_task_view_shows_a_pending_approvals_reason_and_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(config(tmp.path())).await;
+    let mut alice = client_as(&gw, "alice").await;
+    let done = alice.run(cmd("true", &[])).await.unwrap();
+    let done = done.task_info.unwrap();
+    assert_eq!(done.approval_reason, None);
+    // RunCommand answers at once with the pending task.
+    let ran = alice.run(needing_approval("echo", &["run"])).await.unwrap();
+    assert_eq!(state(&ran), TaskStatus::TaskPendingApproval);
+    let ran = ran.task_info.unwrap();
+    assert_eq!(ran.approval_reason.as_deref(), Some("needs an operator"));
+    let expires = ran.approval_expires_at.clone().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(&expires, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "{expires}"
+    );
+    let pending = ran.task_id.clone();
+
+    // gRPC ListTasks entries carry what GetTaskStatus shows.
+    let status = alice.status(&pending).await.unwrap().task_info.unwrap();
+    assert_eq!(
+        status.approval_expires_at.as_deref(),
+        Some(expires.as_str())
+    );
+    let listed = alice.list_tasks(ListTasksRequest::default()).await.unwrap();
+    let by_id = |id: &str| {
+        listed
+            .tasks
+            .iter()
+            .find(|t| t.task_id == id)
+            .cloned()
+            .unwrap()
+    };
+    let entry = by_id(&pending);
+    assert_eq!(entry.approval_reason.as_deref(), Some("needs an operator"));
+    assert_eq!(entry.approval_expires_at.as_deref(), Some(expires.as_str()));
+    let entry = by_id(&done.task_id);
+    assert_eq!(
+        (entry.approval_reason, entry.approval_expires_at),
+        (None, None)
+    );
+
+    // REST: the list, the task, and a run that needs approval.
+    let (code, page) = rest_list(&gw, "key-bob-0002", "").await;
+    assert_eq!(code, 200, "{page}");
+    let tasks = page["tasks"].as_array().unwrap();
+    let json_of = |id: &str| tasks.iter().find(|t| t["task_id"] == id).unwrap().clone();
+    let t = json_of(&pending);
+    assert_eq!(t["status"], "pending_approval", "{t}");
+    assert_eq!(t["approval_reason"], "needs an operator", "{t}");
+    assert_eq!(t["approval_expires_at"], expires.as_str(), "{t}");
+    let t = json_of(&done.task_id);
+    assert!(t["approval_reason"].is_null(), "{t}");
+    assert!(t["approval_expires_at"].is_null(), "{t}");
+    let http = reqwest::Client::new();
+    let t: serde_json::Value = http
+        .get(format!("{}/v1/tasks/{pending}", gw.endpoint()))
+        .header("x-api-key", "key-alice-0001")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["approval_reason"], "needs an operator", "{t}");
+    assert_eq!(t["approval_expires_at"], expires.as_str(), "{t}");
+    let t: serde_json::Value = http
+        .post(format!("{}/v1/run", gw.endpoint()))
+        .header("x-api-key", "key-alice-0001")
+        .json(&serde_json::json!({
+            "command": "echo",
+            "metadata": {"needs_approval": "yes"},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["status"], "pending_approval", "{t}");
+    assert_eq!(t["approval_reason"], "needs an operator", "{t}");
+    assert!(t["approval_expires_at"].is_string(), "{t}");
+
+    // `mcp-gateway task status` prints them too.
+    let out = tokio::task::spawn_blocking({
+        let (id, endpoint) = (pending.clone(), gw.endpoint());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
+                .args(["task", "status", &id, "--endpoint", &endpoint])
+                .env_remove("MCP_GATEWAY_CONFIG")
+                .env_remove("MCP_GATEWAY_TOKEN")
+                .env_remove("MCP_GATEWAY_ENDPOINT")
+                .env("MCP_GATEWAY_API_KEY", "key-alice-0001")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["approval_reason"], "needs an operator", "{v}");
+    assert_eq!(v["approval_expires_at"], expires.as_str(), "{v}");
+
+    // Once it no longer waits, no view shows an approval to wait for.
+    let cancelled = alice.cancel(&pending).await.unwrap();
+    assert_eq!(state(&cancelled), TaskStatus::TaskCancelled);
+    let info = cancelled.task_info.unwrap();
+    assert_eq!(
+        (info.approval_reason, info.approval_expires_at),
+        (None, None)
+    );
+    gw.stop().await;
+}

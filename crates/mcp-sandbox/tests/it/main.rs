@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use mcp_core::{ChunkKind, FileOp, NetworkAccess, OutputChunk, ResourceLimits, TaskId, ValidFile};
 use mcp_sandbox::{
-    Ending, FileError, FilesRoot, Profile, Profiles, RunOutcome, RunSpec, Sandbox, SandboxError,
-    SandboxSettings,
+    Ending, FileError, FilesRoot, HostOptions, PoolSettings, Profile, Profiles, RunOutcome,
+    RunSpec, Sandbox, SandboxError, SandboxSettings, UidRange,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -967,7 +967,12 @@ async fn host_report_names_the_profiles_it_cannot_enforce() {
         files_root: tmp.path().join("f"),
         max_output_bytes: 1024,
     };
-    let report = mcp_sandbox::probe_host(settings, Profiles::load_dir(&dir).unwrap()).await;
+    let report = mcp_sandbox::probe_host(
+        settings.clone(),
+        Profiles::load_dir(&dir).unwrap(),
+        &HostOptions::default(),
+    )
+    .await;
     for (name, f) in [
         ("bubblewrap", &report.bwrap),
         ("user namespaces", &report.user_namespaces),
@@ -993,6 +998,114 @@ async fn host_report_names_the_profiles_it_cannot_enforce() {
         "{text}"
     );
     assert!(text.contains("default              enforceable"), "{text}");
+    assert_eq!((&report.uid_range, &report.pool), (&None, &None));
+    assert!(
+        text.contains("uid range        not set: every sandbox runs as one uid"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warm pool        off: every sandbox starts cold"),
+        "{text}"
+    );
+
+    // With only enforceable profiles, the uid range and the warm pool
+    // decide: reported as `serve` would use them.
+    std::fs::remove_file(dir.join("broken.toml")).unwrap();
+    let stub = tmp.path().join("stub");
+    std::fs::write(&stub, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pool = |sizes: &[(&str, usize)], stub: &Path| PoolSettings {
+        sizes: sizes.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect(),
+        max_total: 8,
+        stub: stub.to_owned(),
+        stub_args: Vec::new(),
+    };
+    let probe = |options: HostOptions| {
+        let settings = settings.clone();
+        let dir = dir.clone();
+        async move {
+            mcp_sandbox::probe_host(settings, Profiles::load_dir(&dir).unwrap(), &options).await
+        }
+    };
+    let good = probe(HostOptions {
+        uid_range: Some(UidRange {
+            start: 200_000,
+            count: 8,
+        }),
+        pool: Some(pool(&[("default", 2)], &stub)),
+    })
+    .await;
+    assert!(good.passes(), "{good}");
+    let range = good.uid_range.clone().unwrap();
+    assert_eq!((range.start, range.end, range.count), (200_000, 200_007, 8));
+    assert_eq!(range.used, host_is_root(), "{good}");
+    assert!(range.problems.is_empty(), "{good}");
+    let p = good.pool.clone().unwrap();
+    assert_eq!(p.sizes, BTreeMap::from([("default".to_owned(), 2)]));
+    assert_eq!(p.max_total, 8);
+    assert_eq!(p.stub, stub.display().to_string());
+    let text = good.to_string();
+    let usage = if host_is_root() {
+        "one per sandbox"
+    } else {
+        "NOT USED (not root)"
+    };
+    assert!(
+        text.contains(&format!("uid range        200000-200007: 8 uids, {usage}")),
+        "{text}"
+    );
+    // 8 waiting sandboxes could hold all 8 uids (only said when used).
+    assert_eq!(
+        text.contains("the warm pool may hold up to 8 waiting sandboxes"),
+        host_is_root(),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "warm pool        default=2 per (profile, tenant); at most 8 in all; stub {}",
+            stub.display()
+        )),
+        "{text}"
+    );
+
+    // What `serve` would refuse fails the check, naming it.
+    let not_executable = tmp.path().join("not-a-stub");
+    std::fs::write(&not_executable, "").unwrap();
+    let bad = probe(HostOptions {
+        uid_range: None,
+        pool: Some(pool(&[("default", 1), ("nosuch", 1)], &not_executable)),
+    })
+    .await;
+    assert!(bad.all_enforceable() && !bad.passes(), "{bad}");
+    let problems = bad.pool.clone().unwrap().problems;
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("unknown profile \"nosuch\""),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("is not an executable file"),
+        "{problems:?}"
+    );
+    assert!(
+        bad.to_string().contains("    problem: unknown profile"),
+        "{bad}"
+    );
+    if let Some((uid, _)) = SandboxSettings::default_run_as() {
+        let clash = probe(HostOptions {
+            uid_range: Some(UidRange {
+                start: uid - 1,
+                count: 4,
+            }),
+            pool: None,
+        })
+        .await;
+        assert!(!clash.passes(), "{clash}");
+        assert!(
+            clash.uid_range.unwrap().problems[0].contains("contains the run_as uid"),
+            "the range holds the run_as uid"
+        );
+    }
 }
 
 #[tokio::test]
