@@ -517,8 +517,8 @@ impl RawConfig {
         };
 
         let bundle_fetch = crate::bundle_fetch::validate(&self.policy, &data_dir, &mut problems);
-        if bundle_fetch.is_some() {
-            // Fetched at start (server::build).
+        if crate::bundle_fetch::is_url(&self.policy.bundle) {
+            // Fetched at start (server::build); checked by validate above.
         } else if !self.policy.bundle.as_os_str().is_empty() {
             if !self.policy.bundle.is_file() {
                 problems.push(format!(

@@ -67,6 +67,20 @@ fn plain_http_is_for_loopback_unless_allowed() {
         problems[0].contains("policy.bundle_allow_http"),
         "{problems:?}"
     );
+    // Through the whole config: that one problem, no "is not a file".
+    let dir = tempfile::tempdir().unwrap();
+    let mut whole = crate::config::RawConfig::default();
+    whole.storage.data_dir = dir.path().to_owned();
+    whole.sandbox.profiles_dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sandbox-profiles");
+    whole.policy.bundle = PathBuf::from("http://bundles.example.com/b.tar.gz");
+    match whole.validate() {
+        Err(crate::error::ConfigError::Invalid { problems }) => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains("plain http"), "{problems:?}");
+        }
+        other => panic!("expected one problem, got {other:?}"),
+    }
     let mut allowed = raw("http://bundles.example.com/b.tar.gz");
     allowed.bundle_allow_http = true;
     let (settings, problems) = check(&allowed);
