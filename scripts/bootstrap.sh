@@ -6,8 +6,9 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# python3 is the attacker in the sandbox escape suite (crates/mcp-sandbox/tests/it/escape.rs).
-APT_PACKAGES=(bubblewrap libseccomp-dev pkg-config ca-certificates python3 prometheus)
+# python3 is the attacker in the sandbox escape suite (crates/mcp-sandbox/tests/it/escape.rs);
+# openssl makes the RSA and Ed25519 keys of the auth, bundle and audit tests at test time.
+APT_PACKAGES=(bubblewrap libseccomp-dev pkg-config ca-certificates python3 prometheus openssl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

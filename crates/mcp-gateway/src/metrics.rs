@@ -71,6 +71,12 @@ struct DecisionLabels {
     decision: &'static str,
 }
 
+/// Where a task of a pooled profile ran: `pooled` or `cold`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PoolRunLabels {
+    sandbox: &'static str,
+}
+
 /// A policy reload's outcome: `ok` or `failed`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
@@ -154,6 +160,8 @@ pub struct Metrics {
     policy_revision: Family<RevisionLabels, Gauge>,
     policy_reloads: Family<ReloadLabels, Counter>,
     shadow_disagreements: Counter,
+    pool_runs: Family<PoolRunLabels, Counter>,
+    pool_ready: Gauge,
     /// Serialises scrapes while they bring the mirrored counters up to the
     /// policy service's own totals (two scrapes must not both add a delta).
     mirror: std::sync::Mutex<()>,
@@ -260,6 +268,18 @@ impl Metrics {
             "Requests on which the shadow policy set's outcome (allow, or profile) differed from the active one's",
             shadow_disagreements.clone(),
         );
+        let pool_runs = Family::<PoolRunLabels, Counter>::default();
+        registry.register(
+            "mcp_sandbox_pool_runs",
+            "Tasks of profiles with a warm pool, by where they ran (`pooled`, or `cold` when no waiting sandbox fitted)",
+            pool_runs.clone(),
+        );
+        let pool_ready = Gauge::default();
+        registry.register(
+            "mcp_sandbox_pool_ready",
+            "Pre-started sandboxes waiting for a task, over all profiles and tenants",
+            pool_ready.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -284,6 +304,8 @@ impl Metrics {
             policy_revision,
             policy_reloads,
             shadow_disagreements,
+            pool_runs,
+            pool_ready,
             mirror: std::sync::Mutex::new(()),
         }
     }
@@ -375,7 +397,21 @@ impl Metrics {
                 snapshot.policy_reload_failures,
             );
             catch_up(&self.shadow_disagreements, snapshot.shadow_disagreements);
+            catch_up(
+                &self
+                    .pool_runs
+                    .get_or_create(&PoolRunLabels { sandbox: "pooled" }),
+                snapshot.pool_runs,
+            );
+            catch_up(
+                &self
+                    .pool_runs
+                    .get_or_create(&PoolRunLabels { sandbox: "cold" }),
+                snapshot.pool_cold_runs,
+            );
         }
+        self.pool_ready
+            .set(i64::try_from(snapshot.pool_ready).unwrap_or(i64::MAX));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -394,6 +430,10 @@ pub struct Snapshot<'a> {
     pub policy_reloads: u64,
     pub policy_reload_failures: u64,
     pub shadow_disagreements: u64,
+    /// Warm pool totals since start, and sandboxes waiting now.
+    pub pool_runs: u64,
+    pub pool_cold_runs: u64,
+    pub pool_ready: usize,
 }
 
 /// The standard `process_*` metrics, read from `/proc/self` on each scrape.

@@ -255,6 +255,7 @@ impl Gateway {
             .max_running
             .saturating_sub(self.slots.available_permits());
         let stats = self.policy.stats();
+        let pool = self.sandbox.pool_stats();
         self.metrics
             .encode(&Snapshot {
                 running,
@@ -265,6 +266,9 @@ impl Gateway {
                 policy_reloads: stats.reloads,
                 policy_reload_failures: stats.reload_failures,
                 shadow_disagreements: stats.shadow_disagreements,
+                pool_runs: pool.pooled_runs,
+                pool_cold_runs: pool.cold_runs,
+                pool_ready: pool.ready,
             })
             .map_err(|_| GatewayError::Internal {
                 what: "cannot encode metrics".to_owned(),

@@ -12,6 +12,9 @@ fn snapshot() -> Snapshot<'static> {
         policy_reloads: 0,
         policy_reload_failures: 0,
         shadow_disagreements: 0,
+        pool_runs: 0,
+        pool_cold_runs: 0,
+        pool_ready: 0,
     }
 }
 
@@ -173,4 +176,26 @@ fn policy_reload_and_shadow_counters_follow_the_service_totals() {
         text.contains("mcp_policy_shadow_disagreements_total 5"),
         "{text}"
     );
+}
+
+#[test]
+fn pool_metrics_show_where_tasks_ran_and_what_waits() {
+    let m = Metrics::new();
+    let text = m
+        .encode(&Snapshot {
+            pool_runs: 3,
+            pool_cold_runs: 1,
+            pool_ready: 2,
+            ..snapshot()
+        })
+        .unwrap();
+    assert!(
+        text.contains("mcp_sandbox_pool_runs_total{sandbox=\"pooled\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_sandbox_pool_runs_total{sandbox=\"cold\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("mcp_sandbox_pool_ready 2"), "{text}");
 }

@@ -52,6 +52,28 @@ async fn wait_for_stubs(root: u32, n: usize) -> Vec<u32> {
     }
 }
 
+/// One sample of the gateway's `/metrics` (0 when the series is absent).
+async fn metric(rest: &crate::rest::Rest, series: &str) -> u64 {
+    let text = rest.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the gateway reports `n` waiting sandboxes: a stub process
+/// exists a little before its sandbox is ready to take a task.
+async fn wait_ready(rest: &crate::rest::Rest, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = metric(rest, "mcp_sandbox_pool_ready").await;
+        if ready >= n || Instant::now() > deadline {
+            return ready;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn gone(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .map_or(true, |c| !c.replace('\0', " ").starts_with(STUB_CMDLINE))
@@ -70,8 +92,12 @@ async fn requests_run_in_pooled_sandboxes_once_each() {
 
     let r = gw.client.run(cmd("echo", &["first"])).await.unwrap();
     assert_eq!(r.result.unwrap().stdout, "first\n");
+    let rest = crate::rest::Rest::new(&gw);
+    assert_eq!(wait_ready(&rest, 1).await, 1, "the pool did not fill");
     let waiting = wait_for_stubs(me, 1).await;
     assert_eq!(waiting.len(), 1, "the pool did not fill: {waiting:?}");
+    let pooled = "mcp_sandbox_pool_runs_total{sandbox=\"pooled\"}";
+    assert_eq!(metric(&rest, pooled).await, 0);
 
     let script =
         "import os; print(os.environ['X']); print(os.getcwd()); print(os.listdir('/workspace'))";
@@ -82,6 +108,7 @@ async fn requests_run_in_pooled_sandboxes_once_each() {
     let res = r.result.unwrap();
     assert_eq!(res.exit_code, 0, "{}", res.stderr);
     assert_eq!(res.stdout, "pooled\n/workspace/sub\n['sub']\n");
+    assert_eq!(metric(&rest, pooled).await, 1, "the task ran cold");
     assert!(gone(waiting[0]), "the waiting sandbox was not used");
     let refilled = wait_for_stubs(me, 1).await;
     assert_eq!(refilled.len(), 1, "the pool was not refilled");
