@@ -45,20 +45,35 @@ PER_USER = RATE / USERS
 TOKEN = os.environ.get("MCP_TOKEN", "")
 TIMEOUT_S = 30
 
-# name -> (command, args): what each execution task runs.
+# name -> (weight, command, args): what each execution task runs, and how
+# often against the health check's weight of 2. Both doors run the same mix.
 COMMANDS = {
-    "echo": ("echo", ["hello", "from", "locust"]),
-    "ls": ("ls", ["-la", "/usr/lib"]),
-    "cat": ("cat", ["/etc/passwd"]),
-    "find": ("find", ["/etc", "-maxdepth", "2", "-name", "*.conf"]),
-    "grep": ("grep", ["-c", "root", "/etc/passwd"]),
+    "echo": (3, "echo", ["hello", "from", "locust"]),
+    "ls": (2, "ls", ["-la", "/usr/lib"]),
+    "cat": (2, "cat", ["/etc/passwd"]),
+    "find": (1, "find", ["/etc", "-maxdepth", "2", "-name", "*.conf"]),
+    "grep": (2, "grep", ["-c", "root", "/etc/passwd"]),
 }
+
+
+def _command_task(name):
+    def run(user):
+        user._run(name)
+
+    run.__name__ = name
+    return run
+
+
+# locust's weighted task table of the command mix; each user class adds its
+# own health task with @task.
+COMMAND_TASKS = {_command_task(name): weight for name, (weight, _, _) in COMMANDS.items()}
 
 
 class RestUser(FastHttpUser):
     """The REST/JSON door."""
 
     wait_time = constant_throughput(PER_USER)
+    tasks = COMMAND_TASKS
 
     def on_start(self):
         self.headers = {"content-type": "application/json"}
@@ -66,7 +81,7 @@ class RestUser(FastHttpUser):
             self.headers["authorization"] = f"Bearer {TOKEN}"
 
     def _run(self, name):
-        command, args = COMMANDS[name]
+        _, command, args = COMMANDS[name]
         body = {"command": command, "args": args, "timeout_secs": TIMEOUT_S}
         with self.client.post(
             "/v1/run",
@@ -82,26 +97,6 @@ class RestUser(FastHttpUser):
             if result.get("exit_code") != 0:
                 resp.failure(f"exit code {result.get('exit_code')}")
 
-    @task(3)
-    def echo(self):
-        self._run("echo")
-
-    @task(2)
-    def ls(self):
-        self._run("ls")
-
-    @task(2)
-    def cat(self):
-        self._run("cat")
-
-    @task(1)
-    def find(self):
-        self._run("find")
-
-    @task(2)
-    def grep(self):
-        self._run("grep")
-
     @task(2)
     def health(self):
         with self.client.get(
@@ -115,6 +110,7 @@ class GrpcUser(User):
     """The gRPC door, through stubs generated from proto/mcp.proto."""
 
     wait_time = constant_throughput(PER_USER)
+    tasks = COMMAND_TASKS
 
     def on_start(self):
         target = os.environ.get("MCP_GRPC_TARGET") or urlparse(self.host).netloc
@@ -149,7 +145,7 @@ class GrpcUser(User):
         )
 
     def _run(self, name):
-        command, args = COMMANDS[name]
+        _, command, args = COMMANDS[name]
         req = mcp_pb2.CommandRequest(command=command, args=args, timeout=TIMEOUT_S)
 
         def check(reply):
@@ -161,26 +157,6 @@ class GrpcUser(User):
             lambda: self.stub.RunCommand(req, metadata=self.metadata, timeout=TIMEOUT_S + 5),
             check,
         )
-
-    @task(3)
-    def echo(self):
-        self._run("echo")
-
-    @task(2)
-    def ls(self):
-        self._run("ls")
-
-    @task(2)
-    def cat(self):
-        self._run("cat")
-
-    @task(1)
-    def find(self):
-        self._run("find")
-
-    @task(2)
-    def grep(self):
-        self._run("grep")
 
     @task(2)
     def health(self):

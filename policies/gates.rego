@@ -88,9 +88,7 @@ matching_grants contains i if {
 # an exact name and a prefix followed by one "*" ("command:*"), are matched
 # with string operations: a glob is compiled into a regular expression on
 # every use, which costs more than the rest of a decision.
-tool_matches(pattern, tool) if pattern_matches(pattern, tool)
-
-pattern_matches(pattern, tool) := true if {
+tool_matches(pattern, tool) := true if {
 	pattern == tool
 } else := startswith(tool, trim_suffix(pattern, "*")) if {
 	prefix_glob(pattern)

@@ -9,7 +9,8 @@
 //! and applied many times.
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use regex::bytes::{Regex, RegexBuilder};
 
@@ -128,6 +129,27 @@ pub fn compile(pattern: &str) -> Result<Regex, BadPattern> {
         })
 }
 
+/// How many distinct outside patterns [`compile_cached`] keeps compiled.
+const MAX_CACHED_PATTERNS: usize = 256;
+
+static CACHE: LazyLock<Mutex<HashMap<String, Regex>>> = LazyLock::new(Mutex::default);
+
+/// [`compile`], answered from a process-wide cache: policies name a handful
+/// of `redact` patterns and every decision carries them again. A flood of
+/// distinct patterns empties the cache rather than growing it.
+pub fn compile_cached(pattern: &str) -> Result<Regex, BadPattern> {
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(re) = cache.get(pattern) {
+        return Ok(re.clone());
+    }
+    let re = compile(pattern)?;
+    if cache.len() >= MAX_CACHED_PATTERNS {
+        cache.clear();
+    }
+    cache.insert(pattern.to_owned(), re.clone());
+    Ok(re)
+}
+
 impl Redactor {
     /// The built-in rules only.
     pub fn built_in() -> Self {
@@ -189,11 +211,8 @@ impl Redactor {
             }
         }
         for rule in BUILT_IN_RULES.iter().chain(self.extra.iter()) {
-            if rule.re.is_match(&out) {
-                let replaced = rule
-                    .re
-                    .replace_all(&out, rule.replacement.as_bytes())
-                    .into_owned();
+            // `replace_all` borrows when nothing matched: one scan per rule.
+            if let Cow::Owned(replaced) = rule.re.replace_all(&out, rule.replacement.as_bytes()) {
                 out = Cow::Owned(replaced);
             }
         }

@@ -134,7 +134,7 @@ impl EgressProxy {
             }
         }
         conns.abort_all();
-        let _ = std::fs::remove_file(&self.path);
+        let _ = tokio::fs::remove_file(&self.path).await;
     }
 }
 

@@ -662,10 +662,13 @@ fn evaluate(
     let started = Instant::now();
     let engine = gw.policy_service().engine();
     let input = approve_input(approver, verdict, rec, run, true);
-    // The engine evaluates the whole `data.mcp` package for this input
-    // under its execution timer; `approve` is read from it.
-    let rules = engine.explain(&input).rules;
-    let allowed = rules.get(APPROVE_RULE) == Some(&serde_json::Value::Bool(true));
+    let allowed = match engine.eval_rule(APPROVE_RULE, &input) {
+        Ok(value) => value == Some(serde_json::Value::Bool(true)),
+        Err(error) => {
+            tracing::error!(%error, revision = %engine.revision(), "data.mcp.approve failed, refusing");
+            false
+        }
+    };
     (allowed, started.elapsed())
 }
 
@@ -700,7 +703,7 @@ async fn record(
     };
     let mut as_approver = caller.clone();
     as_approver.principal = approver.clone();
-    gw.record_decision_pub(
+    gw.record_decision(
         &as_approver,
         "approval",
         &format!("{} {}", verdict.as_str(), rec.id),

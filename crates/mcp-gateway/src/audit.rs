@@ -60,12 +60,7 @@ pub struct AuditSlot {
     redactor: OnceLock<Redactor>,
     /// `[secrets]` (`secrets`).
     pub(crate) secrets: OnceLock<crate::secrets::SecretsSettings>,
-    /// Compiled `redact` obligation patterns, by source text.
-    patterns: std::sync::Mutex<std::collections::HashMap<String, regex::bytes::Regex>>,
 }
-
-/// How many distinct obligation patterns are kept compiled.
-const MAX_CACHED_PATTERNS: usize = 256;
 
 /// Opens the audit log beside the task store and starts the checkpoint
 /// timer; `None` when auditing is disabled.
@@ -140,11 +135,13 @@ pub fn input_sha256<T: serde::Serialize>(input: &T) -> String {
 
 /// The SHA-256 of a task's output as captured: stdout, a NUL, stderr.
 pub fn output_sha256(r: &TaskResult) -> String {
-    let mut all = Vec::with_capacity(r.stdout.len() + r.stderr.len() + 1);
-    all.extend_from_slice(&r.stdout);
-    all.push(0);
-    all.extend_from_slice(&r.stderr);
-    sha256_hex(&all)
+    use sha2::{Digest, Sha256};
+    // Hashed in place: the output is not copied into one buffer first.
+    let mut h = Sha256::new();
+    h.update(&r.stdout);
+    h.update([0]);
+    h.update(&r.stderr);
+    hex::encode(h.finalize())
 }
 
 /// Longest command excerpt kept in a record.
@@ -372,27 +369,12 @@ impl Gateway {
             return Err("obligation redact is not a list of regexes".to_owned());
         };
         let mut compiled = Vec::with_capacity(patterns.len());
-        let mut cache = self
-            .audit
-            .patterns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         for p in patterns {
             let Some(p) = p.as_str() else {
                 return Err("obligation redact is not a list of regexes".to_owned());
             };
-            if let Some(re) = cache.get(p) {
-                compiled.push(re.clone());
-                continue;
-            }
-            let re = mcp_core::redact::compile(p).map_err(|e| format!("obligation {e}"))?;
-            if cache.len() >= MAX_CACHED_PATTERNS {
-                // Policies name a handful of patterns; a flood of distinct
-                // ones is compiled per request rather than kept.
-                cache.clear();
-            }
-            cache.insert(p.to_owned(), re.clone());
-            compiled.push(re);
+            compiled
+                .push(mcp_core::redact::compile_cached(p).map_err(|e| format!("obligation {e}"))?);
         }
         r.add_compiled(compiled);
         Ok(r)

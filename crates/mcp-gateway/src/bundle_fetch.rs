@@ -37,8 +37,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mcp_policy::{EngineOptions, PolicyEngine, PolicyError, PolicyService};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, error, info, warn};
 
@@ -269,12 +267,10 @@ fn tls_config(settings: &FetchSettings) -> Result<rustls::ClientConfig, FetchErr
     let mut roots = rustls::RootCertStore::empty();
     let what = match &settings.ca_file {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| FetchError::CaFile {
-                    path: path.clone(),
-                    source,
-                })?;
+            let certs = crate::auth::tls::pem_certs(path).map_err(|source| FetchError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
             roots.add_parsable_certificates(certs);
             format!("policy.bundle_ca_file {}", path.display())
         }

@@ -18,12 +18,11 @@ use pb::mcp_service_server::McpService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use crate::error::{GatewayError, code_name};
-use crate::live::Cursor;
 use crate::metrics::Api;
-use crate::pipeline::{Caller, Gateway, Output};
+use crate::pipeline::{Caller, Gateway};
 use crate::telemetry;
 
 #[derive(Debug, Clone)]
@@ -89,6 +88,21 @@ impl GrpcService {
             .metrics()
             .observe_api(Api::Grpc, call.method, status, call.started.elapsed());
         result.map_err(|e| e.to_status(&call.caller.request_id.to_string()))
+    }
+
+    /// `ApproveTask` / `RejectTask`: the verdict, shared with REST, and the
+    /// task as it is afterwards.
+    async fn verdict(
+        &self,
+        call: Call,
+        verdict: crate::approval::Verdict,
+        req: crate::approval::VerdictRequest,
+    ) -> Result<Response<pb::TaskStatusResponse>, Status> {
+        let result = crate::approval::decide(&self.gateway, &call.caller, verdict, req)
+            .instrument(call.span.clone())
+            .await;
+        let rec = self.end(&call, result)?;
+        Ok(Response::new(task_answer(&self.gateway, rec).await))
     }
 }
 
@@ -289,37 +303,11 @@ impl McpService for GrpcService {
             .await;
         let output = self.end(&call, result)?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            match output {
-                Output::Stored(rec) => {
-                    for ch in crate::pipeline::stored_chunks(*rec) {
-                        if tx.send(Ok(chunk(&task_id, ch))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Output::Live(live) => {
-                    let mut cursor = Cursor::default();
-                    let mut rx = live.subscribe();
-                    loop {
-                        let (chunks, done) = live.read_from(&mut cursor);
-                        for ch in chunks {
-                            if tx.send(Ok(chunk(&task_id, ch))).await.is_err() {
-                                // The client went away; the task goes on.
-                                return;
-                            }
-                        }
-                        if done {
-                            return;
-                        }
-                        if rx.changed().await.is_err() {
-                            warn!(task_id = %task_id, "live output ended without finishing");
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        // Its own span: the follower may outlive the call's.
+        let span = info_span!("output", task_id = %task_id);
+        tokio::spawn(
+            async move { output.follow(tx, |c| Ok(chunk(&task_id, c))).await }.instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -405,20 +393,13 @@ impl McpService for GrpcService {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         let call = self.begin("ApproveTask", &req);
         let r = req.into_inner();
-        let result = crate::approval::decide(
-            &self.gateway,
-            &call.caller,
-            crate::approval::Verdict::Approve,
-            crate::approval::VerdictRequest {
-                task_id: r.task_id,
-                token: r.token,
-                text: r.comment,
-            },
-        )
-        .instrument(call.span.clone())
-        .await;
-        let rec = self.end(&call, result)?;
-        Ok(Response::new(task_answer(&self.gateway, rec).await))
+        let req = crate::approval::VerdictRequest {
+            task_id: r.task_id,
+            token: r.token,
+            text: r.comment,
+        };
+        self.verdict(call, crate::approval::Verdict::Approve, req)
+            .await
     }
 
     async fn reject_task(
@@ -427,20 +408,13 @@ impl McpService for GrpcService {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         let call = self.begin("RejectTask", &req);
         let r = req.into_inner();
-        let result = crate::approval::decide(
-            &self.gateway,
-            &call.caller,
-            crate::approval::Verdict::Reject,
-            crate::approval::VerdictRequest {
-                task_id: r.task_id,
-                token: r.token,
-                text: r.reason,
-            },
-        )
-        .instrument(call.span.clone())
-        .await;
-        let rec = self.end(&call, result)?;
-        Ok(Response::new(task_answer(&self.gateway, rec).await))
+        let req = crate::approval::VerdictRequest {
+            task_id: r.task_id,
+            token: r.token,
+            text: r.reason,
+        };
+        self.verdict(call, crate::approval::Verdict::Reject, req)
+            .await
     }
 
     async fn list_tasks(

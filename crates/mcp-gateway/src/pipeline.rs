@@ -95,6 +95,46 @@ pub enum Output {
     Stored(Box<TaskRecord>),
 }
 
+impl Output {
+    /// Sends the task's chunks, mapped by `map`, to `tx` until its exit
+    /// code, or until the client goes away (the task goes on). Shared by
+    /// the gRPC stream and the REST event stream.
+    pub(crate) async fn follow<T>(
+        self,
+        tx: tokio::sync::mpsc::Sender<T>,
+        map: impl Fn(OutputChunk) -> T,
+    ) {
+        let live = match self {
+            Output::Stored(rec) => {
+                for ch in stored_chunks(*rec) {
+                    if tx.send(map(ch)).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Output::Live(live) => live,
+        };
+        let mut cursor = crate::live::Cursor::default();
+        let mut rx = live.subscribe();
+        loop {
+            let (chunks, done) = live.read_from(&mut cursor);
+            for ch in chunks {
+                if tx.send(map(ch)).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                warn!("live output ended without finishing");
+                return;
+            }
+        }
+    }
+}
+
 /// The chunks a finished task replays, for every front door: its stored
 /// (capped) stdout and stderr, what ended it, and its exit code.
 pub(crate) fn stored_chunks(t: TaskRecord) -> Vec<OutputChunk> {
@@ -472,38 +512,11 @@ impl Gateway {
             crate::quota::Admission::Run(permit) => permit,
             crate::quota::Admission::Pending(started) => return Ok(started),
         };
-        if self.slots.available_permits() == 0
-            && self.queued.load(Ordering::Relaxed) >= self.settings.max_queued
-        {
-            return Err(GatewayError::Overloaded {
-                queued: self.queued.load(Ordering::Relaxed),
-            });
-        }
+        self.check_queue()?;
 
-        let created_at = now();
         let accepted = Instant::now();
-        let mut metadata = valid.metadata.clone();
-        // Links the stored task to the trace of the request that created it.
-        if let Some(tp) = crate::telemetry::current_traceparent() {
-            metadata.insert("traceparent".to_owned(), tp);
-        }
-        let record = TaskRecord {
-            id,
-            kind: TaskKind::Command,
-            state: TaskState::Created,
-            tenant: caller.principal.tenant.clone(),
-            principal: caller.principal.id.clone(),
-            command: argv0.clone(),
-            args: valid.args.clone(),
-            profile: Some(profile.clone()),
-            created_at,
-            started_at: None,
-            completed_at: None,
-            metadata,
-            result: None,
-            failure_reason: None,
-            owner: self.settings.replica_id.clone(),
-        };
+        let record = self.new_record(id, caller, TaskState::Created, &argv0, &profile, &valid);
+        let created_at = record.created_at;
         // Registered before it is stored, so a task visible in the store is
         // either live here or finished.
         let live = self.live.register(id);
@@ -522,14 +535,7 @@ impl Gateway {
         }
         valid.env.extend(secret_env);
         let spec = run_spec(id, caller, profile, argv0, valid);
-        // Restricted network: the task's connections are decided against
-        // this caller and the decision's network obligation.
-        self.egress.register(&spec, caller, &details.obligations);
-        let this = self.clone();
-        let span = info_span!("task", task_id = %id, request_id = %caller.request_id);
-        self.workers.spawn(
-            async move { this.work(id, spec, live, accepted, Some(permit)).await }.instrument(span),
-        );
+        self.launch(spec, caller, &details.obligations, live, accepted, permit);
         Ok(Started {
             id,
             state: TaskState::Created,
@@ -561,12 +567,7 @@ impl Gateway {
         caller: &Caller,
         id: &str,
     ) -> Result<TaskRecord, GatewayError> {
-        let id: TaskId = id.parse()?;
-        self.store
-            .get_task(&caller.principal.tenant, id)
-            .await
-            .map_err(GatewayError::Store)?
-            .ok_or(GatewayError::TaskNotFound { id })
+        self.status_in(&caller.principal.tenant, id.parse()?).await
     }
 
     /// One page of the caller's tenant's tasks, newest first, and the cursor
@@ -868,7 +869,9 @@ impl Gateway {
         Decision::fail_closed(reason, self.policy.revision())
     }
 
-    async fn record_decision(
+    /// Writes one decision to the decision log; the request is refused when
+    /// it cannot be written.
+    pub(crate) async fn record_decision(
         &self,
         caller: &Caller,
         kind: &str,
@@ -911,7 +914,7 @@ impl Gateway {
         spec: RunSpec,
         live: Arc<LiveTask>,
         accepted: Instant,
-        quota_permit: Option<crate::quota::QuotaPermit>,
+        quota_permit: crate::quota::QuotaPermit,
     ) {
         let tenant = spec.tenant.clone();
         let cancel = live.cancel_token();
@@ -1091,23 +1094,6 @@ impl Gateway {
         &self.quotas
     }
 
-    pub(crate) fn replica_id(&self) -> &str {
-        &self.settings.replica_id
-    }
-
-    pub(crate) async fn record_decision_pub(
-        &self,
-        caller: &Caller,
-        kind: &str,
-        summary: &str,
-        decision: &Decision,
-        details: &DecisionDetails,
-        task_id: Option<TaskId>,
-    ) -> Result<(), GatewayError> {
-        self.record_decision(caller, kind, summary, decision, details, task_id)
-            .await
-    }
-
     /// A task of `tenant` (for callers whose tenant is not the caller's
     /// principal, e.g. an approver with a token).
     pub(crate) async fn status_in(
@@ -1163,13 +1149,7 @@ impl Gateway {
         let tenant = requester.principal.tenant.clone();
         crate::quota::cpu_admit(self, &tenant, &mut valid).await?;
         let permit = self.quotas.acquire(&tenant, id)?;
-        if self.slots.available_permits() == 0
-            && self.queued.load(Ordering::Relaxed) >= self.settings.max_queued
-        {
-            return Err(GatewayError::Overloaded {
-                queued: self.queued.load(Ordering::Relaxed),
-            });
-        }
+        self.check_queue()?;
         let live = self.live.register(id);
         match self
             .store
@@ -1189,17 +1169,72 @@ impl Gateway {
         live.set_redactor(redactor);
         valid.env.extend(secret_env);
         let spec = run_spec(id, requester, profile, argv0, valid);
-        self.egress.register(&spec, requester, obligations);
-        let this = self.clone();
-        let span = info_span!("task", task_id = %id, request_id = %requester.request_id);
-        self.workers.spawn(
-            async move {
-                this.work(id, spec, live, Instant::now(), Some(permit))
-                    .await
-            }
-            .instrument(span),
-        );
+        self.launch(spec, requester, obligations, live, Instant::now(), permit);
         Ok(true)
+    }
+
+    /// The record of a new command task created now, owned by this replica.
+    pub(crate) fn new_record(
+        &self,
+        id: TaskId,
+        caller: &Caller,
+        state: TaskState,
+        argv0: &str,
+        profile: &str,
+        valid: &ValidExec,
+    ) -> TaskRecord {
+        let mut metadata = valid.metadata.clone();
+        // Links the stored task to the trace of the request that created it.
+        if let Some(tp) = crate::telemetry::current_traceparent() {
+            metadata.insert("traceparent".to_owned(), tp);
+        }
+        TaskRecord {
+            id,
+            kind: TaskKind::Command,
+            state,
+            tenant: caller.principal.tenant.clone(),
+            principal: caller.principal.id.clone(),
+            command: argv0.to_owned(),
+            args: valid.args.clone(),
+            profile: Some(profile.to_owned()),
+            created_at: now(),
+            started_at: None,
+            completed_at: None,
+            metadata,
+            result: None,
+            failure_reason: None,
+            owner: self.settings.replica_id.clone(),
+        }
+    }
+
+    /// Refuses a new task when every slot is busy and the queue is full.
+    fn check_queue(&self) -> Result<(), GatewayError> {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if self.slots.available_permits() == 0 && queued >= self.settings.max_queued {
+            return Err(GatewayError::Overloaded { queued });
+        }
+        Ok(())
+    }
+
+    /// Starts the worker of a stored task. Restricted network: the task's
+    /// connections are decided against `caller` and the decision's network
+    /// obligation.
+    fn launch(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        caller: &Caller,
+        obligations: &serde_json::Map<String, serde_json::Value>,
+        live: Arc<LiveTask>,
+        accepted: Instant,
+        permit: crate::quota::QuotaPermit,
+    ) {
+        let id = spec.task_id;
+        self.egress.register(&spec, caller, obligations);
+        let this = self.clone();
+        let span = info_span!("task", task_id = %id, request_id = %caller.request_id);
+        self.workers.spawn(
+            async move { this.work(id, spec, live, accepted, permit).await }.instrument(span),
+        );
     }
 }
 

@@ -417,30 +417,17 @@ pub(crate) async fn admit(
     if let Some(ob) = &enforced.approval {
         let run =
             crate::approval::StoredRun::new(ob, valid, argv0, profile, decision, details, caller);
-        let created_at = mcp_core::now();
         let ttl =
             time::Duration::try_from(gw.approval_settings().ttl).unwrap_or(time::Duration::HOUR);
-        let mut metadata = valid.metadata.clone();
-        if let Some(tp) = crate::telemetry::current_traceparent() {
-            metadata.insert("traceparent".to_owned(), tp);
-        }
-        let record = mcp_core::TaskRecord {
+        let record = gw.new_record(
             id,
-            kind: mcp_core::TaskKind::Command,
-            state: mcp_core::TaskState::PendingApproval,
-            tenant: tenant.clone(),
-            principal: caller.principal.id.clone(),
-            command: argv0.to_owned(),
-            args: valid.args.clone(),
-            profile: Some(profile.to_owned()),
-            created_at,
-            started_at: None,
-            completed_at: None,
-            metadata,
-            result: None,
-            failure_reason: None,
-            owner: gw.replica_id().to_owned(),
-        };
+            caller,
+            mcp_core::TaskState::PendingApproval,
+            argv0,
+            profile,
+            valid,
+        );
+        let created_at = record.created_at;
         let details = serde_json::to_value(&run).map_err(|_| GatewayError::Internal {
             what: "cannot encode a pending approval".to_owned(),
         })?;

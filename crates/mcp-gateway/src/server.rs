@@ -179,9 +179,9 @@ pub async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let (tls, plain) = match &cfg.tls {
-        Some(t) => (Some(TlsListener::new(listener, t)?), None),
-        None => (None, Some(PlainListener(listener))),
+    let listener = match &cfg.tls {
+        Some(t) => AnyListener::Tls(TlsListener::new(listener, t)?),
+        None => AnyListener::Plain(PlainListener(listener)),
     };
     info!(
         listen = %local,
@@ -210,10 +210,9 @@ pub async fn serve(
         }
     };
     let serve = async move {
-        match (tls, plain) {
-            (Some(l), _) => serve_on(l, app, signal).await,
-            (None, Some(l)) => serve_on(l, app, signal).await,
-            (None, None) => Ok(()),
+        match listener {
+            AnyListener::Tls(l) => serve_on(l, app, signal).await,
+            AnyListener::Plain(l) => serve_on(l, app, signal).await,
         }
     };
     let reload_on_hangup = tokio::spawn(reload_on_sighup(gateway.clone()));
@@ -223,6 +222,12 @@ pub async fn serve(
     gateway.shutdown(cfg.shutdown_grace).await;
     info!("stopped");
     result.map_err(StartError::Serve)
+}
+
+/// The listener [`serve`] runs: the two are different types to axum.
+enum AnyListener {
+    Plain(PlainListener),
+    Tls(TlsListener),
 }
 
 /// Serves `app` on `listener` until `signal`; every request carries its

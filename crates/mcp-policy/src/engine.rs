@@ -427,6 +427,46 @@ impl PolicyEngine {
         }
     }
 
+    /// The value of one rule of package `mcp` (`"approve"` for
+    /// `data.mcp.approve`) for `input`, on the interpreter under the same
+    /// input bounds and execution timer as decisions. `Ok(None)` when the
+    /// rule is undefined for this input or not written at all. An error
+    /// names the policy location only, never input values.
+    pub fn eval_rule(
+        &self,
+        rule: &str,
+        input: &serde_json::Value,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let limits = self.options.input_limits;
+        if depth_exceeds(input, limits.max_depth) {
+            return Err(too_deep(limits));
+        }
+        let value = crate::rego_value::to_rego(input)
+            .map_err(|_| "input document cannot be encoded".to_owned())?;
+        if let Some(len) = encoded_len_over(&value, limits.max_bytes) {
+            return Err(format!(
+                "input document is {len} bytes, over the limit of {}",
+                limits.max_bytes
+            ));
+        }
+        let mut engine = self.engine.clone();
+        engine.set_input(value);
+        let path = format!("data.mcp.{rule}");
+        match engine.eval_rule(path.clone()) {
+            Ok(regorus::Value::Undefined) => Ok(None),
+            Ok(v) => to_json(&v)
+                .map(Some)
+                .map_err(|_| format!("{path} cannot be decoded")),
+            Err(e) => match describe(&e) {
+                m if m == NO_SUCH_RULE => Ok(None),
+                m => Err(format!(
+                    "evaluation of {path} failed at {}",
+                    crate::error::eval_location(&m)
+                )),
+            },
+        }
+    }
+
     /// Bounds `input` by size and evaluates it.
     fn evaluate_value(&self, input: regorus::Value, started: Instant) -> Evaluated {
         let max = self.options.input_limits.max_bytes;
@@ -436,7 +476,20 @@ impl PolicyEngine {
                 format!("input document is {len} bytes, over the limit of {max}"),
             );
         }
-        match self.eval_inner(input) {
+        let run = match &self.compiled {
+            Some(compiled) => compiled.run(input).map_err(DecisionError::Eval),
+            None => self.interpret(input),
+        };
+        self.finished(started, run.and_then(|run| self.decode(run)))
+    }
+
+    /// The outcome of an evaluation that ran (or failed) as [`Evaluated`].
+    fn finished(
+        &self,
+        started: Instant,
+        result: Result<(Decoded, Vec<String>), DecisionError>,
+    ) -> Evaluated {
+        match result {
             Ok((decoded, mask)) => Evaluated {
                 decision: decoded.decision,
                 obligations: decoded.obligations,
@@ -450,11 +503,8 @@ impl PolicyEngine {
         }
     }
 
-    fn eval_inner(&self, input: regorus::Value) -> Result<(Decoded, Vec<String>), DecisionError> {
-        let run = match &self.compiled {
-            Some(compiled) => compiled.run(input).map_err(DecisionError::Eval)?,
-            None => self.interpret(input)?,
-        };
+    /// The decision and mask pointers of a run, on the VM or the interpreter.
+    fn decode(&self, run: Run) -> Result<(Decoded, Vec<String>), DecisionError> {
         if run.decision == regorus::Value::Undefined {
             return Err(DecisionError::Undefined);
         }
@@ -495,29 +545,11 @@ impl PolicyEngine {
     #[doc(hidden)]
     pub fn evaluate_json_interpreted(&self, input: &serde_json::Value) -> Evaluated {
         let started = Instant::now();
-        match crate::rego_value::to_rego(input)
+        let result = crate::rego_value::to_rego(input)
             .map_err(|e| DecisionError::Input(e.to_string()))
             .and_then(|input| self.interpret(input))
-            .and_then(|run| {
-                if run.decision == regorus::Value::Undefined {
-                    return Err(DecisionError::Undefined);
-                }
-                let value = to_json(&run.decision)?;
-                let decoded = decision::from_value(&value, &self.revision, &self.options.enforced)?;
-                let mask = run.mask.map(|m| self.mask(m)).unwrap_or_default();
-                Ok((decoded, mask))
-            }) {
-            Ok((decoded, mask)) => Evaluated {
-                decision: decoded.decision,
-                obligations: decoded.obligations,
-                mask,
-                revision: self.revision.clone(),
-                latency: started.elapsed(),
-                shadow: None,
-                failure: None,
-            },
-            Err(err) => self.failed(started, err),
-        }
+            .and_then(|run| self.decode(run));
+        self.finished(started, result)
     }
 
     /// Whether requests are evaluated on the bytecode VM (`false`: on the

@@ -100,13 +100,21 @@ impl DecisionError {
             DecisionError::Input(_) => "input document cannot be encoded".to_owned(),
             DecisionError::Decode(_) => "data.mcp.decision cannot be decoded".to_owned(),
             DecisionError::Eval(detail) => {
-                let location = detail
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("-->"))
-                    .map_or("an unknown location", str::trim);
-                format!("evaluation of data.mcp.decision failed at {location}")
+                format!(
+                    "evaluation of data.mcp.decision failed at {}",
+                    eval_location(detail)
+                )
             }
             other => other.to_string(),
         }
     }
+}
+
+/// The policy location (`file:line:col`) a regorus evaluation error points
+/// at, without the rest of the message (which may quote input values).
+pub(crate) fn eval_location(detail: &str) -> &str {
+    detail
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-->"))
+        .map_or("an unknown location", str::trim)
 }

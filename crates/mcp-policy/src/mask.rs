@@ -2,7 +2,7 @@
 //! `data.mcp.log.mask` JSON pointers replaced by [`MASKED`], then secrets
 //! that look like secrets redacted from every remaining string.
 
-use regex::Regex;
+use mcp_core::redact::Redactor;
 use serde_json::Value;
 
 /// What a masked or redacted value is replaced with.
@@ -13,7 +13,13 @@ pub const MASKED: &str = mcp_core::redact::REDACTED;
 // catch credentials passed in argv, which the input must carry for the
 // policy but the log must not keep.
 
-/// [`masked_input`] for a raw document.
+/// The input as the decision log keeps it. `mask` holds JSON pointers
+/// (RFC 6901; a `*` segment matches every key or index) whose values are
+/// replaced by [`MASKED`]; `""` masks the whole document. `redact` holds
+/// extra regular expressions (the policy's `redact` obligation) whose
+/// matches are replaced by [`MASKED`] in every string, after the built-in
+/// rules; they come compiled from the shared cache, and one that does not
+/// compile is ignored here (the decision decoder already refused it).
 pub fn masked_value(mut value: Value, mask: &[String], redact: &[String]) -> Value {
     for pointer in mask {
         if pointer.is_empty() {
@@ -26,8 +32,13 @@ pub fn masked_value(mut value: Value, mask: &[String], redact: &[String]) -> Val
         let segments: Vec<String> = rest.split('/').map(unescape).collect();
         mask_at(&mut value, &segments);
     }
-    let extra: Vec<Regex> = redact.iter().filter_map(|p| Regex::new(p).ok()).collect();
-    redact_strings(&mut value, &extra);
+    let mut redactor = Redactor::built_in();
+    redactor.add_compiled(
+        redact
+            .iter()
+            .filter_map(|p| mcp_core::redact::compile_cached(p).ok()),
+    );
+    redact_strings(&mut value, &redactor);
     value
 }
 
@@ -59,32 +70,33 @@ fn mask_at(value: &mut Value, segments: &[String]) {
     }
 }
 
-fn redact_strings(value: &mut Value, extra: &[Regex]) {
+fn redact_strings(value: &mut Value, redactor: &Redactor) {
     match value {
         Value::String(s) => {
-            if let Some(redacted) = redact_str(s, extra) {
+            if let std::borrow::Cow::Owned(redacted) = redactor.redact(s) {
                 *s = redacted;
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, extra)),
-        Value::Object(map) => map.values_mut().for_each(|v| redact_strings(v, extra)),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, redactor)),
+        Value::Object(map) => map.values_mut().for_each(|v| redact_strings(v, redactor)),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
-/// The redacted string, or `None` when nothing matched (no allocation).
-pub(crate) fn redact_str(s: &str, extra: &[Regex]) -> Option<String> {
-    let mut out: Option<String> = match mcp_core::redact::Redactor::built_in().redact(s) {
+/// The redacted string, or `None` when nothing matched: the built-in rules,
+/// then `extra`, as [`masked_value`] applies them.
+#[cfg(test)]
+pub(crate) fn redact_str(s: &str, extra: &[regex::Regex]) -> Option<String> {
+    let mut redactor = Redactor::built_in();
+    redactor.add_compiled(
+        extra
+            .iter()
+            .filter_map(|re| mcp_core::redact::compile_cached(re.as_str()).ok()),
+    );
+    match redactor.redact(s) {
         std::borrow::Cow::Borrowed(_) => None,
         std::borrow::Cow::Owned(o) => Some(o),
-    };
-    for re in extra {
-        let current = out.as_deref().unwrap_or(s);
-        if re.is_match(current) {
-            out = Some(re.replace_all(current, MASKED).into_owned());
-        }
     }
-    out
 }
 
 #[cfg(test)]

@@ -39,10 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::SandboxError;
 use crate::profile::{Profile, Profiles, is_clean_absolute};
 use crate::run::{self, RunLimits, RunOutcome, Started};
-use crate::sandbox::{
-    NPROC_BACKSTOP_FACTOR, RunSpec, Sandbox, cgroup_limits, effective_limits, is_valid_tenant,
-    merged_env,
-};
+use crate::sandbox::{RunSpec, Sandbox, cgroup_limits, is_valid_tenant, merged_env};
 use crate::stub::{self, Order, READY, STUB_PATH};
 use crate::sys;
 use crate::workspace::WorkspaceGuard;
@@ -194,10 +191,7 @@ impl Pool {
             return None;
         };
 
-        let mut limits = effective_limits(profile, &spec.limits, spec.timeout);
-        if sandbox.has_cgroups() {
-            limits.nproc = limits.nproc.saturating_mul(NPROC_BACKSTOP_FACTOR);
-        }
+        let limits = sandbox.task_rlimits(profile, spec);
         let order = Order {
             argv: spec.argv.clone(),
             env: merged_env(profile, &spec.env).into_iter().collect(),

@@ -33,7 +33,7 @@ const CHECK_FILES: &str = ".sandbox-check";
 /// shared by every sandbox of the same user) is only a backstop; set to the
 /// task's pids times this, so one task's fork bomb cannot starve the
 /// others of the same uid.
-pub(crate) const NPROC_BACKSTOP_FACTOR: u64 = 64;
+const NPROC_BACKSTOP_FACTOR: u64 = 64;
 
 /// Where the egress forwarder binary appears inside a restricted sandbox.
 const EGRESS_FORWARDER: &str = "/run/mcp-egress/forward";
@@ -318,9 +318,18 @@ impl Sandbox {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// Whether tasks run in task cgroups on this host.
-    pub(crate) fn has_cgroups(&self) -> bool {
-        self.inner.cgroups.is_some()
+    /// A task's per-process rlimits on this host ([`effective_limits`]),
+    /// for a cold sandbox and for the order of a pooled one alike.
+    /// RLIMIT_NPROC counts every process of the uid: when a task cgroup
+    /// holds the real pids limit and the uid is shared with other
+    /// sandboxes (no uid range), it is only a backstop.
+    pub(crate) fn task_rlimits(&self, profile: &Profile, spec: &RunSpec) -> Rlimits {
+        let mut rlimits = effective_limits(profile, &spec.limits, spec.timeout);
+        let own_uid = self.inner.uids.get().is_some() && self.inner.owner.is_some();
+        if self.inner.cgroups.is_some() && !own_uid {
+            rlimits.nproc = rlimits.nproc.saturating_mul(NPROC_BACKSTOP_FACTOR);
+        }
+        rlimits
     }
 
     /// The warm pool, if enabled.
@@ -591,12 +600,11 @@ impl Sandbox {
             }
             _ => workspace::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?,
         };
-        let own_uid = lease.is_some();
         if let Some(l) = lease {
             ws.set_uid_lease(l);
         }
 
-        let mut rlimits = effective_limits(profile, &spec.limits, spec.timeout);
+        let rlimits = self.task_rlimits(profile, spec);
         let mut cgroup_procs = Vec::new();
         match self.inner.cgroups {
             Some(cgroups) => {
@@ -606,9 +614,6 @@ impl Sandbox {
                 let opened = cg.procs_files();
                 ws.set_cgroup(cg);
                 cgroup_procs = opened.map_err(cgroup_err)?;
-                if !own_uid {
-                    rlimits.nproc = rlimits.nproc.saturating_mul(NPROC_BACKSTOP_FACTOR);
-                }
             }
             None if profile.limits.require_cgroup => {
                 return Err(SandboxError::NotEnforceable {
@@ -642,8 +647,14 @@ impl Sandbox {
             .map_err(|source| SandboxError::Spawn { source })?;
 
         let mounts = self.plan(profile);
-        let view = View::of_profile(mounts).with_fixed(&files);
-        let masks = denied_masks(&view, &spec.denied_paths)?;
+        // The sandbox view (a copy of every mount) is only needed to
+        // resolve denied paths; most runs have none.
+        let masks = if spec.denied_paths.is_empty() {
+            Vec::new()
+        } else {
+            let view = View::of_profile(mounts).with_fixed(&files);
+            denied_masks(&view, &spec.denied_paths)?
+        };
         let mut env = merged_env(profile, &spec.env);
         let argv = match egress {
             Some(_) => {

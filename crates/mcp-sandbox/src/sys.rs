@@ -86,12 +86,7 @@ pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
                 return Err(io::Error::last_os_error());
             }
         }
-        set_limit(libc::RLIMIT_AS, limits.address_space)?;
-        set_limit(libc::RLIMIT_NPROC, limits.nproc)?;
-        set_limit(libc::RLIMIT_NOFILE, limits.nofile)?;
-        set_limit(libc::RLIMIT_FSIZE, limits.fsize)?;
-        set_limit(libc::RLIMIT_CPU, limits.cpu_secs)?;
-        set_limit(libc::RLIMIT_CORE, 0)?;
+        lower_rlimits(&limits)?;
         mark_fds_cloexec();
         for fd in &setup.inherit {
             // SAFETY: fcntl(F_SETFD) on a descriptor the closure owns only
@@ -320,9 +315,11 @@ pub(crate) fn landlock_abi() -> io::Result<u32> {
     u32::try_from(rc).map_err(|_| io::Error::other("landlock ABI out of range"))
 }
 
-/// Lowers this process's rlimits to `limits` (the stub of a pooled
-/// sandbox, right before it executes the task's command): each becomes
-/// soft and hard limit, never above the hard limit already in place.
+/// Lowers this process's rlimits to `limits` (and RLIMIT_CORE to 0): each
+/// becomes soft and hard limit, never above the hard limit already in
+/// place. Used between fork and exec of bubblewrap and by the stub of a
+/// pooled sandbox right before it executes the task's command; only plain
+/// syscalls, so it is async-signal-safe.
 pub(crate) fn lower_rlimits(limits: &Rlimits) -> io::Result<()> {
     set_limit(libc::RLIMIT_AS, limits.address_space)?;
     set_limit(libc::RLIMIT_NPROC, limits.nproc)?;

@@ -163,6 +163,19 @@ fn bind_task<'q>(
         .bind(&task.owner)
 }
 
+/// The error of a task insert: a second task with the same id is
+/// [`StoreError::DuplicateTask`].
+fn insert_error(err: sqlx::Error, id: TaskId) -> StoreError {
+    if err
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+    {
+        StoreError::DuplicateTask { id }
+    } else {
+        err.into()
+    }
+}
+
 const INSERT_PENDING_SQL: &str = concat!(
     "INSERT INTO tasks (",
     task_columns!(),
@@ -289,17 +302,7 @@ impl TaskStore for SqliteStore {
         let done = bind_task(sqlx::query(INSERT_TASK_SQL), task, &empty)
             .execute(&self.pool)
             .await;
-        match done {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_database_error()
-                    .is_some_and(|db| db.is_unique_violation()) =>
-            {
-                Err(StoreError::DuplicateTask { id: task.id })
-            }
-            Err(err) => Err(err.into()),
-        }
+        done.map(|_| ()).map_err(|err| insert_error(err, task.id))
     }
 
     #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %id, state = state.as_str()))]
@@ -494,17 +497,7 @@ impl TaskStore for SqliteStore {
             .bind(to_ms(approval.expires_at))
             .execute(&self.pool)
             .await;
-        match done {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_database_error()
-                    .is_some_and(|db| db.is_unique_violation()) =>
-            {
-                Err(StoreError::DuplicateTask { id: task.id })
-            }
-            Err(err) => Err(err.into()),
-        }
+        done.map(|_| ()).map_err(|err| insert_error(err, task.id))
     }
 
     #[tracing::instrument(name = "store.read", skip_all, fields(task_id = %id))]

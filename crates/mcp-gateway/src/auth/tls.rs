@@ -261,14 +261,20 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
+/// Every certificate of a PEM file (none when it holds none); the server's
+/// chain, the client CA bundle and the policy bundle server's CA file.
+pub(crate) fn pem_certs(
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, rustls_pki_types::pem::Error> {
+    CertificateDer::pem_file_iter(path)?.collect()
+}
+
 fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Read {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let certs = pem_certs(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
             what,

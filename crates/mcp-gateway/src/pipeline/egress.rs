@@ -154,7 +154,7 @@ impl Gateway {
         };
         let socket = self.sandbox.egress_socket_path(spec.task_id);
         // A leftover of a crashed run would make the bind fail.
-        let _ = std::fs::remove_file(&socket);
+        let _ = tokio::fs::remove_file(&socket).await;
         let forwarder = self
             .egress
             .forwarder
@@ -196,8 +196,11 @@ impl Gateway {
             .run_with_egress(spec, Some(binding), on_output, cancel)
             .await;
         stop.cancel();
-        let _ = served.await;
-        let _ = std::fs::remove_file(&socket);
+        // `serve` removes the socket once it stopped; it is only left
+        // behind if the proxy task panicked.
+        if served.await.is_err() {
+            let _ = tokio::fs::remove_file(&socket).await;
+        }
         outcome
     }
 }

@@ -9,8 +9,10 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::extract::{ApiCaller, ApiError, ApiJson, ApiPath, ApiQuery};
+use super::handlers::{detached, task_view};
 use super::types::{ErrorBody, NoQuery, Task};
 use crate::approval::{Verdict, VerdictRequest, decide};
+use crate::pipeline::Caller;
 
 /// Approves a task waiting for approval.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -63,10 +65,7 @@ pub(crate) async fn approve_task(
         token: body.token,
         text: body.comment,
     };
-    let rec = decide(&app.gateway, &caller, Verdict::Approve, req)
-        .await
-        .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(Json(super::handlers::task_view(&app.gateway, rec).await))
+    answer(app, caller, Verdict::Approve, req).await
 }
 
 /// Rejects a task in `pending_approval`; it ends `rejected` with the reason.
@@ -97,8 +96,22 @@ pub(crate) async fn reject_task(
         token: body.token,
         text: body.reason,
     };
-    let rec = decide(&app.gateway, &caller, Verdict::Reject, req)
+    answer(app, caller, Verdict::Reject, req).await
+}
+
+/// Decides like gRPC and answers with the task. Detached like the other
+/// state-changing handlers: a verdict that was recorded is also carried
+/// out when the client goes away.
+async fn answer(
+    app: AppState,
+    caller: Caller,
+    verdict: Verdict,
+    req: VerdictRequest,
+) -> Result<Json<Task>, ApiError> {
+    let gw = app.gateway.clone();
+    let c = caller.clone();
+    let rec = detached(async move { decide(&gw, &c, verdict, req).await })
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(Json(super::handlers::task_view(&app.gateway, rec).await))
+    Ok(Json(task_view(&app.gateway, rec).await))
 }

@@ -25,8 +25,7 @@ use super::types::{
     OutputEvent, Ready, Task, TaskCreated, TaskList, WriteQuery,
 };
 use crate::error::GatewayError;
-use crate::live::Cursor;
-use crate::pipeline::{Gateway, Output};
+use crate::pipeline::Gateway;
 
 /// A task's JSON, with its approval's reason and expiry while it waits
 /// for one (every REST answer that shows a task goes through here).
@@ -38,7 +37,7 @@ pub(crate) async fn task_view(gw: &Gateway, rec: mcp_core::TaskRecord) -> Task {
 /// Runs a pipeline call to its end even if the client goes away (hyper
 /// drops a request's future when its connection closes), so a request
 /// that was decided is also recorded and started.
-async fn detached<T: Send + 'static>(
+pub(super) async fn detached<T: Send + 'static>(
     fut: impl Future<Output = Result<T, GatewayError>> + Send + 'static,
 ) -> Result<T, GatewayError> {
     tokio::spawn(fut.in_current_span())
@@ -59,13 +58,13 @@ async fn detached<T: Send + 'static>(
     tag = "tasks",
     request_body = ExecuteBody,
     responses(
-        (status = 202, description = "The task is stored and will run; `Location` names it", body = TaskCreated),
+        (status = 202, description = "The task is stored and will run (or waits for approval); `Location` names it", body = TaskCreated),
         (status = 400, description = "Invalid or malformed request (2001, 2004)", body = ErrorBody),
         (status = 403, description = "Denied by policy (3001)", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for a different request (2102)", body = ErrorBody),
         (status = 413, description = "Body too large (2005)", body = ErrorBody),
         (status = 415, description = "Not JSON (2006)", body = ErrorBody),
-        (status = 422, description = "Not supported yet (2011)", body = ErrorBody),
-        (status = 429, description = "Too many tasks waiting (4003)", body = ErrorBody),
+        (status = 429, description = "Too many tasks waiting (4003) or a tenant quota used up (4101)", body = ErrorBody),
         (status = 503, description = "Store or sandbox unavailable, shutting down, busy (4001, 5002, 5003, 5005)", body = ErrorBody),
     )
 )]
@@ -109,7 +108,7 @@ pub(crate) async fn execute(
         (status = 403, description = "Denied by policy (3001)", body = ErrorBody),
         (status = 413, description = "Body too large (2005)", body = ErrorBody),
         (status = 415, description = "Not JSON (2006)", body = ErrorBody),
-        (status = 429, description = "Too many tasks waiting (4003)", body = ErrorBody),
+        (status = 429, description = "Too many tasks waiting (4003) or a tenant quota used up (4101)", body = ErrorBody),
         (status = 503, description = "Store or sandbox unavailable, shutting down, busy", body = ErrorBody),
         (status = 504, description = "No answer in time; the task goes on (5004)", body = ErrorBody),
     )
@@ -253,42 +252,13 @@ pub(crate) async fn task_output(
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
     let (tx, rx) = mpsc::channel::<OutputChunk>(64);
-    tokio::spawn(follow(output, tx).in_current_span());
+    tokio::spawn(output.follow(tx, |c| c).in_current_span());
     let mut seq = 0usize;
     let events = ReceiverStream::new(rx).map(move |c| {
         seq += 1;
         Ok(sse_event(seq, c))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
-}
-
-/// Sends a task's chunks to `tx` until its exit code (or the client leaves).
-async fn follow(output: Output, tx: mpsc::Sender<OutputChunk>) {
-    match output {
-        Output::Stored(rec) => {
-            for ch in crate::pipeline::stored_chunks(*rec) {
-                if tx.send(ch).await.is_err() {
-                    return;
-                }
-            }
-        }
-        Output::Live(live) => {
-            let mut cursor = Cursor::default();
-            let mut rx = live.subscribe();
-            loop {
-                let (chunks, done) = live.read_from(&mut cursor);
-                for ch in chunks {
-                    if tx.send(ch).await.is_err() {
-                        // The client went away; the task goes on.
-                        return;
-                    }
-                }
-                if done || rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }
 
 fn sse_event(seq: usize, c: OutputChunk) -> Event {

@@ -3,99 +3,15 @@
 //! requires approval when the request's metadata says `needs_approval`, and
 //! the shipped `policies/approve.rego` deciding who may approve.
 
-use std::path::Path;
 use std::time::Duration;
 
-use mcp_client::{Client, CommandRequest, ConnectOptions, Credential, TaskStatus};
+use mcp_client::{Client, CommandRequest, TaskStatus};
 use mcp_gateway::approval::{ApprovalClaims, mint_token, new_claims};
-use mcp_gateway::auth::api_key::KeyHash;
-use mcp_gateway::config::RawConfig;
 
-use crate::harness::{TestGateway, cmd, code_of, repo, state, test_config, wait_terminal};
-
-/// Decides every command allowed, with `require_approval` when the
-/// metadata asks for it and `limits` when it asks for those. Only the
-/// decision is hand-written; `approve.rego` is the shipped file.
-const TEST_POLICY: &str = r#"package mcp
-
-default decision := {"allow": false, "deny_reasons": ["only commands"], "warnings": [], "obligations": {}}
-
-decision := {"allow": true, "deny_reasons": [], "warnings": [], "obligations": obligations} if {
-	input.request.kind == "command"
-}
-
-base := {"profile": "default"}
-
-approval := {"require_approval": {"roles": ["ops"], "reason": "needs an operator"}} if {
-	input.request.metadata.needs_approval == "yes"
-} else := {}
-
-limits := {"limits": {"timeout_secs": 1, "pids": 16}} if {
-	input.request.metadata.limits == "tight"
-} else := {}
-
-obligations := object.union(object.union(base, approval), limits)
-"#;
-
-pub const SECRET: &str = "approval-secret-of-at-least-32-bytes!";
-
-/// (id, tenant, roles, key) of the test principals.
-pub const PRINCIPALS: &[(&str, &str, &[&str], &str)] = &[
-    ("alice", "acme", &["dev"], "key-alice-0001"),
-    ("bob", "acme", &["ops"], "key-bob-0002"),
-    ("carol", "acme", &["dev"], "key-carol-0003"),
-    ("bot", "acme", &[], "key-bot-0004"),
-    ("mallory", "other", &["ops"], "key-mallory-0005"),
-];
-
-/// A policy directory with [`TEST_POLICY`] and the shipped approve.rego.
-pub fn policy_dir(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("policies");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join("main.rego"), TEST_POLICY).unwrap();
-    std::fs::copy(repo().join("policies/approve.rego"), p.join("approve.rego")).unwrap();
-    p
-}
-
-/// A config with API keys for [`PRINCIPALS`], the test policy and a token secret.
-pub fn config(data: &Path) -> RawConfig {
-    let mut raw = test_config(data);
-    raw.policy.dir = policy_dir(data);
-    raw.policy.watch = false;
-    raw.auth.api_keys = PRINCIPALS
-        .iter()
-        .map(
-            |(id, tenant, roles, key)| mcp_gateway::auth::config::RawApiKey {
-                id: (*id).to_owned(),
-                tenant: (*tenant).to_owned(),
-                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-                hash: KeyHash::of(key).to_string(),
-            },
-        )
-        .collect();
-    raw.approval.token_secret = SECRET.to_owned();
-    raw
-}
-
-/// A client authenticated as `id`.
-pub async fn client_as(gw: &TestGateway, id: &str) -> Client {
-    let key = PRINCIPALS.iter().find(|p| p.0 == id).map(|p| p.3).unwrap();
-    Client::connect_with(
-        &gw.endpoint(),
-        &ConnectOptions {
-            credential: Some(Credential::ApiKey(key.to_owned())),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
-pub fn needing_approval(command: &str, args: &[&str]) -> CommandRequest {
-    let mut r = cmd(command, args);
-    r.metadata.insert("needs_approval".into(), "yes".into());
-    r
-}
+use crate::harness::{
+    PRINCIPALS, SECRET, TestGateway, client_as, cmd, code_of, config, needing_approval, repo,
+    state, wait_terminal,
+};
 
 async fn pending(client: &mut Client, req: CommandRequest) -> String {
     let created = client.execute(req).await.unwrap();
@@ -330,8 +246,9 @@ async fn the_limits_obligation_clamps_the_timeout() {
     gw.stop().await;
 }
 
-fn cli(args: &[&str], key: Option<&str>) -> std::process::Output {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-gateway"));
+/// Runs the gateway's CLI (without blocking the runtime the server runs on).
+async fn cli(args: &[&str], key: Option<&str>) -> std::process::Output {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-gateway"));
     c.args(args)
         .env_remove("MCP_GATEWAY_CONFIG")
         .env_remove("MCP_GATEWAY_API_KEY")
@@ -340,7 +257,7 @@ fn cli(args: &[&str], key: Option<&str>) -> std::process::Output {
     if let Some(k) = key {
         c.env("MCP_GATEWAY_API_KEY", k);
     }
-    c.output().unwrap()
+    c.output().await.unwrap()
 }
 
 #[tokio::test]
@@ -352,17 +269,11 @@ async fn the_cli_approves_rejects_and_mints_tokens() {
     let a = pending(&mut alice, needing_approval("echo", &["via cli"])).await;
     let b = pending(&mut alice, needing_approval("echo", &["never"])).await;
 
-    let out = tokio::task::spawn_blocking({
-        let (a, endpoint) = (a.clone(), endpoint.clone());
-        move || {
-            cli(
-                &["task", "approve", &a, "--endpoint", &endpoint],
-                Some("key-bob-0002"),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let out = cli(
+        &["task", "approve", &a, "--endpoint", &endpoint],
+        Some("key-bob-0002"),
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -372,17 +283,11 @@ async fn the_cli_approves_rejects_and_mints_tokens() {
     assert_eq!(done.result.unwrap().stdout, "via cli\n");
 
     // The requester is refused, with a non-zero exit.
-    let out = tokio::task::spawn_blocking({
-        let (b, endpoint) = (b.clone(), endpoint.clone());
-        move || {
-            cli(
-                &["task", "approve", &b, "--endpoint", &endpoint],
-                Some("key-alice-0001"),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let out = cli(
+        &["task", "approve", &b, "--endpoint", &endpoint],
+        Some("key-alice-0001"),
+    )
+    .await;
     assert!(!out.status.success());
 
     // A token minted from the config file, carried by the bot, rejects.
@@ -396,58 +301,46 @@ async fn the_cli_approves_rejects_and_mints_tokens() {
         ),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking({
-        let (b, cfg_file) = (b.clone(), cfg_file.clone());
-        move || {
-            cli(
-                &[
-                    "task",
-                    "approval-token",
-                    &b,
-                    "--approver",
-                    "bob",
-                    "--tenant",
-                    "acme",
-                    "--role",
-                    "ops",
-                    "--ttl-secs",
-                    "60",
-                    "--config",
-                    cfg_file.to_str().unwrap(),
-                ],
-                None,
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let out = cli(
+        &[
+            "task",
+            "approval-token",
+            &b,
+            "--approver",
+            "bob",
+            "--tenant",
+            "acme",
+            "--role",
+            "ops",
+            "--ttl-secs",
+            "60",
+            "--config",
+            cfg_file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = tokio::task::spawn_blocking({
-        let (b, endpoint) = (b.clone(), endpoint.clone());
-        move || {
-            cli(
-                &[
-                    "task",
-                    "reject",
-                    &b,
-                    "--approval-token",
-                    &token,
-                    "--reason",
-                    "by chat",
-                    "--endpoint",
-                    &endpoint,
-                ],
-                Some("key-bot-0004"),
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let out = cli(
+        &[
+            "task",
+            "reject",
+            &b,
+            "--approval-token",
+            &token,
+            "--reason",
+            "by chat",
+            "--endpoint",
+            &endpoint,
+        ],
+        Some("key-bot-0004"),
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",

@@ -14,17 +14,13 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mcp_client::{Client, ClientError, ConnectOptions, Credential, TlsOptions};
 use mcp_gateway::auth::api_key::KeyHash;
 use mcp_gateway::auth::config::{RawApiKey, RawCertRule, RawJwt};
-use mcp_gateway::config::RawConfig;
-use mcp_gateway::server;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::harness::{
-    TestGateway, cmd, code_of, global_telemetry, repo, require_bwrap, test_config,
-};
+use crate::harness::{TestGateway, cmd, code_of, repo, require_bwrap, test_config};
 
 const KEY_A: &str = "mcpk_test_key_of_team_a_0000000000000000000000000000000000000000";
 const KEY_B: &str = "mcpk_test_key_of_team_b_0000000000000000000000000000000000000000";
@@ -502,45 +498,8 @@ fn server_sans() -> Vec<SanType> {
 }
 
 /// A gateway serving TLS (the harness' client speaks cleartext, so this
-/// one starts without it).
-struct TlsGateway {
-    addr: SocketAddr,
-    data: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl TlsGateway {
-    async fn start(raw: RawConfig) -> Self {
-        global_telemetry();
-        require_bwrap();
-        let data = raw.storage.data_dir.clone();
-        let cfg = raw.validate().unwrap();
-        let gateway = server::build(&cfg).await.unwrap();
-        let (addr, listener) = server::bind(&cfg).await.unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            server::serve(&cfg, gateway, listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Self {
-            addr,
-            data,
-            stop: Some(stop),
-            handle,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.handle.await.unwrap();
-    }
-}
+/// one is served without one).
+type TlsGateway = crate::harness::Server;
 
 fn tls_opts(
     ca: &Path,

@@ -5,7 +5,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcp_client::{Client, CommandRequest, TaskStatus, TaskStatusResponse};
+use mcp_client::{
+    Client, CommandRequest, ConnectOptions, Credential, TaskStatus, TaskStatusResponse,
+};
+use mcp_gateway::auth::api_key::KeyHash;
 use mcp_gateway::config::RawConfig;
 use mcp_gateway::server;
 use tokio::sync::oneshot;
@@ -49,24 +52,17 @@ pub fn test_config(data: &Path) -> RawConfig {
     raw
 }
 
-pub struct TestGateway {
+/// A gateway served in this process on a loopback port, whatever its
+/// listener (cleartext or TLS); [`TestGateway`] adds a cleartext client.
+pub struct Server {
     pub addr: SocketAddr,
-    pub client: Client,
     pub data: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
-    _tmp: Option<tempfile::TempDir>,
 }
 
-impl TestGateway {
-    pub async fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut gw = Self::start_with(test_config(tmp.path())).await;
-        gw._tmp = Some(tmp);
-        gw
-    }
-
-    pub async fn start_with(raw: RawConfig) -> Self {
+impl Server {
+    pub async fn start(raw: RawConfig) -> Self {
         global_telemetry();
         require_bwrap();
         let data = raw.storage.data_dir.clone();
@@ -81,13 +77,51 @@ impl TestGateway {
             .await
             .unwrap();
         });
-        let client = Client::connect(&format!("http://{addr}")).await.unwrap();
         Self {
             addr,
-            client,
             data,
             stop: Some(stop),
             handle: Some(handle),
+        }
+    }
+
+    /// Stops serving and waits until the server has shut down.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub data: PathBuf,
+    server: Server,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut gw = Self::start_with(test_config(tmp.path())).await;
+        gw._tmp = Some(tmp);
+        gw
+    }
+
+    pub async fn start_with(raw: RawConfig) -> Self {
+        let server = Server::start(raw).await;
+        let client = Client::connect(&format!("http://{}", server.addr))
+            .await
+            .unwrap();
+        Self {
+            addr: server.addr,
+            client,
+            data: server.data.clone(),
+            server,
             _tmp: None,
         }
     }
@@ -96,13 +130,8 @@ impl TestGateway {
         format!("http://{}", self.addr)
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            h.await.unwrap();
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -244,4 +273,91 @@ impl ServedBinary {
             .unwrap();
         self.data
     }
+}
+
+// Principals of two tenants and a policy that requires approval on request
+// (used by `approval` and `quotas`).
+
+/// Decides every command allowed, with `require_approval` when the
+/// metadata asks for it and `limits` when it asks for those. Only the
+/// decision is hand-written; `approve.rego` is the shipped file.
+const TEST_POLICY: &str = r#"package mcp
+
+default decision := {"allow": false, "deny_reasons": ["only commands"], "warnings": [], "obligations": {}}
+
+decision := {"allow": true, "deny_reasons": [], "warnings": [], "obligations": obligations} if {
+	input.request.kind == "command"
+}
+
+base := {"profile": "default"}
+
+approval := {"require_approval": {"roles": ["ops"], "reason": "needs an operator"}} if {
+	input.request.metadata.needs_approval == "yes"
+} else := {}
+
+limits := {"limits": {"timeout_secs": 1, "pids": 16}} if {
+	input.request.metadata.limits == "tight"
+} else := {}
+
+obligations := object.union(object.union(base, approval), limits)
+"#;
+
+pub const SECRET: &str = "approval-secret-of-at-least-32-bytes!";
+
+/// (id, tenant, roles, key) of the test principals.
+pub const PRINCIPALS: &[(&str, &str, &[&str], &str)] = &[
+    ("alice", "acme", &["dev"], "key-alice-0001"),
+    ("bob", "acme", &["ops"], "key-bob-0002"),
+    ("carol", "acme", &["dev"], "key-carol-0003"),
+    ("bot", "acme", &[], "key-bot-0004"),
+    ("mallory", "other", &["ops"], "key-mallory-0005"),
+];
+
+/// A policy directory with [`TEST_POLICY`] and the shipped approve.rego.
+pub fn policy_dir(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("policies");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("main.rego"), TEST_POLICY).unwrap();
+    std::fs::copy(repo().join("policies/approve.rego"), p.join("approve.rego")).unwrap();
+    p
+}
+
+/// A config with API keys for [`PRINCIPALS`], the test policy and a token secret.
+pub fn config(data: &Path) -> RawConfig {
+    let mut raw = test_config(data);
+    raw.policy.dir = policy_dir(data);
+    raw.policy.watch = false;
+    raw.auth.api_keys = PRINCIPALS
+        .iter()
+        .map(
+            |(id, tenant, roles, key)| mcp_gateway::auth::config::RawApiKey {
+                id: (*id).to_owned(),
+                tenant: (*tenant).to_owned(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                hash: KeyHash::of(key).to_string(),
+            },
+        )
+        .collect();
+    raw.approval.token_secret = SECRET.to_owned();
+    raw
+}
+
+/// A client authenticated as `id`.
+pub async fn client_as(gw: &TestGateway, id: &str) -> Client {
+    let key = PRINCIPALS.iter().find(|p| p.0 == id).map(|p| p.3).unwrap();
+    Client::connect_with(
+        &gw.endpoint(),
+        &ConnectOptions {
+            credential: Some(Credential::ApiKey(key.to_owned())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+pub fn needing_approval(command: &str, args: &[&str]) -> CommandRequest {
+    let mut r = cmd(command, args);
+    r.metadata.insert("needs_approval".into(), "yes".into());
+    r
 }

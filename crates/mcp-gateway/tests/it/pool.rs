@@ -133,6 +133,12 @@ async fn the_binary_is_the_stub_and_its_pool_dies_with_it() {
     let r = client.run(cmd("echo", &["hi"])).await.unwrap();
     assert_eq!(r.result.unwrap().stdout, "hi\n");
     let root = gw.pid();
+    let rest = crate::rest::Rest {
+        base: gw.endpoint(),
+        http: reqwest::Client::new(),
+    };
+    // A stub process exists a little before its sandbox can take a task.
+    assert_eq!(wait_ready(&rest, 2).await, 2, "the pool did not fill");
     let waiting = wait_for_stubs(root, 2).await;
     assert_eq!(waiting.len(), 2, "the pool did not fill: {waiting:?}");
     let r = client.run(cmd("echo", &["again"])).await.unwrap();

@@ -1,13 +1,14 @@
 //! Tenancy, per-tenant quotas and idempotency against the real server, with
-//! the API-key principals and the test policy of [`crate::approval`].
+//! the API-key principals and the test policy of [`crate::harness::config`].
 
 use std::time::Duration;
 
 use mcp_client::{ListTasksRequest, TaskStatus};
 use tonic::Code;
 
-use crate::approval::{client_as, config, needing_approval};
-use crate::harness::{TestGateway, cmd, code_of, state, wait_terminal};
+use crate::harness::{
+    TestGateway, client_as, cmd, code_of, config, needing_approval, state, wait_terminal,
+};
 
 fn error_number(r: Result<impl std::fmt::Debug, mcp_client::ClientError>) -> (Code, String) {
     let e = r.expect_err("expected an error status");
@@ -18,6 +19,16 @@ fn error_number(r: Result<impl std::fmt::Debug, mcp_client::ClientError>) -> (Co
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     (s.code(), num)
+}
+
+/// [`config`] with `quota` for tenant `acme`.
+fn with_quota(
+    data: &std::path::Path,
+    quota: mcp_gateway::quota::RawTenantQuota,
+) -> mcp_gateway::config::RawConfig {
+    let mut raw = config(data);
+    raw.quotas.tenants.insert("acme".into(), quota);
+    raw
 }
 
 #[tokio::test]
@@ -133,9 +144,8 @@ async fn list_tasks_filters_and_pages_within_the_tenant() {
 #[tokio::test]
 async fn concurrent_task_quota_is_enforced_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut raw = config(tmp.path());
-    raw.quotas.tenants.insert(
-        "acme".into(),
+    let raw = with_quota(
+        tmp.path(),
         mcp_gateway::quota::RawTenantQuota {
             max_concurrent_tasks: 1,
             ..Default::default()
@@ -260,9 +270,8 @@ async fn charge_cpu(data: &std::path::Path, tenant: &str, cpu_ms: u64) {
 #[tokio::test]
 async fn a_tenant_over_its_cpu_budget_is_refused_and_its_running_work_killed() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut raw = config(tmp.path());
-    raw.quotas.tenants.insert(
-        "acme".into(),
+    let raw = with_quota(
+        tmp.path(),
         mcp_gateway::quota::RawTenantQuota {
             cpu_seconds_per_hour: 60,
             ..Default::default()

@@ -738,22 +738,19 @@ async fn corrupt_decision_log_input_is_reported() -> Result<()> {
 }
 
 #[tokio::test]
-async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters() {
+async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters() -> Result<()> {
     use mcp_store::TaskQuery;
-    let dir = tempfile::tempdir().unwrap();
-    let store = mcp_store::SqliteStore::open(&dir.path().join("t.db"))
-        .await
-        .unwrap();
+    let (_dir, _path, store) = store().await?;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let mut t = list_fixture("acme");
+        let mut t = task("acme", "test");
         if i % 2 == 0 {
             t.state = mcp_core::TaskState::Running;
         }
         store.insert_task(&t).await.unwrap();
         ids.push(t.id);
     }
-    store.insert_task(&list_fixture("other")).await.unwrap();
+    store.insert_task(&task("other", "test")).await.unwrap();
 
     let q = |before, state, limit| TaskQuery {
         tenant: "acme".into(),
@@ -795,27 +792,7 @@ async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters() {
         .await
         .unwrap();
     assert!(other.is_empty());
-}
-
-fn list_fixture(tenant: &str) -> mcp_core::TaskRecord {
-    let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_700_000_000);
-    mcp_core::TaskRecord {
-        id: mcp_core::TaskId::new(),
-        kind: mcp_core::TaskKind::Command,
-        state: mcp_core::TaskState::Created,
-        tenant: tenant.into(),
-        principal: "p".into(),
-        command: "/usr/bin/echo".into(),
-        args: vec!["x".into()],
-        profile: Some("default".into()),
-        created_at: now,
-        started_at: None,
-        completed_at: None,
-        metadata: Default::default(),
-        result: None,
-        failure_reason: None,
-        owner: "test".into(),
-    }
+    Ok(())
 }
 
 fn pending_fixture(tenant: &str) -> (TaskRecord, mcp_store::PendingApproval) {
@@ -1004,10 +981,10 @@ async fn idempotency_keys_answer_the_first_task_within_the_window() -> Result<()
 #[tokio::test]
 async fn list_tasks_filters_by_metadata_and_cpu_is_summed_per_tenant() -> Result<()> {
     let (_dir, _path, store) = store().await?;
-    let mut a = list_fixture("acme");
+    let mut a = task("acme", "test");
     a.metadata = BTreeMap::from([("team".into(), "red".into()), ("env".into(), "prod".into())]);
     store.insert_task(&a).await?;
-    let mut b = list_fixture("acme");
+    let mut b = task("acme", "test");
     b.metadata = BTreeMap::from([("team".into(), "blue".into())]);
     store.insert_task(&b).await?;
     let q = |metadata: BTreeMap<String, String>| mcp_store::TaskQuery {
@@ -1046,8 +1023,7 @@ async fn list_tasks_filters_by_metadata_and_cpu_is_summed_per_tenant() -> Result
     store
         .finish(b.id, TaskState::Completed, done, Some(&result), None)
         .await?;
-    let mut c = list_fixture("other");
-    c.state = TaskState::Created;
+    let c = task("other", "test");
     store.insert_task(&c).await?;
     store
         .finish(c.id, TaskState::Completed, done, Some(&result), None)
