@@ -8,7 +8,9 @@
 //! `prev_hash` are read and the record inserted in one `BEGIN IMMEDIATE`
 //! transaction, under an in-process lock, so two appends can never take
 //! the same place in the chain (and another process writing the same file
-//! waits for the write lock rather than forking the chain).
+//! waits for the write lock rather than forking the chain). The append also
+//! takes the file's write gate (`gate`), which the task store's writes
+//! share, so the two queue instead of sleeping in SQLite's busy handler.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use sqlx::sqlite::{
 
 use sqlx::migrate::Migrator;
 
+use crate::gate::{self, Gate};
 use crate::rows::{list_to_json, to_i64};
 use crate::{Backend, StoreError, parse_url};
 
@@ -64,6 +67,8 @@ pub struct AuditLog {
     pool: SqlitePool,
     options: AuditOptions,
     tail: tokio::sync::Mutex<Tail>,
+    /// The file's write gate, shared with the task store (see `gate`).
+    gate: Gate,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -148,10 +153,14 @@ impl AuditLog {
     /// Opens the audit log in the database a store URL names (see
     /// [`crate::open_store`]), bringing the schema up to date.
     pub async fn open(url: &str, options: AuditOptions) -> Result<Self, StoreError> {
-        let connect = match parse_url(url)? {
-            Backend::SqliteMemory => SqliteConnectOptions::new().filename(":memory:"),
-            Backend::SqliteFile(path) => {
-                if let Some(dir) = Path::new(path)
+        let file = match parse_url(url)? {
+            Backend::SqliteMemory => None,
+            Backend::SqliteFile(path) => Some(Path::new(path)),
+        };
+        let connect = match file {
+            None => SqliteConnectOptions::new().filename(":memory:"),
+            Some(path) => {
+                if let Some(dir) = path
                     .parent()
                     .filter(|d| !d.as_os_str().is_empty())
                 {
@@ -178,11 +187,18 @@ impl AuditLog {
             .max_lifetime(None)
             .connect_with(connect)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        // The file exists now: the gate the task store of the same file
+        // shares, keyed by its canonical path.
+        let gate = file.map_or_else(gate::private, gate::for_file);
+        {
+            let _write = gate.lock().await;
+            MIGRATOR.run(&pool).await?;
+        }
         let log = Self {
             pool,
             options,
             tail: tokio::sync::Mutex::new(Tail::default()),
+            gate,
         };
         let (last, anchored, anchored_at) = log.positions().await?;
         *log.tail.lock().await = Tail {
@@ -214,6 +230,7 @@ impl AuditLog {
             pool,
             options: AuditOptions::default(),
             tail: tokio::sync::Mutex::new(Tail::default()),
+            gate: gate::private(),
         })
     }
 
@@ -240,6 +257,7 @@ impl AuditLog {
     #[tracing::instrument(name = "store.write", skip_all, fields(op = "audit_append"))]
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
         let mut tail = self.tail.lock().await;
+        let _write = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let last: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
@@ -308,6 +326,7 @@ impl AuditLog {
         if !(force || interval_passed) {
             return Ok(None);
         }
+        let _write = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let last: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")

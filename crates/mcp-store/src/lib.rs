@@ -25,6 +25,7 @@
 
 mod audit;
 mod error;
+mod gate;
 mod rows;
 mod sqlite;
 

@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::gate::Gate;
 use crate::rows::{
     DecisionLogRow, DecisionRow, TaskRow, decision_columns, decision_log_columns, from_ms,
     list_to_json, map_to_json, task_columns, to_i64, to_ms,
@@ -213,6 +214,9 @@ const CLAIM_KEY_SQL: &str = "INSERT INTO idempotency_keys
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Taken by every write: this process's writers of the file queue
+    /// instead of sleeping in SQLite's busy handler (see `gate`).
+    gate: Gate,
 }
 
 impl SqliteStore {
@@ -238,7 +242,8 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().connect_with(options).await?;
-        Self::migrated(pool).await
+        // The file exists now, so the gate is keyed by its canonical path.
+        Self::migrated(pool, crate::gate::for_file(path)).await
     }
 
     /// Opens a private in-memory database, for tests and benchmarks. The pool
@@ -255,12 +260,15 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        Self::migrated(pool).await
+        Self::migrated(pool, crate::gate::private()).await
     }
 
-    async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
-        MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+    async fn migrated(pool: SqlitePool, gate: Gate) -> Result<SqliteStore, StoreError> {
+        {
+            let _write = gate.lock().await;
+            MIGRATOR.run(&pool).await?;
+        }
+        Ok(SqliteStore { pool, gate })
     }
 
     /// Closes every connection, waiting for running queries; the file is
@@ -298,6 +306,7 @@ impl SqliteStore {
 impl TaskStore for SqliteStore {
     #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %task.id))]
     async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
+        let _write = self.gate.lock().await;
         let empty = TaskResult::default();
         let done = bind_task(sqlx::query(INSERT_TASK_SQL), task, &empty)
             .execute(&self.pool)
@@ -312,6 +321,7 @@ impl TaskStore for SqliteStore {
         state: TaskState,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let _write = self.gate.lock().await;
         let Some(target_rank) = rank(state) else {
             // Terminal states carry an outcome: they go through `finish`.
             return Err(self.refused(id, state).await);
@@ -338,6 +348,7 @@ impl TaskStore for SqliteStore {
         result: Option<&TaskResult>,
         failure_reason: Option<&str>,
     ) -> Result<(), StoreError> {
+        let _write = self.gate.lock().await;
         if !state.is_terminal() {
             return Err(self.refused(id, state).await);
         }
@@ -387,6 +398,7 @@ impl TaskStore for SqliteStore {
         rec: &DecisionRecord,
         details: &DecisionDetails,
     ) -> Result<(), StoreError> {
+        let _write = self.gate.lock().await;
         // A JSON value always serialises; the fallbacks keep this panic-free.
         let input = details
             .input
@@ -443,6 +455,7 @@ impl TaskStore for SqliteStore {
 
     #[tracing::instrument(name = "store.write", skip_all, fields(owner = %owner))]
     async fn mark_interrupted(&self, owner: &str, at: OffsetDateTime) -> Result<u64, StoreError> {
+        let _write = self.gate.lock().await;
         let done = sqlx::query(INTERRUPT_SQL)
             .bind(INTERRUPTED)
             .bind(to_ms(at))
@@ -482,6 +495,7 @@ impl TaskStore for SqliteStore {
         task: &TaskRecord,
         approval: &PendingApproval,
     ) -> Result<(), StoreError> {
+        let _write = self.gate.lock().await;
         if task.state != TaskState::PendingApproval {
             return Err(StoreError::InvalidTransition {
                 id: task.id,
@@ -536,6 +550,7 @@ impl TaskStore for SqliteStore {
         decided_by: &str,
         at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        let _write = self.gate.lock().await;
         let done = sqlx::query(CLAIM_PENDING_SQL)
             .bind(owner)
             .bind(decided_by)
@@ -557,6 +572,7 @@ impl TaskStore for SqliteStore {
         reason: &str,
         decided_by: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let _write = self.gate.lock().await;
         if !state.is_terminal() {
             return Err(StoreError::InvalidTransition {
                 id,
@@ -578,6 +594,7 @@ impl TaskStore for SqliteStore {
 
     #[tracing::instrument(name = "store.write", skip_all)]
     async fn expire_pending(&self, at: OffsetDateTime) -> Result<u64, StoreError> {
+        let _write = self.gate.lock().await;
         let done = sqlx::query(EXPIRE_PENDING_SQL)
             .bind(to_ms(at))
             .bind(APPROVAL_EXPIRED)
@@ -594,6 +611,7 @@ impl TaskStore for SqliteStore {
         at: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        let _write = self.gate.lock().await;
         let done = sqlx::query(
             "INSERT INTO used_approval_tokens (jti, task_id, used_at, expires_at) \
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT (jti) DO NOTHING",
@@ -613,6 +631,7 @@ impl TaskStore for SqliteStore {
         key: &IdempotencyKey,
         window_start: OffsetDateTime,
     ) -> Result<IdempotencyClaim, StoreError> {
+        let _write = self.gate.lock().await;
         let done = sqlx::query(CLAIM_KEY_SQL)
             .bind(&key.tenant)
             .bind(&key.principal)
@@ -655,6 +674,7 @@ impl TaskStore for SqliteStore {
         key: &str,
         task: TaskId,
     ) -> Result<(), StoreError> {
+        let _write = self.gate.lock().await;
         sqlx::query(
             "DELETE FROM idempotency_keys \
              WHERE tenant = ?1 AND principal = ?2 AND key = ?3 AND task_id = ?4",
