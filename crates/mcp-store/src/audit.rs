@@ -11,6 +11,14 @@
 //! waits for the write lock rather than forking the chain). The append also
 //! takes the file's write gate (`gate`), which the task store's writes
 //! share, so the two queue instead of sleeping in SQLite's busy handler.
+//!
+//! Group commit: appends that arrive while a commit is in progress wait
+//! for it, and the next one to run writes every waiting record in one
+//! transaction (one fsync for all of them). Each caller is answered only
+//! once the transaction holding its record is on disk, and in the order
+//! the records were queued, so batching changes how many fsyncs there are,
+//! never what an answer promises. A failed commit fails every append in
+//! it (nothing of it is stored; the chain is unchanged).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,12 +72,37 @@ struct Tail {
 /// The append-only audit log.
 #[derive(Debug)]
 pub struct AuditLog {
+    /// Reads (the writer has its own handle on the same connection).
+    pool: SqlitePool,
+    writer: Arc<Writer>,
+}
+
+/// What appends and checkpoints share. Commits run on tasks of their own
+/// holding this, so a caller that goes away (a client that disconnects)
+/// never abandons a commit that other appends wait for.
+#[derive(Debug)]
+struct Writer {
     pool: SqlitePool,
     options: AuditOptions,
+    /// Also the commit lock: whoever holds it commits what is queued.
     tail: tokio::sync::Mutex<Tail>,
     /// The file's write gate, shared with the task store (see `gate`).
     gate: Gate,
+    /// Appends waiting for the next commit, in arrival order.
+    queue: std::sync::Mutex<Vec<Queued>>,
+    /// Transactions committed by appends.
+    commits: std::sync::atomic::AtomicU64,
 }
+
+/// An append waiting to be committed, and where its answer goes.
+#[derive(Debug)]
+struct Queued {
+    event: AuditEvent,
+    reply: tokio::sync::oneshot::Sender<Result<AuditRecord, StoreError>>,
+}
+
+/// The most records one transaction commits; the rest wait for the next.
+const MAX_BATCH: usize = 256;
 
 #[derive(Debug, sqlx::FromRow)]
 struct AuditRow {
@@ -160,10 +193,7 @@ impl AuditLog {
         let connect = match file {
             None => SqliteConnectOptions::new().filename(":memory:"),
             Some(path) => {
-                if let Some(dir) = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
                         path: dir.to_owned(),
                         source,
@@ -194,14 +224,9 @@ impl AuditLog {
             let _write = gate.lock().await;
             MIGRATOR.run(&pool).await?;
         }
-        let log = Self {
-            pool,
-            options,
-            tail: tokio::sync::Mutex::new(Tail::default()),
-            gate,
-        };
+        let log = Self::with_writer(pool, options, gate);
         let (last, anchored, anchored_at) = log.positions().await?;
-        *log.tail.lock().await = Tail {
+        *log.writer.tail.lock().await = Tail {
             unanchored: last.saturating_sub(anchored),
             last_checkpoint_ms: anchored_at,
         };
@@ -226,12 +251,25 @@ impl AuditLog {
             .max_connections(1)
             .connect_with(connect)
             .await?;
-        Ok(Self {
+        Ok(Self::with_writer(
             pool,
-            options: AuditOptions::default(),
-            tail: tokio::sync::Mutex::new(Tail::default()),
-            gate: gate::private(),
-        })
+            AuditOptions::default(),
+            gate::private(),
+        ))
+    }
+
+    fn with_writer(pool: SqlitePool, options: AuditOptions, gate: Gate) -> Self {
+        Self {
+            writer: Arc::new(Writer {
+                pool: pool.clone(),
+                options,
+                tail: tokio::sync::Mutex::new(Tail::default()),
+                gate,
+                queue: std::sync::Mutex::default(),
+                commits: std::sync::atomic::AtomicU64::new(0),
+            }),
+            pool,
+        }
     }
 
     /// `(last seq, last checkpointed seq, time of the last checkpoint)`.
@@ -252,54 +290,19 @@ impl AuditLog {
     }
 
     /// Seals `event` as the next record and stores it durably; answers the
-    /// stored record. Signs a checkpoint over it in the same transaction
-    /// when one is due.
+    /// stored record once it is on disk. Signs a checkpoint in the same
+    /// transaction when one is due. Concurrent appends share one commit
+    /// (see the module documentation).
     #[tracing::instrument(name = "store.write", skip_all, fields(op = "audit_append"))]
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
-        let mut tail = self.tail.lock().await;
-        let _write = self.gate.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (seq, prev) = match last {
-            Some((seq, hash)) => (u64::try_from(seq).unwrap_or(0).saturating_add(1), hash),
-            None => (1, GENESIS_HASH.to_owned()),
-        };
-        let at_ms = event.at_ms;
-        let rec = mcp_audit::seal(seq, &prev, event);
-        insert_record(&mut tx, &rec).await?;
-        let due = self.due(&tail, at_ms);
-        let checkpoint = match (&self.options.signer, due) {
-            (Some(signer), true) => {
-                let cp = signer.checkpoint(rec.seq, &rec.hash, at_ms);
-                insert_checkpoint(&mut tx, &cp).await?;
-                Some(cp)
-            }
-            _ => None,
-        };
-        tx.commit().await?;
-        match checkpoint {
-            Some(cp) => {
-                tail.unanchored = 0;
-                tail.last_checkpoint_ms = Some(cp.at_ms);
-            }
-            None => tail.unanchored += 1,
-        }
-        Ok(rec)
-    }
-
-    /// Whether the record about to be written at `at_ms` gets a checkpoint.
-    fn due(&self, tail: &Tail, at_ms: i64) -> bool {
-        let by_count = self.options.checkpoint_every > 0
-            && tail.unanchored + 1 >= self.options.checkpoint_every;
-        let by_time = self.options.checkpoint_interval.is_some_and(|every| {
-            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
-            tail.last_checkpoint_ms
-                .is_none_or(|last| at_ms.saturating_sub(last) >= every)
-        });
-        by_count || by_time
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer.lock_queue().push(Queued { event, reply });
+        tokio::spawn(Arc::clone(&self.writer).flush());
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::GroupCommit {
+                reason: "the audit writer stopped before committing the record".to_owned(),
+            })
+        })
     }
 
     /// Signs a checkpoint over the last record if records were appended
@@ -311,14 +314,15 @@ impl AuditLog {
         now_ms: i64,
         force: bool,
     ) -> Result<Option<Checkpoint>, StoreError> {
-        let Some(signer) = &self.options.signer else {
+        let w = &self.writer;
+        let Some(signer) = &w.options.signer else {
             return Ok(None);
         };
-        let mut tail = self.tail.lock().await;
+        let mut tail = w.tail.lock().await;
         if tail.unanchored == 0 {
             return Ok(None);
         }
-        let interval_passed = self.options.checkpoint_interval.is_some_and(|every| {
+        let interval_passed = w.options.checkpoint_interval.is_some_and(|every| {
             let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
             tail.last_checkpoint_ms
                 .is_none_or(|last| now_ms.saturating_sub(last) >= every)
@@ -326,8 +330,8 @@ impl AuditLog {
         if !(force || interval_passed) {
             return Ok(None);
         }
-        let _write = self.gate.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let _write = w.gate.lock().await;
+        let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await?;
         let last: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *tx)
@@ -401,6 +405,108 @@ impl AuditLog {
     }
 }
 
+impl Writer {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits whatever is queued, in batches of at most [`MAX_BATCH`],
+    /// and answers each append. Every append spawns one; the first to get
+    /// the lock takes the queue, the later ones usually find it empty.
+    async fn flush(self: Arc<Self>) {
+        let mut tail = self.tail.lock().await;
+        loop {
+            let batch: Vec<Queued> = {
+                let mut queue = self.lock_queue();
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            match self.commit(&mut tail, &batch).await {
+                Ok(records) => {
+                    for (q, rec) in batch.into_iter().zip(records) {
+                        let _ = q.reply.send(Ok(rec));
+                    }
+                }
+                Err(e) => {
+                    let mut reason = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        reason = format!("{reason}: {s}");
+                        source = s.source();
+                    }
+                    for q in batch {
+                        let _ = q.reply.send(Err(StoreError::GroupCommit {
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `batch` as the next records, in order, in one transaction,
+    /// with a checkpoint after each record that makes one due. `tail`
+    /// changes only once the transaction committed.
+    async fn commit(
+        &self,
+        tail: &mut Tail,
+        batch: &[Queued],
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let _write = self.gate.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (mut seq, mut prev) = match last {
+            Some((seq, hash)) => (u64::try_from(seq).unwrap_or(0).saturating_add(1), hash),
+            None => (1, GENESIS_HASH.to_owned()),
+        };
+        let mut next = Tail {
+            unanchored: tail.unanchored,
+            last_checkpoint_ms: tail.last_checkpoint_ms,
+        };
+        let mut records = Vec::with_capacity(batch.len());
+        for q in batch {
+            let at_ms = q.event.at_ms;
+            let rec = mcp_audit::seal(seq, &prev, q.event.clone());
+            insert_record(&mut tx, &rec).await?;
+            match (&self.options.signer, self.due(&next, at_ms)) {
+                (Some(signer), true) => {
+                    let cp = signer.checkpoint(rec.seq, &rec.hash, at_ms);
+                    insert_checkpoint(&mut tx, &cp).await?;
+                    next.unanchored = 0;
+                    next.last_checkpoint_ms = Some(cp.at_ms);
+                }
+                _ => next.unanchored += 1,
+            }
+            seq = seq.saturating_add(1);
+            prev.clone_from(&rec.hash);
+            records.push(rec);
+        }
+        tx.commit().await?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *tail = next;
+        Ok(records)
+    }
+
+    /// Whether the record about to be written at `at_ms` gets a checkpoint.
+    fn due(&self, tail: &Tail, at_ms: i64) -> bool {
+        let by_count = self.options.checkpoint_every > 0
+            && tail.unanchored + 1 >= self.options.checkpoint_every;
+        let by_time = self.options.checkpoint_interval.is_some_and(|every| {
+            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+            tail.last_checkpoint_ms
+                .is_none_or(|last| at_ms.saturating_sub(last) >= every)
+        });
+        by_count || by_time
+    }
+}
+
 async fn insert_record(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     r: &AuditRecord,
@@ -449,4 +555,100 @@ async fn insert_checkpoint(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn event(n: i64) -> AuditEvent {
+        AuditEvent {
+            at_ms: 1_700_000_000_000 + n,
+            request_id: format!("req-{n}"),
+            trace_id: None,
+            principal: "alice".to_owned(),
+            tenant: "t1".to_owned(),
+            action: "status".to_owned(),
+            decision: None,
+            task_id: None,
+            command: None,
+            input_sha256: None,
+            output_sha256: None,
+            outcome: "ok".to_owned(),
+            latency_us: 1,
+        }
+    }
+
+    async fn open(dir: &Path) -> Arc<AuditLog> {
+        let url = format!("sqlite://{}", dir.join("a.db").display());
+        Arc::new(AuditLog::open(&url, AuditOptions::default()).await.unwrap())
+    }
+
+    /// Holds the commit lock while `n` appends queue, then lets them go:
+    /// their results, in spawn order.
+    async fn queued_while_held(
+        log: &Arc<AuditLog>,
+        n: i64,
+        before_release: impl std::future::Future<Output = ()>,
+    ) -> Vec<Result<AuditRecord, StoreError>> {
+        let held = log.writer.tail.lock().await;
+        let mut joins = Vec::new();
+        for i in 0..n {
+            let appender = Arc::clone(log);
+            joins.push(tokio::spawn(async move { appender.append(event(i)).await }));
+            // Queued in this order: the next is spawned once this one is in.
+            while log.writer.lock_queue().len() < usize::try_from(i + 1).unwrap() {
+                tokio::task::yield_now().await;
+            }
+        }
+        before_release.await;
+        drop(held);
+        let mut out = Vec::new();
+        for j in joins {
+            out.push(j.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_queued_during_a_commit_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        let results = queued_while_held(&log, 10, async {}).await;
+        assert_eq!(log.writer.commits.load(Ordering::Relaxed), 1);
+        let mut prev = GENESIS_HASH.to_owned();
+        for (i, r) in results.into_iter().enumerate() {
+            let rec = r.unwrap();
+            // Queue order is chain order, each answer is its own record.
+            assert_eq!(rec.seq, u64::try_from(i).unwrap() + 1);
+            assert_eq!(rec.event.request_id, format!("req-{i}"));
+            assert_eq!(rec.prev_hash, prev);
+            prev = rec.hash;
+        }
+        let stored = log.records(0, None, 100).await.unwrap();
+        assert_eq!(stored.len(), 10);
+        assert_eq!(stored.last().unwrap().hash, prev);
+        // A lone append is a commit of its own.
+        log.append(event(10)).await.unwrap();
+        assert_eq!(log.writer.commits.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_group_commit_fails_every_append_in_it_and_stores_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).await;
+        log.append(event(0)).await.unwrap();
+        let writer_pool = log.writer.pool.clone();
+        let results = queued_while_held(&log, 3, async move { writer_pool.close().await }).await;
+        for r in results {
+            let e = r.expect_err("the commit could not happen");
+            assert!(matches!(e, StoreError::GroupCommit { .. }), "{e:?}");
+        }
+        drop(log);
+        let log = open(dir.path()).await;
+        let stored = log.records(0, None, 100).await.unwrap();
+        assert_eq!(stored.len(), 1, "only the record before the failure");
+    }
 }

@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The database refused or failed a query.
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// A write committed together with others (the audit log's group
+    /// commit) failed; the one that ran it logged the cause.
+    #[error("the database write this was committed with failed: {reason}")]
+    GroupCommit { reason: String },
     /// The database file or its directory could not be prepared.
     #[error("cannot prepare database path {path}")]
     Io {

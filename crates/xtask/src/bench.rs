@@ -254,7 +254,9 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
     header();
     row("fork+exec echo (floor)", &stats(bare), None, None);
     row("raw bwrap, same argv+seccomp (no gw)", &raw_s, None, None);
-    println!("raw bwrap, {raw_conc} threads back to back: {raw_tput:.0} tasks/s (the sandbox's ceiling here)");
+    println!(
+        "raw bwrap, {raw_conc} threads back to back: {raw_tput:.0} tasks/s (the sandbox's ceiling here)"
+    );
     for (name, env, r) in &reports {
         println!();
         println!(
