@@ -234,6 +234,11 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for (i, (bin, env)) in variants.iter().enumerate() {
         let name = format!("gateway {}", bin.display());
+        // What the previous phase left to the kernel (namespaces and
+        // cgroups torn down in the background) would otherwise slow the
+        // first rows of this one: a variant benched first came out 10-30 %
+        // slower than the same binary benched second.
+        settle();
         eprintln!("{name} {env:?}");
         let dir = tmp.path().join(format!("gw{i}"));
         let report = rt.block_on(gateway_phases(&root, bin, &dir, env, o))?;
@@ -270,6 +275,24 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
         r.print(&raw_s, raw_tput, o);
     }
     Ok(())
+}
+
+/// Waits until the 1-minute load average is below the number of cores
+/// (at most 60 s, at least 5 s).
+fn settle() {
+    let cores = num_cpus() as f64;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    while started.elapsed() < Duration::from_secs(60) {
+        let one = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if one < cores {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 fn loadavg() -> String {
