@@ -186,6 +186,15 @@ impl AuditLog {
     /// Opens the audit log in the database a store URL names (see
     /// [`crate::open_store`]), bringing the schema up to date.
     pub async fn open(url: &str, options: AuditOptions) -> Result<Self, StoreError> {
+        Self::open_with(url, options, BUSY_TIMEOUT).await
+    }
+
+    /// [`AuditLog::open`] with another busy timeout (tests use none).
+    pub(crate) async fn open_with(
+        url: &str,
+        options: AuditOptions,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let file = match parse_url(url)? {
             Backend::SqliteMemory => None,
             Backend::SqliteFile(path) => Some(Path::new(path)),
@@ -207,7 +216,7 @@ impl AuditLog {
         };
         let connect = connect
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(busy_timeout);
         // One connection: appends are serialised anyway, and `:memory:`
         // needs a single connection to stay one database.
         let pool = SqlitePoolOptions::new()

@@ -234,6 +234,15 @@ impl SqliteStore {
     /// last commits but never corrupts the file), a 5 s busy timeout and
     /// foreign keys.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, BUSY_TIMEOUT).await
+    }
+
+    /// [`SqliteStore::open`] with another busy timeout (tests use none, to
+    /// see that this process's writers never need one).
+    pub(crate) async fn open_with(
+        path: &Path,
+        busy_timeout: Duration,
+    ) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Blocking, but this runs once at startup before any request.
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -246,7 +255,7 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(busy_timeout)
             .foreign_keys(true)
             // SQLite's default page cache is 2 MiB per connection, filled
             // as the database grows: with a pool of ten that read as RSS
