@@ -19,9 +19,13 @@ mod util;
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        Some("bench") => bench::main(&bench::Opts::parse(args)?),
-        Some("dist") => dist::main(&util::Opts::parse(args, DIST_USAGE)?),
-        Some("image") => image::main(&util::Opts::parse(args, IMAGE_USAGE)?),
+        Some("bench") => bench::main(&bench::Opts::parse(args).unwrap_or_else(|e| usage(&e))),
+        Some("dist") => {
+            dist::main(&util::Opts::parse(args, DIST_USAGE).unwrap_or_else(|e| usage(&e)))
+        }
+        Some("image") => {
+            image::main(&util::Opts::parse(args, IMAGE_USAGE).unwrap_or_else(|e| usage(&e)))
+        }
         _ => {
             eprintln!("usage: {}", bench::USAGE);
             eprintln!("       {DIST_USAGE}");
@@ -29,6 +33,13 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// A command line that does not parse: its error (which names the usage),
+/// without a backtrace, and exit status 2.
+fn usage(e: &anyhow::Error) -> ! {
+    eprintln!("{e}");
+    std::process::exit(2);
 }
 
 fn repo() -> std::path::PathBuf {
