@@ -162,6 +162,8 @@ pub struct Metrics {
     shadow_disagreements: Counter,
     pool_runs: Family<PoolRunLabels, Counter>,
     pool_ready: Gauge,
+    audit_records: Counter,
+    audit_commits: Counter,
     /// Serialises scrapes while they bring the mirrored counters up to the
     /// policy service's own totals (two scrapes must not both add a delta).
     mirror: std::sync::Mutex<()>,
@@ -280,6 +282,18 @@ impl Metrics {
             "Pre-started sandboxes waiting for a task, over all profiles and tenants",
             pool_ready.clone(),
         );
+        let audit_records = Counter::default();
+        registry.register(
+            "mcp_audit_records",
+            "Audit records appended, each on disk before its request was answered",
+            audit_records.clone(),
+        );
+        let audit_commits = Counter::default();
+        registry.register(
+            "mcp_audit_commits",
+            "Transactions (fsyncs) that wrote the audit records; records per commit is the group commit's batch size",
+            audit_commits.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -306,6 +320,8 @@ impl Metrics {
             shadow_disagreements,
             pool_runs,
             pool_ready,
+            audit_records,
+            audit_commits,
             mirror: std::sync::Mutex::new(()),
         }
     }
@@ -409,6 +425,8 @@ impl Metrics {
                     .get_or_create(&PoolRunLabels { sandbox: "cold" }),
                 snapshot.pool_cold_runs,
             );
+            catch_up(&self.audit_records, snapshot.audit_records);
+            catch_up(&self.audit_commits, snapshot.audit_commits);
         }
         self.pool_ready
             .set(i64::try_from(snapshot.pool_ready).unwrap_or(i64::MAX));
@@ -434,6 +452,9 @@ pub struct Snapshot<'a> {
     pub pool_runs: u64,
     pub pool_cold_runs: u64,
     pub pool_ready: usize,
+    /// Audit records appended and the commits that wrote them, since start.
+    pub audit_records: u64,
+    pub audit_commits: u64,
 }
 
 /// The standard `process_*` metrics, read from `/proc/self` on each scrape.

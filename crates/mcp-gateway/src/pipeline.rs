@@ -296,6 +296,8 @@ impl Gateway {
             .saturating_sub(self.slots.available_permits());
         let stats = self.policy.stats();
         let pool = self.sandbox.pool_stats();
+        let (audit_records, audit_commits) =
+            self.audit_log().map_or((0, 0), |log| log.append_stats());
         self.metrics
             .encode(&Snapshot {
                 running,
@@ -309,6 +311,8 @@ impl Gateway {
                 pool_runs: pool.pooled_runs,
                 pool_cold_runs: pool.cold_runs,
                 pool_ready: pool.ready,
+                audit_records,
+                audit_commits,
             })
             .map_err(|_| GatewayError::Internal {
                 what: "cannot encode metrics".to_owned(),

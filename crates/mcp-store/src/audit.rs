@@ -92,6 +92,8 @@ struct Writer {
     queue: std::sync::Mutex<Vec<Queued>>,
     /// Transactions committed by appends.
     commits: std::sync::atomic::AtomicU64,
+    /// Records those transactions committed.
+    committed: std::sync::atomic::AtomicU64,
 }
 
 /// An append waiting to be committed, and where its answer goes.
@@ -276,6 +278,7 @@ impl AuditLog {
                 gate,
                 queue: std::sync::Mutex::default(),
                 commits: std::sync::atomic::AtomicU64::new(0),
+                committed: std::sync::atomic::AtomicU64::new(0),
             }),
             pool,
         }
@@ -400,6 +403,16 @@ impl AuditLog {
             .collect()
     }
 
+    /// `(records appended, transactions that committed them)` since open:
+    /// their ratio is the group commit's batch size.
+    pub fn append_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.writer.committed.load(Relaxed),
+            self.writer.commits.load(Relaxed),
+        )
+    }
+
     /// Checks that the audit tables answer, for readiness probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1 FROM audit_log LIMIT 1")
@@ -499,6 +512,10 @@ impl Writer {
         tx.commit().await?;
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.committed.fetch_add(
+            u64::try_from(records.len()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         *tail = next;
         Ok(records)
     }
@@ -627,6 +644,7 @@ mod tests {
         let log = open(dir.path()).await;
         let results = queued_while_held(&log, 10, async {}).await;
         assert_eq!(log.writer.commits.load(Ordering::Relaxed), 1);
+        assert_eq!(log.append_stats(), (10, 1));
         let mut prev = GENESIS_HASH.to_owned();
         for (i, r) in results.into_iter().enumerate() {
             let rec = r.unwrap();

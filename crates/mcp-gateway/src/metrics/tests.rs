@@ -15,6 +15,8 @@ fn snapshot() -> Snapshot<'static> {
         pool_runs: 0,
         pool_cold_runs: 0,
         pool_ready: 0,
+        audit_records: 0,
+        audit_commits: 0,
     }
 }
 
@@ -43,6 +45,8 @@ fn every_documented_metric_is_exported() {
         "mcp_task_slots",
         "mcp_task_queue_capacity",
         "mcp_policy_revision_info",
+        "mcp_audit_records_total",
+        "mcp_audit_commits_total",
         "mcp_build_info",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
@@ -176,6 +180,20 @@ fn policy_reload_and_shadow_counters_follow_the_service_totals() {
         text.contains("mcp_policy_shadow_disagreements_total 5"),
         "{text}"
     );
+}
+
+#[test]
+fn audit_metrics_show_records_and_the_commits_that_wrote_them() {
+    let m = Metrics::new();
+    let text = m
+        .encode(&Snapshot {
+            audit_records: 12,
+            audit_commits: 5,
+            ..snapshot()
+        })
+        .unwrap();
+    assert!(text.contains("mcp_audit_records_total 12"), "{text}");
+    assert!(text.contains("mcp_audit_commits_total 5"), "{text}");
 }
 
 #[test]
