@@ -588,24 +588,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-
-    fn event(n: i64) -> AuditEvent {
-        AuditEvent {
-            at_ms: 1_700_000_000_000 + n,
-            request_id: format!("req-{n}"),
-            trace_id: None,
-            principal: "alice".to_owned(),
-            tenant: "t1".to_owned(),
-            action: "status".to_owned(),
-            decision: None,
-            task_id: None,
-            command: None,
-            input_sha256: None,
-            output_sha256: None,
-            outcome: "ok".to_owned(),
-            latency_us: 1,
-        }
-    }
+    use crate::tests::audit_event as event;
 
     async fn open(dir: &Path) -> Arc<AuditLog> {
         let url = format!("sqlite://{}", dir.join("a.db").display());

@@ -62,44 +62,6 @@ mod tests {
         assert!(weak.upgrade().is_none());
     }
 
-    fn task(n: u32) -> mcp_core::TaskRecord {
-        mcp_core::TaskRecord {
-            id: mcp_core::TaskId::new(),
-            kind: mcp_core::TaskKind::Command,
-            state: mcp_core::TaskState::Created,
-            tenant: "t".into(),
-            principal: "p".into(),
-            command: "/usr/bin/echo".into(),
-            args: vec![n.to_string()],
-            profile: Some("default".into()),
-            created_at: time::OffsetDateTime::UNIX_EPOCH,
-            started_at: None,
-            completed_at: None,
-            metadata: Default::default(),
-            result: None,
-            failure_reason: None,
-            owner: "test".into(),
-        }
-    }
-
-    fn event(n: u32) -> mcp_audit::AuditEvent {
-        mcp_audit::AuditEvent {
-            at_ms: i64::from(n),
-            request_id: format!("req-{n}"),
-            trace_id: None,
-            principal: "p".into(),
-            tenant: "t".into(),
-            action: "status".into(),
-            decision: None,
-            task_id: None,
-            command: None,
-            input_sha256: None,
-            output_sha256: None,
-            outcome: "ok".into(),
-            latency_us: 1,
-        }
-    }
-
     /// The task store and the audit log write the same file from many
     /// tasks at once with no busy timeout at all: SQLite would answer
     /// "database is locked" to any writer that found another one writing.
@@ -127,9 +89,9 @@ mod tests {
         for n in 0..64 {
             let (store, audit) = (Arc::clone(&store), Arc::clone(&audit));
             joins.push(tokio::spawn(async move {
-                let t = task(n);
+                let t = crate::tests::command_task(vec![n.to_string()]);
                 store.insert_task(&t).await?;
-                audit.append(event(n)).await?;
+                audit.append(crate::tests::audit_event(n)).await?;
                 store
                     .set_state(
                         t.id,

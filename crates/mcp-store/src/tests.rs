@@ -14,6 +14,46 @@ fn utc(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8, nanos: u32) -> OffsetDateTim
         .assume_utc()
 }
 
+/// A command task of tenant `t` (arguments `args`), created at the epoch.
+pub(crate) fn command_task(args: Vec<String>) -> TaskRecord {
+    TaskRecord {
+        id: TaskId::new(),
+        kind: TaskKind::Command,
+        state: TaskState::Created,
+        tenant: "t".into(),
+        principal: "p".into(),
+        command: "/usr/bin/echo".into(),
+        args,
+        profile: Some("default".into()),
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        started_at: None,
+        completed_at: None,
+        metadata: Default::default(),
+        result: None,
+        failure_reason: None,
+        owner: "test".into(),
+    }
+}
+
+/// The `n`th audit event of a `status` request.
+pub(crate) fn audit_event(n: i64) -> mcp_audit::AuditEvent {
+    mcp_audit::AuditEvent {
+        at_ms: 1_700_000_000_000 + n,
+        request_id: format!("req-{n}"),
+        trace_id: None,
+        principal: "alice".to_owned(),
+        tenant: "t1".to_owned(),
+        action: "status".to_owned(),
+        decision: None,
+        task_id: None,
+        command: None,
+        input_sha256: None,
+        output_sha256: None,
+        outcome: "ok".to_owned(),
+        latency_us: 1,
+    }
+}
+
 #[test]
 fn sqlite_urls_parse_to_paths() {
     for (url, want) in [

@@ -238,6 +238,35 @@ pub(crate) fn destination_matches(d: &Destination, host: &str, port: u16, protoc
     host_ok && d.port.is_none_or(|p| p == port) && d.protocol == protocol
 }
 
+impl GatewayDecider {
+    /// Writes a connection's decision to the decision log, under the task.
+    async fn store(
+        &self,
+        caller: &Caller,
+        req: &ConnectRequest,
+        decision: &mcp_core::Decision,
+        details: &mcp_store::DecisionDetails,
+    ) -> Result<(), crate::error::GatewayError> {
+        let summary = format!(
+            "{} {}:{} via {}",
+            req.protocol.as_str(),
+            req.host,
+            req.port,
+            req.via.as_str()
+        );
+        self.gateway
+            .record_decision(
+                caller,
+                "network",
+                &summary,
+                decision,
+                details,
+                Some(self.task_id),
+            )
+            .await
+    }
+}
+
 #[async_trait]
 impl Decider for GatewayDecider {
     async fn decide(&self, req: &ConnectRequest) -> Verdict {
@@ -274,24 +303,7 @@ impl Decider for GatewayDecider {
             .filter(|(_, c)| c.is_internal())
             .map(|(ip, c)| format!("{ip} ({c})"))
             .collect();
-        let summary = format!(
-            "{protocol} {}:{} via {}",
-            req.host,
-            req.port,
-            req.via.as_str()
-        );
-        if let Err(e) = self
-            .gateway
-            .record_decision(
-                &caller,
-                "network",
-                &summary,
-                &decision,
-                &details,
-                Some(self.task_id),
-            )
-            .await
-        {
+        if let Err(e) = self.store(&caller, req, &decision, &details).await {
             // Nothing is opened without a stored decision.
             warn!(error = %e, task_id = %self.task_id, "cannot store network decision; refusing");
             return Verdict::deny("the decision could not be recorded");
@@ -326,32 +338,8 @@ impl Decider for GatewayDecider {
             obligations: mcp_core::Obligations::default(),
             policy_revision: self.gateway.policy_revision(),
         };
-        let summary = format!(
-            "{} {}:{} via {}",
-            req.protocol.as_str(),
-            req.host,
-            req.port,
-            req.via.as_str()
-        );
-        let details = mcp_store::DecisionDetails {
-            input: None,
-            latency_us: 0,
-            profile: None,
-            obligations: serde_json::Map::new(),
-            warnings: Vec::new(),
-        };
-        if let Err(e) = self
-            .gateway
-            .record_decision(
-                &caller,
-                "network",
-                &summary,
-                &decision,
-                &details,
-                Some(self.task_id),
-            )
-            .await
-        {
+        let details = mcp_store::DecisionDetails::default();
+        if let Err(e) = self.store(&caller, req, &decision, &details).await {
             warn!(error = %e, task_id = %self.task_id, "cannot store network refusal");
         }
     }

@@ -800,15 +800,9 @@ async fn a_non_loopback_listener_without_auth_refuses_to_start() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
-        .args(["check-config", "--config"])
-        .arg(&config)
+    let out = crate::cli::check_config(Some(&config), &repo().join("policies"))
         .arg("--data-dir")
         .arg(tmp.path())
-        .arg("--policies")
-        .arg(repo().join("policies"))
-        .arg("--profiles")
-        .arg(repo().join("sandbox-profiles"))
         .output()
         .unwrap();
     assert!(
@@ -824,13 +818,7 @@ async fn a_non_loopback_listener_without_auth_refuses_to_start() {
         "[[auth.api_keys]]\nid = \"ci\"\ntenant = \"default\"\nhash = \"plaintext\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .arg("--policies")
-        .arg(repo().join("policies"))
-        .arg("--profiles")
-        .arg(repo().join("sandbox-profiles"))
+    let out = crate::cli::check_config(Some(&config), &repo().join("policies"))
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -18,14 +18,28 @@ fn gateway() -> Command {
     c
 }
 
+/// `mcp-gateway check-config` of `config` (or the built-in defaults) with
+/// the policy directory `policies` and the shipped sandbox profiles; more
+/// flags can be added before running it.
+pub(crate) fn check_config(
+    config: Option<&std::path::Path>,
+    policies: &std::path::Path,
+) -> Command {
+    let mut c = gateway();
+    c.arg("check-config");
+    if let Some(config) = config {
+        c.arg("--config").arg(config);
+    }
+    c.arg("--policies")
+        .arg(policies)
+        .arg("--profiles")
+        .arg(repo().join("sandbox-profiles"));
+    c
+}
+
 #[test]
 fn check_config_accepts_the_shipped_defaults() {
-    let out = gateway()
-        .arg("check-config")
-        .arg("--policies")
-        .arg(repo().join("policies"))
-        .arg("--profiles")
-        .arg(repo().join("sandbox-profiles"))
+    let out = check_config(None, &repo().join("policies"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -43,14 +57,7 @@ fn check_config_lists_every_problem_and_fails() {
         "[server]\nlisten = \"0.0.0.0:1\"\n[sandbox]\nuid = 0\n[limits]\nmax_output_bytes = 0\n",
     )
     .unwrap();
-    let out = gateway()
-        .arg("check-config")
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--policies")
-        .arg(repo().join("policies"))
-        .arg("--profiles")
-        .arg(repo().join("sandbox-profiles"))
+    let out = check_config(Some(&cfg), &repo().join("policies"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -72,14 +79,7 @@ fn check_config_reports_a_broken_policy_with_its_location() {
         "package mcp\n\ndecision := {\"allow\": true\n",
     )
     .unwrap();
-    let out = gateway()
-        .arg("check-config")
-        .arg("--policies")
-        .arg(tmp.path())
-        .arg("--profiles")
-        .arg(repo().join("sandbox-profiles"))
-        .output()
-        .unwrap();
+    let out = check_config(None, tmp.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("broken.rego"), "{stderr}");
