@@ -13,7 +13,7 @@
 //!   bound to v1 hierarchies): one task cgroup per hierarchy at
 //!   `<own path>/mcp-sandbox/gw-<pid>-<start time>/<task id>`.
 //!
-//! The child joins its task cgroup between fork and exec (it writes `0` to
+//! The child joins its task cgroup between clone and exec (it writes `0` to
 //! `cgroup.procs` files the gateway opened), so bubblewrap is inside before
 //! it can fork. Task cgroups of a gateway that died (found at the next
 //! start by their `gw-<pid>-<start time>` name) are killed and removed.
@@ -624,7 +624,7 @@ impl TaskCgroup {
 
     /// The files of every hierarchy the child writes `0` to, to join before
     /// exec. On v1 that is `tasks`: moving only the calling thread (the
-    /// child is single-threaded between fork and exec) skips the kernel's
+    /// child is single-threaded between clone and exec) skips the kernel's
     /// global threadgroup lock and its RCU grace period, which made each
     /// `cgroup.procs` write cost about a millisecond here. v2 domain cgroups
     /// only take `cgroup.procs`.

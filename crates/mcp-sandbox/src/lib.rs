@@ -77,7 +77,9 @@ pub use profile::{
     FilesystemPolicy, NetworkPolicy, Profile, ProfileLimits, Profiles, SeccompPolicy,
 };
 pub use run::{Ending, LimitHits, RunOutcome};
-pub use sandbox::{EGRESS_PORT, EgressBinding, Enforcement, RunSpec, Sandbox, SandboxSettings};
+pub use sandbox::{
+    EGRESS_PORT, EgressBinding, Enforcement, RawCommand, RunSpec, Sandbox, SandboxSettings,
+};
 pub use stub::{EXIT_PROTOCOL, STUB_SUBCOMMAND, stub_main};
 pub use uids::UidRange;
 pub use workspace::WorkspaceGuard;

@@ -2,7 +2,6 @@
 //! cancellation, race-free killing and reaping with rusage.
 
 use std::io;
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::{CgroupStats, TaskCgroup};
 use crate::error::SandboxError;
-use crate::sys;
+use crate::sys::{self, Spawn, Spawned};
 use crate::workspace::WorkspaceGuard;
 
 /// How long output pipes may stay open after bubblewrap was reaped. Every
@@ -121,7 +120,7 @@ impl Proc {
     }
 }
 
-type SpawnJob = (Command, tokio::sync::oneshot::Sender<io::Result<Child>>);
+type SpawnJob = (Spawn, tokio::sync::oneshot::Sender<io::Result<Spawned>>);
 
 /// Spawns `cmd` from a small set of long-lived threads. bwrap's
 /// `--die-with-parent` (and our own `PR_SET_PDEATHSIG` in the child) fires
@@ -129,10 +128,10 @@ type SpawnJob = (Command, tokio::sync::oneshot::Sender<io::Result<Child>>);
 /// blocking-pool thread (or a worker that `block_in_place` retired) would
 /// get sandboxes killed when that thread idles out. These threads never
 /// exit (the job queue's sender lives in a static), so the signal only
-/// fires when the process dies. There are several, so one slow fork of a
-/// large gateway process does not queue every other spawn behind it; they
+/// fires when the process dies. There are several, so one slow spawn does
+/// not queue every other spawn behind it; they
 /// share one queue, each taking the next job.
-async fn spawn(cmd: Command) -> io::Result<Child> {
+async fn spawn(cmd: Spawn) -> io::Result<Spawned> {
     static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnJob>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
@@ -149,12 +148,12 @@ async fn spawn(cmd: Command) -> io::Result<Child> {
                         // The lock is held only while waiting for a job, so
                         // the forks themselves run in parallel.
                         let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                        let Ok((mut cmd, reply)) = job else { break };
-                        if let Err(Ok(mut orphan)) = reply.send(cmd.spawn()) {
+                        let Ok((cmd, reply)) = job else { break };
+                        if let Err(Ok(orphan)) = reply.send(cmd.spawn()) {
                             // The run was dropped while we spawned: nobody
                             // owns this child, so kill and reap it here.
-                            let _ = orphan.kill();
-                            let _ = orphan.wait();
+                            let _ = sys::kill_group(orphan.pid);
+                            let _ = sys::reap(orphan.pid);
                         }
                     }
                 });
@@ -233,20 +232,15 @@ impl Started {
 }
 
 /// Spawns `cmd` (a fully prepared bwrap command) from a spawner thread.
-pub(crate) async fn start(cmd: Command) -> Result<Started, SandboxError> {
-    let mut child = spawn(cmd)
+pub(crate) async fn start(cmd: Spawn) -> Result<Started, SandboxError> {
+    let child = spawn(cmd)
         .await
         .map_err(|source| SandboxError::Spawn { source })?;
-    let Ok(pid) = i32::try_from(child.id()) else {
-        return Err(SandboxError::Spawn {
-            source: io::Error::other("child pid out of range"),
-        });
-    };
-    // std's Child neither waits nor kills on drop; from here on the pid is ours.
+    // From here on the pid is ours to kill and reap.
     Ok(Started {
-        pid,
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
+        pid: child.pid,
+        stdout: Some(child.stdout.into()),
+        stderr: Some(child.stderr.into()),
     })
 }
 
@@ -264,7 +258,7 @@ impl Drop for KillOnDrop {
 /// `on_output`, enforces the timeout, the CPU-time limit and `cancel`,
 /// reaps it, empties and removes its cgroup and removes the workspace.
 pub(crate) async fn execute(
-    cmd: Command,
+    cmd: Spawn,
     workspace: WorkspaceGuard,
     limits: RunLimits,
     max_output: usize,

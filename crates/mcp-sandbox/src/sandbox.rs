@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +17,7 @@ use crate::error::SandboxError;
 use crate::profile::{Profile, Profiles, is_clean_absolute};
 use crate::run::{self, Ending, RunLimits, RunOutcome};
 use crate::seccomp::{Families, ProfileFilters};
-use crate::sys::{self, ChildSetup, Rlimits};
+use crate::sys::{self, ChildSetup, Rlimits, Spawn};
 use crate::uids::{UidPool, UidRange};
 use crate::view::{self, Mount, Resolved, View};
 use crate::workspace::{self, WorkspaceGuard};
@@ -492,7 +490,8 @@ impl Sandbox {
         tracing::Instrument::instrument(fut, span).await
     }
 
-    /// Exactly the bubblewrap command `run` would spawn for `spec` (same
+    /// Exactly the bubblewrap command `run` would spawn for `spec`, spawned
+    /// the same way (same
     /// argv, environment, uid, rlimits, seccomp filter, cgroup, stdio),
     /// with the task's host directory and cgroup prepared; for benchmarks.
     /// The guard kills what is left in the cgroup and removes it and the
@@ -500,9 +499,13 @@ impl Sandbox {
     /// command: bwrap's `--die-with-parent` fires when the spawning
     /// *thread* exits. Limits that need watching (timeout, CPU time) are
     /// the caller's business.
-    pub fn raw_command(&self, spec: &RunSpec) -> Result<(Command, WorkspaceGuard), SandboxError> {
+    pub fn raw_command(
+        &self,
+        spec: &RunSpec,
+    ) -> Result<(RawCommand, WorkspaceGuard), SandboxError> {
         check_tenant(&spec.tenant)?;
-        self.build(spec, None).map(|(cmd, guard, _)| (cmd, guard))
+        self.build(spec, None)
+            .map(|(cmd, guard, _)| (RawCommand(cmd), guard))
     }
 
     /// Validates `spec`, prepares the task directory, cgroup and tenant
@@ -512,7 +515,7 @@ impl Sandbox {
         &self,
         spec: &RunSpec,
         egress: Option<&EgressBinding>,
-    ) -> Result<(Command, WorkspaceGuard, RunLimits), SandboxError> {
+    ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
         self.build_with(spec, egress, None)
     }
 
@@ -524,7 +527,7 @@ impl Sandbox {
         spec: &RunSpec,
         egress: Option<&EgressBinding>,
         warm: Option<crate::pool::WarmParts>,
-    ) -> Result<(Command, WorkspaceGuard, RunLimits), SandboxError> {
+    ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
         let settings = &self.inner.settings;
         let profile =
             self.inner
@@ -734,24 +737,12 @@ impl Sandbox {
         }
         let args_fd = sys::sealed_memfd(c"mcp-sandbox-args", &blob)
             .map_err(|source| SandboxError::Spawn { source })?;
+        let args_fd_no = args_fd.as_raw_fd().to_string();
 
-        let mut cmd = Command::new(&settings.bwrap);
-        cmd.arg("--args")
-            .arg(args_fd.as_raw_fd().to_string())
-            .args(command)
-            .env_clear()
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if let Some((uid, gid)) = owner {
-            // std drops supplementary groups when root switches uid.
-            cmd.uid(uid).gid(gid);
-        }
         let mut inherit = vec![seccomp, args_fd];
+        let mut stdin = None;
         if let Some(w) = warm {
-            cmd.stdin(Stdio::from(w.control));
+            stdin = Some(w.control);
             inherit.push(w.stub);
         }
         let run_limits = RunLimits {
@@ -759,15 +750,45 @@ impl Sandbox {
             cpu_time: profile.limits.cpu_time_secs.map(Duration::from_secs),
             rlimit_cpu_secs: rlimits.cpu_secs,
         };
-        sys::install_child_setup(
-            &mut cmd,
-            ChildSetup {
-                limits: rlimits,
-                cgroup_procs,
-                inherit,
-            },
-        );
+        let setup = ChildSetup {
+            limits: rlimits,
+            cgroup_procs,
+            inherit,
+        };
+        let mut cmd = Spawn::new(
+            &settings.bwrap,
+            [OsString::from("--args"), args_fd_no.into()]
+                .iter()
+                .map(OsString::as_os_str)
+                .chain(command.iter().map(OsString::as_os_str)),
+            setup,
+        )
+        .map_err(|_| SandboxError::NulByte)?;
+        cmd.stdin = stdin;
+        // Supplementary groups are dropped when root switches uid.
+        cmd.owner = owner;
         Ok((cmd, ws, run_limits))
+    }
+}
+
+/// A prepared bubblewrap command from [`Sandbox::raw_command`].
+#[derive(Debug)]
+pub struct RawCommand(Spawn);
+
+impl RawCommand {
+    /// Starts it from the calling thread, reads its stdout and stderr to
+    /// their ends and reaps it. Blocking.
+    pub fn output(self) -> std::io::Result<std::process::Output> {
+        use std::os::unix::process::ExitStatusExt;
+        let child = self.0.spawn()?;
+        let read = sys::read_both(child.stdout, child.stderr);
+        let reaped = sys::reap(child.pid)?;
+        let (stdout, stderr) = read?;
+        Ok(std::process::Output {
+            status: std::process::ExitStatus::from_raw(reaped.status),
+            stdout,
+            stderr,
+        })
     }
 }
 

@@ -1,15 +1,15 @@
 //! The only module with `unsafe`: thin wrappers over the libc calls std does
-//! not offer (euid, rlimits and cgroup placement in the forked child,
+//! not offer (starting bubblewrap with `clone(CLONE_VM | CLONE_VFORK)` and
+//! its rlimits and cgroup placement in the child,
 //! `waitid(WNOWAIT)`, `wait4` with rusage, killing a process group or a
 //! pidfd, sealed memfds for the seccomp program, the landlock ABI probe).
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 /// The effective uid of this process.
 pub(crate) fn geteuid() -> u32 {
@@ -24,7 +24,7 @@ pub(crate) fn getegid() -> u32 {
 }
 
 /// Resource limits applied to bubblewrap (and so to everything it starts)
-/// between fork and exec. Each value becomes both soft and hard limit, but
+/// between clone and exec. Each value becomes both soft and hard limit, but
 /// never above the hard limit the child already has, so lowering is the only
 /// thing that can happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub(crate) struct Rlimits {
     pub(crate) cpu_secs: u64,
 }
 
-/// What the forked child does between fork and exec, besides what std
-/// already does (uid/gid switch, process group).
+/// What the child does between clone and exec besides stdio, the uid/gid
+/// switch and the process group (see [`Spawn`]).
 #[derive(Debug)]
 pub(crate) struct ChildSetup {
     pub(crate) limits: Rlimits,
@@ -53,57 +53,460 @@ pub(crate) struct ChildSetup {
     pub(crate) inherit: Vec<OwnedFd>,
 }
 
-/// Makes `cmd` join the task cgroups, apply `setup.limits` and mark every
-/// inherited descriptor above stderr close-on-exec except `setup.inherit`,
-/// so nothing the gateway has open leaks into the sandbox even if some
-/// library forgot `O_CLOEXEC`.
+/// How to start bubblewrap: an empty environment, `/` as working
+/// directory, `stdin` (or `/dev/null`), stdout and stderr piped, optionally
+/// another uid/gid (supplementary groups dropped), a new process group, and
+/// then everything in [`ChildSetup`]: join the task cgroups, lower the
+/// rlimits, mark every inherited descriptor above stderr close-on-exec
+/// except `setup.inherit`, so nothing the gateway has open leaks into the
+/// sandbox even if some library forgot `O_CLOEXEC`.
 ///
-/// It also binds the child's life to the spawning thread right away
+/// The child is bound to the spawning thread right away
 /// (`PR_SET_PDEATHSIG`): bwrap's own `--die-with-parent` only takes effect
 /// some milliseconds into its start, and a gateway dying in that window
 /// would otherwise leave an orphaned sandbox running.
-pub(crate) fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
-    let parent = std::process::id();
-    let limits = setup.limits;
-    let hook = move || -> io::Result<()> {
-        // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are plain syscalls
-        // with integer arguments.
+///
+/// [`Spawn::spawn`] starts the child the way `posix_spawn` does, with
+/// `clone(CLONE_VM | CLONE_VFORK)`: the child borrows the gateway's memory
+/// until it executes bwrap, instead of a `fork` that copies the page tables
+/// of a large multi-threaded process and leaves copy-on-write faults behind
+/// in every thread (7-10 % of the CPU at saturation; docs/PERFORMANCE.md).
+#[derive(Debug)]
+pub(crate) struct Spawn {
+    program: CString,
+    /// argv, `program` first.
+    args: Vec<CString>,
+    /// The child's stdin; `None` is `/dev/null`.
+    pub(crate) stdin: Option<OwnedFd>,
+    /// uid and gid to switch to.
+    pub(crate) owner: Option<(u32, u32)>,
+    pub(crate) setup: ChildSetup,
+}
+
+/// A started child: its pid (the caller's to reap) and its output pipes.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: i32,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+}
+
+/// The steps of the child, to say which one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Step {
+    None = 0,
+    Stdio,
+    Ids,
+    Chdir,
+    ProcessGroup,
+    DeathSignal,
+    ParentGone,
+    Cgroup,
+    Rlimits,
+    Inherit,
+    Exec,
+}
+
+impl Step {
+    fn from_u32(v: u32) -> Self {
+        [
+            Self::Stdio,
+            Self::Ids,
+            Self::Chdir,
+            Self::ProcessGroup,
+            Self::DeathSignal,
+            Self::ParentGone,
+            Self::Cgroup,
+            Self::Rlimits,
+            Self::Inherit,
+            Self::Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
+        .unwrap_or(Self::None)
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::None => "starting the sandbox",
+            Self::Stdio => "connecting the sandbox's stdio",
+            Self::Ids => "switching to the sandbox user",
+            Self::Chdir => "changing to /",
+            Self::ProcessGroup => "creating the sandbox's process group",
+            Self::DeathSignal => "binding the sandbox to the gateway's life",
+            Self::ParentGone => "starting the sandbox: the gateway is exiting",
+            Self::Cgroup => "joining the task cgroup",
+            Self::Rlimits => "lowering the sandbox's rlimits",
+            Self::Inherit => "passing descriptors to bubblewrap",
+            Self::Exec => "executing bubblewrap",
+        }
+    }
+}
+
+/// Everything the child reads, prepared by the parent before `clone`: the
+/// child allocates nothing, takes no lock and calls only plain syscalls.
+/// It shares the parent's memory, so it reports a failure here.
+struct ChildCtx {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    stdio: [RawFd; 3],
+    owner: Option<(u32, u32)>,
+    drop_groups: bool,
+    parent: u32,
+    cgroup_procs: *const RawFd,
+    cgroup_procs_len: usize,
+    inherit: *const RawFd,
+    inherit_len: usize,
+    limits: Rlimits,
+    failed: AtomicU32,
+    errno: AtomicI32,
+}
+
+/// Size of the child's stack (it runs a few syscalls, then `execve`).
+const CHILD_STACK: usize = 64 * 1024;
+/// Highest signal number plus one (`_NSIG` on Linux).
+const NSIG: libc::c_int = 65;
+
+impl Spawn {
+    /// `program` with `args` (without argv[0]); fails on a NUL byte.
+    pub(crate) fn new<I, S>(
+        program: &std::path::Path,
+        args: I,
+        setup: ChildSetup,
+    ) -> io::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let c = |s: &std::ffi::OsStr| {
+            CString::new(s.as_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in an argument"))
+        };
+        let program = c(program.as_os_str())?;
+        let mut all = vec![program.clone()];
+        for a in args {
+            all.push(c(a.as_ref())?);
+        }
+        Ok(Self {
+            program,
+            args: all,
+            stdin: None,
+            owner: None,
+            setup,
+        })
+    }
+
+    /// Starts the child and returns once it executed bubblewrap (or
+    /// failed to, which is the error). Blocks the calling thread for that
+    /// long; the child's death signal is bound to this thread.
+    pub(crate) fn spawn(self) -> io::Result<Spawned> {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let stdin = match self.stdin {
+            Some(fd) => fd,
+            None => OwnedFd::from(File::open("/dev/null")?),
+        };
+        let argv: Vec<*const libc::c_char> = self
+            .args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        let cgroup_procs: Vec<RawFd> = self
+            .setup
+            .cgroup_procs
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .collect();
+        let inherit: Vec<RawFd> = self.setup.inherit.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: getuid has no preconditions.
+        let root = unsafe { libc::getuid() } == 0;
+        let ctx = ChildCtx {
+            program: self.program.as_ptr(),
+            argv: argv.as_ptr(),
+            envp: envp.as_ptr(),
+            stdio: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            owner: self.owner,
+            drop_groups: root,
+            parent: std::process::id(),
+            cgroup_procs: cgroup_procs.as_ptr(),
+            cgroup_procs_len: cgroup_procs.len(),
+            inherit: inherit.as_ptr(),
+            inherit_len: inherit.len(),
+            limits: self.setup.limits,
+            failed: AtomicU32::new(Step::None as u32),
+            errno: AtomicI32::new(0),
+        };
+        let stack = Stack::new(CHILD_STACK)?;
+        let pid = {
+            // No signal handler of the gateway may run in the child, which
+            // shares its memory: block every signal around the clone; the
+            // child resets the handlers before it unblocks them.
+            let mut all = MaybeUninit::<libc::sigset_t>::uninit();
+            let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+            // SAFETY: sigfillset initialises `all`; pthread_sigmask reads it
+            // and writes the previous mask into `old`.
+            unsafe {
+                libc::sigfillset(all.as_mut_ptr());
+                libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
+            }
+            // SAFETY: the child runs `child_main` on its own stack (`stack`
+            // outlives it: CLONE_VFORK suspends this thread until the child
+            // executed or exited) with a pointer to `ctx`, which lives on
+            // this frame and everything it points to (argv, envp, fd lists,
+            // C strings) with it. `child_main` only makes plain syscalls.
+            let pid = unsafe {
+                libc::clone(
+                    child_main,
+                    stack.top(),
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                    std::ptr::from_ref(&ctx).cast_mut().cast(),
+                )
+            };
+            let err = io::Error::last_os_error();
+            // SAFETY: restores the mask saved above.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
+            }
+            if pid < 0 {
+                return Err(err);
+            }
+            pid
+        };
+        drop(stack);
+        let failed = Step::from_u32(ctx.failed.load(Ordering::Acquire));
+        if failed != Step::None {
+            let errno = ctx.errno.load(Ordering::Acquire);
+            // The child has exited (`_exit` after the failed step): reap it.
+            let _ = reap(pid);
+            let os = io::Error::from_raw_os_error(errno);
+            return Err(if failed == Step::Exec {
+                os
+            } else {
+                io::Error::new(os.kind(), format!("{}: {os}", failed.what()))
+            });
+        }
+        // Our copies of the child's ends (and of stdin, the cgroup files and
+        // the inherited descriptors) close here.
+        drop((out_w, err_w, stdin, self.setup));
+        Ok(Spawned {
+            pid,
+            stdout: out_r,
+            stderr: err_r,
+        })
+    }
+}
+
+/// An mmapped stack for the clone child, with a guard page below it.
+struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    fn new(size: usize) -> io::Result<Self> {
+        const GUARD: usize = 4096;
+        let len = size + GUARD;
+        // SAFETY: an anonymous private mapping of `len` bytes at an address
+        // of the kernel's choosing; nothing else is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Self { base, len };
+        // SAFETY: the lowest page of the mapping we just created.
+        if unsafe { libc::mprotect(base, GUARD, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The stack's highest address (stacks grow down); page-aligned.
+    fn top(&self) -> *mut libc::c_void {
+        self.base.wrapping_byte_add(self.len)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` created; the child no
+        // longer runs on it (it executed or exited before clone returned).
         unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl: then nobody would
-            // ever send the signal, so do not start at all.
-            if libc::getppid() as u32 != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            libc::munmap(self.base, self.len);
         }
-        for fd in &setup.cgroup_procs {
-            // SAFETY: writes one byte from a static buffer to a descriptor
-            // the closure owns; write is async-signal-safe.
-            let n = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
-            if n != 1 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        lower_rlimits(&limits)?;
-        mark_fds_cloexec();
-        for fd in &setup.inherit {
-            // SAFETY: fcntl(F_SETFD) on a descriptor the closure owns only
-            // changes its close-on-exec flag.
-            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the hook runs in the forked child of a possibly multi-threaded
-    // process, so it must be async-signal-safe: it only calls prctl,
-    // getppid, write, getrlimit, setrlimit, close_range and fcntl (plain
-    // syscalls), allocates nothing, takes no locks and only reads data
-    // captured before the fork.
+    }
+}
+
+/// A pipe, both ends close-on-exec.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid, writable array of two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The clone child: applies the setup and executes bubblewrap; on failure
+/// records the step and errno in the shared context and exits 127.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildCtx` of the suspended parent frame (see
+    // `Spawn::spawn`), valid and unchanged until this child executes or exits.
+    let ctx = unsafe { &*arg.cast::<ChildCtx>() };
+    // SAFETY: the child runs on its own stack in the parent's memory; the
+    // steps only make plain syscalls with data prepared by the parent.
+    let step = unsafe { child_steps(ctx) };
+    ctx.errno.store(
+        io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        Ordering::Release,
+    );
+    ctx.failed.store(step as u32, Ordering::Release);
+    // SAFETY: ends the child without running anything of the parent's
+    // (no atexit handlers, no flushing of shared stdio buffers).
+    unsafe { libc::_exit(127) }
+}
+
+/// What the child does between clone and exec. Returns only on failure,
+/// with the failed step (errno is still the failure's). Plain syscalls
+/// only: this runs in the parent's memory, so no allocation, no lock and
+/// no libc call with process-wide side effects (glibc's `setuid` would
+/// signal the parent's threads; the raw syscalls change this child only).
+unsafe fn child_steps(ctx: &ChildCtx) -> Step {
+    // SAFETY (whole function): every pointer comes from the parent's
+    // `ChildCtx`, valid for this child's life; every call is a syscall on
+    // integers or on those buffers.
     unsafe {
-        cmd.pre_exec(hook);
+        // Handlers of the gateway would run on its memory: back to the
+        // default for every handled signal, and SIGPIPE, which the Rust
+        // runtime ignores, too (as std does for its children).
+        for sig in 1..NSIG {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if sig == libc::SIGPIPE
+                || (old.sa_sigaction != libc::SIG_IGN && old.sa_sigaction != libc::SIG_DFL)
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        for (target, fd) in (0..).zip(ctx.stdio) {
+            // The parent's descriptors are all above stderr, so dup2 makes
+            // a new, inheritable one.
+            if libc::dup2(fd, target) != target {
+                return Step::Stdio;
+            }
+        }
+        if let Some((uid, gid)) = ctx.owner {
+            if ctx.drop_groups
+                && libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+            {
+                return Step::Ids;
+            }
+            if libc::syscall(libc::SYS_setgid, gid) != 0
+                || libc::syscall(libc::SYS_setuid, uid) != 0
+            {
+                return Step::Ids;
+            }
+        }
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            return Step::Chdir;
+        }
+        if libc::setpgid(0, 0) != 0 {
+            return Step::ProcessGroup;
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            return Step::DeathSignal;
+        }
+        // The parent may have died before the prctl: then nobody would
+        // ever send the signal, so do not start at all.
+        if libc::getppid() as u32 != ctx.parent {
+            *libc::__errno_location() = libc::ESRCH;
+            return Step::ParentGone;
+        }
+        for i in 0..ctx.cgroup_procs_len {
+            let fd = *ctx.cgroup_procs.add(i);
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Step::Cgroup;
+            }
+        }
+        if lower_rlimits(&ctx.limits).is_err() {
+            return Step::Rlimits;
+        }
+        mark_fds_cloexec();
+        for i in 0..ctx.inherit_len {
+            let fd = *ctx.inherit.add(i);
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Step::Inherit;
+            }
+        }
+        let mut none = MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(none.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut());
+        libc::execve(ctx.program, ctx.argv, ctx.envp);
+        Step::Exec
+    }
+}
+
+/// Reads `out` and `err` to their ends at the same time (so a child never
+/// blocks on a full pipe), e.g. for a child's stdout and stderr.
+pub(crate) fn read_both(out: OwnedFd, err: OwnedFd) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut files = [Some(File::from(out)), Some(File::from(err))];
+    let mut got = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let mut fds: Vec<libc::pollfd> = files
+            .iter()
+            .flatten()
+            .map(|f| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if fds.is_empty() {
+            return Ok(got);
+        }
+        let n = libc::nfds_t::try_from(fds.len()).unwrap_or(2);
+        // SAFETY: `fds` is a valid, writable array of `n` pollfds.
+        if unsafe { libc::poll(fds.as_mut_ptr(), n, -1) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for (slot, sink) in files.iter_mut().zip([&mut got.0, &mut got.1]) {
+            let Some(f) = slot else { continue };
+            let ready = fds.iter().any(|p| p.fd == f.as_raw_fd() && p.revents != 0);
+            if !ready {
+                continue;
+            }
+            match std::io::Read::read(f, &mut buf) {
+                Ok(0) => *slot = None,
+                Ok(k) => sink.extend_from_slice(buf.get(..k).unwrap_or_default()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -317,7 +720,7 @@ pub(crate) fn landlock_abi() -> io::Result<u32> {
 
 /// Lowers this process's rlimits to `limits` (and RLIMIT_CORE to 0): each
 /// becomes soft and hard limit, never above the hard limit already in
-/// place. Used between fork and exec of bubblewrap and by the stub of a
+/// place. Used between clone and exec of bubblewrap and by the stub of a
 /// pooled sandbox right before it executes the task's command; only plain
 /// syscalls, so it is async-signal-safe.
 pub(crate) fn lower_rlimits(limits: &Rlimits) -> io::Result<()> {
@@ -367,3 +770,6 @@ pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
     // the zeroed buffer, so si_pid is 0.
     Ok(unsafe { info.assume_init().si_pid() } != 0)
 }
+
+#[cfg(test)]
+mod tests;

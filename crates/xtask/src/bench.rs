@@ -312,6 +312,33 @@ struct Row {
 struct Mem {
     rss_kib: u64,
     fds: usize,
+    cpu: Cpu,
+}
+
+/// CPU time of the gateway process (all its threads) and of the children
+/// it reaped (the bwrap processes), in clock ticks of /proc/<pid>/stat.
+#[derive(Clone, Copy)]
+struct Cpu {
+    user: u64,
+    system: u64,
+    children: u64,
+}
+
+impl Cpu {
+    /// `USER_HZ`: /proc reports times in 1/100 s on every Linux ABI.
+    const TICK: f64 = 0.01;
+
+    /// Milliseconds per task between `self` and `later`: (gateway user,
+    /// gateway system, reaped children).
+    fn per_task_ms(&self, later: &Self, tasks: usize) -> (f64, f64, f64) {
+        let ms =
+            |a: u64, b: u64| (b.saturating_sub(a)) as f64 * Self::TICK * 1e3 / tasks.max(1) as f64;
+        (
+            ms(self.user, later.user),
+            ms(self.system, later.system),
+            ms(self.children, later.children),
+        )
+    }
 }
 
 struct Report {
@@ -435,6 +462,16 @@ impl Report {
             "  at the end:          RSS {:>7.1} MiB  fds {:>4}",
             self.end.rss_kib as f64 / 1024.0,
             self.end.fds
+        );
+        let (user, system, children) = self.warm.cpu.per_task_ms(&self.after.cpu, self.after_tasks);
+        println!(
+            "  CPU per task over the {} tasks: gateway {:.2} ms (user {:.2}, system {:.2}); \
+             reaped bwrap processes {:.2} ms",
+            self.after_tasks,
+            user + system,
+            user,
+            system,
+            children
         );
     }
 }
@@ -727,11 +764,11 @@ impl RawBwrap {
             limits: Default::default(),
             denied_paths: Vec::new(),
         };
-        let (mut cmd, _guard) = self
+        let (cmd, _guard) = self
             .sandbox
             .raw_command(&spec)
             .map_err(std::io::Error::other)?;
-        let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+        let out = cmd.output()?;
         if !out.status.success() {
             return Err(std::io::Error::other(format!(
                 "raw bwrap failed: {}: {}",
@@ -842,7 +879,24 @@ impl Gateway {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .context("no VmRSS in /proc/<pid>/status")?;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-        Ok(Mem { rss_kib, fds })
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may contain spaces): state
+        // is field 3, utime 14, stime 15, cutime 16, cstime 17.
+        let fields: Vec<u64> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .map(|f| f.parse().unwrap_or(0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+        let cpu = Cpu {
+            user: field(14),
+            system: field(15),
+            children: field(16) + field(17),
+        };
+        Ok(Mem { rss_kib, fds, cpu })
     }
 
     /// `GET /metrics` over plain HTTP/1.1 (the REST door).

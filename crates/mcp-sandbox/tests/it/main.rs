@@ -1118,7 +1118,7 @@ async fn check_passes_on_a_working_host() {
 async fn raw_command_is_the_same_sandbox() {
     let h = Harness::new();
     let spec = h.sh("id -u; pwd");
-    let (mut cmd, guard) = h.sandbox.raw_command(&spec).unwrap();
+    let (cmd, guard) = h.sandbox.raw_command(&spec).unwrap();
     assert!(guard.path().is_dir());
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0));

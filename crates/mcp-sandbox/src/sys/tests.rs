@@ -1,0 +1,187 @@
+//! The clone-based spawn: what the child starts with, and how failures are
+//! reported. These spawn plain host programs (no bubblewrap).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use super::{ChildSetup, Rlimits, Spawn, read_both, reap};
+
+fn generous() -> Rlimits {
+    Rlimits {
+        address_space: u64::MAX,
+        nproc: u64::MAX,
+        nofile: u64::MAX,
+        fsize: u64::MAX,
+        cpu_secs: u64::MAX,
+    }
+}
+
+fn setup() -> ChildSetup {
+    ChildSetup {
+        limits: generous(),
+        cgroup_procs: Vec::new(),
+        inherit: Vec::new(),
+    }
+}
+
+/// Runs `spawn` to its end: (wait status, stdout, stderr).
+fn run(spawn: Spawn) -> (i32, String, String) {
+    let child = spawn.spawn().unwrap();
+    let (out, err) = read_both(child.stdout, child.stderr).unwrap();
+    let status = reap(child.pid).unwrap().status;
+    (
+        status,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+/// A copy of stderr at a fixed high descriptor number, inheritable
+/// (no close-on-exec) unless `cloexec`.
+fn high_fd(at: i32, cloexec: bool) -> OwnedFd {
+    let cmd = if cloexec {
+        libc::F_DUPFD_CLOEXEC
+    } else {
+        libc::F_DUPFD
+    };
+    // SAFETY: duplicates stderr (always open in a test) to a fresh
+    // descriptor at or above `at`, which the OwnedFd then owns.
+    let fd = unsafe { libc::fcntl(2, cmd, at) };
+    assert!(fd >= at, "{}", std::io::Error::last_os_error());
+    // SAFETY: fcntl returned a fresh descriptor nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn sig_mask(line: &str, status: &str) -> u64 {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .unwrap_or_else(|| panic!("no {line} in {status}"))
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+#[test]
+fn the_child_starts_with_no_blocked_signals_and_default_sigpipe() {
+    // The Rust runtime ignores SIGPIPE; block SIGUSR1 on this thread too.
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: initialises `set`, then blocks SIGUSR1 on this test thread
+    // (saving the old mask, restored below).
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR1);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), old.as_mut_ptr());
+    }
+    let spawn = Spawn::new(
+        Path::new("/bin/grep"),
+        ["^Sig", "/proc/self/status"],
+        setup(),
+    )
+    .unwrap();
+    let (status, out, _) = run(spawn);
+    // SAFETY: restores the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
+    }
+    assert_eq!(status, 0, "{out}");
+    assert_eq!(sig_mask("SigBlk:", &out), 0, "{out}");
+    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+    assert_eq!(sig_mask("SigIgn:", &out) & sigpipe, 0, "{out}");
+}
+
+#[test]
+fn the_child_gets_an_empty_environment_root_cwd_and_only_the_inherited_fds() {
+    let leaked = high_fd(900, false);
+    let passed = high_fd(910, true);
+    let setup = ChildSetup {
+        inherit: vec![passed],
+        ..setup()
+    };
+    let script = "wc -c < /proc/$$/environ; pwd; ls /proc/$$/fd";
+    let spawn = Spawn::new(Path::new("/bin/sh"), ["-c", script], setup).unwrap();
+    let (status, out, err) = run(spawn);
+    assert_eq!(status, 0, "{out} {err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next().map(str::trim), Some("0"), "{out}");
+    assert_eq!(lines.next(), Some("/"), "{out}");
+    let fds: Vec<&str> = lines.collect();
+    assert!(
+        fds.contains(&"910"),
+        "the inherited descriptor is missing: {fds:?}"
+    );
+    let leaked_no = leaked.as_raw_fd().to_string();
+    assert!(
+        !fds.contains(&leaked_no.as_str()),
+        "a descriptor without close-on-exec leaked: {fds:?}"
+    );
+}
+
+#[test]
+fn rlimits_and_a_new_process_group_are_applied() {
+    let setup = ChildSetup {
+        limits: Rlimits {
+            nofile: 77,
+            ..generous()
+        },
+        ..setup()
+    };
+    let spawn = Spawn::new(
+        Path::new("/bin/sh"),
+        ["-c", "ulimit -n; ulimit -Hn; cut -d' ' -f1,5 /proc/$$/stat"],
+        setup,
+    )
+    .unwrap();
+    let child = spawn.spawn().unwrap();
+    let pid = child.pid;
+    let (out, _) = read_both(child.stdout, child.stderr).unwrap();
+    assert_eq!(reap(pid).unwrap().status, 0);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(out, format!("77\n77\n{pid} {pid}\n"));
+}
+
+#[test]
+fn root_switches_to_the_owner_without_supplementary_groups() {
+    if super::geteuid() != 0 {
+        return;
+    }
+    let mut spawn = Spawn::new(Path::new("/usr/bin/id"), Vec::<&str>::new(), setup()).unwrap();
+    spawn.owner = Some((65534, 65533));
+    let (status, out, err) = run(spawn);
+    assert_eq!(status, 0, "{err}");
+    assert!(
+        out.starts_with("uid=65534") && out.contains("gid=65533") && !out.contains("groups=0"),
+        "{out}"
+    );
+    assert!(!out.contains(",0(") && !out.contains("=0("), "{out}");
+}
+
+#[test]
+fn a_missing_program_is_not_found() {
+    let spawn = Spawn::new(Path::new("/nonexistent/bwrap"), ["x"], setup()).unwrap();
+    let err = spawn.spawn().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+}
+
+#[test]
+fn a_failed_step_is_named_and_nothing_runs() {
+    // A read-only descriptor as the cgroup file: the child's write fails.
+    let dev_null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    let marker = tempfile::tempdir().unwrap();
+    let file = marker.path().join("ran");
+    let setup = ChildSetup {
+        cgroup_procs: vec![dev_null],
+        ..setup()
+    };
+    let script = format!("touch {}", file.display());
+    let spawn = Spawn::new(Path::new("/bin/sh"), ["-c", script.as_str()], setup).unwrap();
+    let err = spawn.spawn().unwrap_err();
+    assert!(err.to_string().contains("joining the task cgroup"), "{err}");
+    assert!(!file.exists(), "the command ran although a step failed");
+}
+
+#[test]
+fn arguments_with_a_nul_byte_are_refused() {
+    let err = Spawn::new(Path::new("/bin/echo"), ["a\0b"], setup()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
