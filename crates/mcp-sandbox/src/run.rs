@@ -129,8 +129,8 @@ type SpawnJob = (Spawn, tokio::sync::oneshot::Sender<io::Result<Spawned>>);
 /// get sandboxes killed when that thread idles out. These threads never
 /// exit (the job queue's sender lives in a static), so the signal only
 /// fires when the process dies. There are several, so one slow spawn does
-/// not queue every other spawn behind it; they
-/// share one queue, each taking the next job.
+/// not queue every other spawn behind it; they share one queue, each taking
+/// the next job.
 async fn spawn(cmd: Spawn) -> io::Result<Spawned> {
     static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnJob>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {

@@ -216,9 +216,13 @@ impl AuditLog {
                     .journal_mode(SqliteJournalMode::Wal)
             }
         };
+        // Appends touch only the tails of the table and its index; a
+        // bounded cache keeps RSS flat as the log grows (see the task
+        // store's `CACHE_KIB`).
         let connect = connect
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(busy_timeout);
+            .busy_timeout(busy_timeout)
+            .pragma("cache_size", format!("-{}", crate::sqlite::CACHE_KIB));
         // One connection: appends are serialised anyway, and `:memory:`
         // needs a single connection to stay one database.
         let pool = SqlitePoolOptions::new()

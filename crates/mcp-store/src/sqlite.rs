@@ -211,8 +211,9 @@ const CLAIM_KEY_SQL: &str = "INSERT INTO idempotency_keys
 /// gate), reads share the rest.
 const MAX_CONNECTIONS: u32 = 4;
 
-/// SQLite page cache per connection, in KiB.
-const CACHE_KIB: u32 = 512;
+/// SQLite page cache per connection, in KiB (the task store's and the
+/// audit log's).
+pub(crate) const CACHE_KIB: u32 = 512;
 
 /// A [`TaskStore`] on SQLite.
 ///

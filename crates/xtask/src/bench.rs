@@ -840,6 +840,8 @@ impl Gateway {
             .arg(root.join("policies"))
             .arg("--profiles")
             .arg(root.join("sandbox-profiles"))
+            // As the systemd unit, the image and the Helm chart run it.
+            .env("MALLOC_ARENA_MAX", "2")
             .env("MCP_GATEWAY_LOG__FORMAT", "json")
             .env("MCP_GATEWAY_LOG__LEVEL", "warn,mcp_gateway::server=info")
             .envs(env.iter().map(|(k, v)| (k, v)))
