@@ -100,6 +100,12 @@ pub async fn build(cfg: &Config) -> Result<Arc<Gateway>, StartError> {
         },
         profiles,
     )?;
+    // Sandbox inits outlive the bwrap we wait for by a moment; adopt and
+    // reap them instead of leaving zombies to PID 1 (the gateway itself in
+    // the container image).
+    if let Err(e) = mcp_sandbox::adopt_orphans() {
+        warn!(error = %e, "cannot adopt orphaned sandbox processes; PID 1 must reap them");
+    }
     match (cfg.sandbox_uid_range, run_as) {
         (Some(range), Some(_)) => sandbox.set_uid_range(range)?,
         (Some(_), None) => {

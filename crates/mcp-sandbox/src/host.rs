@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
@@ -264,11 +263,9 @@ pub async fn probe_host(
 }
 
 fn probe_bwrap(path: &std::path::Path) -> Feature {
-    let out = Command::new(path)
-        .arg("--version")
-        .env_clear()
-        .stdin(Stdio::null())
-        .output();
+    // Through `Spawn` like every bwrap of the gateway, so the orphan reaper
+    // knows it is owned (see `sys::reap_orphans`).
+    let out = sys::Spawn::new(path, ["--version"], sys::ChildSetup::none()).and_then(sys::output);
     let out = match out {
         Ok(o) if o.status.success() => o,
         Ok(o) => {

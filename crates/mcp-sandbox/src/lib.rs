@@ -76,7 +76,7 @@ pub use pool::{MAX_POOL_SIZE, PoolSettings, PoolStats};
 pub use profile::{
     FilesystemPolicy, NetworkPolicy, Profile, ProfileLimits, Profiles, SeccompPolicy,
 };
-pub use run::{Ending, LimitHits, RunOutcome};
+pub use run::{Ending, LimitHits, RunOutcome, adopt_orphans, orphans_reaped};
 pub use sandbox::{
     EGRESS_PORT, EgressBinding, Enforcement, RawCommand, RunSpec, Sandbox, SandboxSettings,
 };

@@ -178,6 +178,41 @@ async fn spawn(cmd: Spawn) -> io::Result<Spawned> {
         .map_err(|_| io::Error::other("the sandbox spawner threads are gone"))?
 }
 
+/// Makes this process adopt the sandboxes' orphaned pid-namespace inits
+/// (`PR_SET_CHILD_SUBREAPER`) and reap them from a background thread every
+/// 250 ms. bwrap exits as soon as its init reported the command's status,
+/// while that init is still exiting; without this the init is reparented
+/// to PID 1, which in the container image is the gateway itself: it would
+/// stay a zombie holding a pid forever. Idempotent; for long-running
+/// processes (the gateway's `serve`).
+pub fn adopt_orphans() -> io::Result<()> {
+    static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
+    STARTED
+        .get_or_init(|| {
+            sys::become_subreaper().map_err(|e| e.to_string())?;
+            std::thread::Builder::new()
+                .name("mcp-sandbox-orphans".to_owned())
+                .spawn(|| {
+                    loop {
+                        std::thread::sleep(ORPHAN_SWEEP);
+                        sys::reap_orphans();
+                    }
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(io::Error::other)
+}
+
+/// How many orphaned sandbox inits [`adopt_orphans`]' thread has reaped.
+pub fn orphans_reaped() -> u64 {
+    sys::ORPHANS_REAPED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How often [`adopt_orphans`]' thread reaps.
+const ORPHAN_SWEEP: Duration = Duration::from_millis(250);
+
 /// A started bubblewrap: its pid (ours until reaped) and its output pipes.
 #[derive(Debug)]
 pub(crate) struct Started {

@@ -779,16 +779,7 @@ impl RawCommand {
     /// Starts it from the calling thread, reads its stdout and stderr to
     /// their ends and reaps it. Blocking.
     pub fn output(self) -> std::io::Result<std::process::Output> {
-        use std::os::unix::process::ExitStatusExt;
-        let child = self.0.spawn()?;
-        let read = sys::read_both(child.stdout, child.stderr);
-        let reaped = sys::reap(child.pid)?;
-        let (stdout, stderr) = read?;
-        Ok(std::process::Output {
-            status: std::process::ExitStatus::from_raw(reaped.status),
-            stdout,
-            stderr,
-        })
+        sys::output(self.0)
     }
 }
 

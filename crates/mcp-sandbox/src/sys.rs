@@ -4,12 +4,14 @@
 //! `waitid(WNOWAIT)`, `wait4` with rusage, killing a process group or a
 //! pidfd, sealed memfds for the seccomp program, the landlock ABI probe).
 
+use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 /// The effective uid of this process.
 pub(crate) fn geteuid() -> u32 {
@@ -164,6 +166,14 @@ struct ChildCtx {
     errno: AtomicI32,
 }
 
+/// Children started by [`Spawn::spawn`] and not yet reaped by [`reap`]:
+/// their owners wait for them, [`reap_orphans`] never touches them.
+static OWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+/// Held for reading from before a clone until its pid is in [`OWNED`], and
+/// for writing while [`reap_orphans`] looks: a child that exits before its
+/// pid is recorded is never mistaken for an orphan.
+static SPAWNING: RwLock<()> = RwLock::new(());
+
 /// Size of the child's stack (it runs a few syscalls, then `execve`).
 const CHILD_STACK: usize = 64 * 1024;
 /// Highest signal number plus one (`_NSIG` on Linux).
@@ -241,6 +251,7 @@ impl Spawn {
             errno: AtomicI32::new(0),
         };
         let stack = Stack::new(CHILD_STACK)?;
+        let spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
         let pid = {
             // No signal handler of the gateway may run in the child, which
             // shares its memory: block every signal around the clone; the
@@ -276,6 +287,11 @@ impl Spawn {
             }
             pid
         };
+        OWNED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid);
+        drop(spawning);
         drop(stack);
         let failed = Step::from_u32(ctx.failed.load(Ordering::Acquire));
         if failed != Step::None {
@@ -466,6 +482,38 @@ unsafe fn child_steps(ctx: &ChildCtx) -> Step {
     }
 }
 
+impl ChildSetup {
+    /// No cgroup, no inherited descriptor, rlimits as they are.
+    pub(crate) fn none() -> Self {
+        Self {
+            limits: Rlimits {
+                address_space: u64::MAX,
+                nproc: u64::MAX,
+                nofile: u64::MAX,
+                fsize: u64::MAX,
+                cpu_secs: u64::MAX,
+            },
+            cgroup_procs: Vec::new(),
+            inherit: Vec::new(),
+        }
+    }
+}
+
+/// Runs `spawn` to its end from the calling thread: its exit status,
+/// stdout and stderr.
+pub(crate) fn output(spawn: Spawn) -> io::Result<std::process::Output> {
+    use std::os::unix::process::ExitStatusExt;
+    let child = spawn.spawn()?;
+    let read = read_both(child.stdout, child.stderr);
+    let reaped = reap(child.pid)?;
+    let (stdout, stderr) = read?;
+    Ok(std::process::Output {
+        status: std::process::ExitStatus::from_raw(reaped.status),
+        stdout,
+        stderr,
+    })
+}
+
 /// Reads `out` and `err` to their ends at the same time (so a child never
 /// blocks on a full pipe), e.g. for a child's stdout and stderr.
 pub(crate) fn read_both(out: OwnedFd, err: OwnedFd) -> io::Result<(Vec<u8>, Vec<u8>)> {
@@ -589,6 +637,10 @@ pub(crate) fn reap(pid: i32) -> io::Result<Reaped> {
         // right types; a positive pid only concerns our own child.
         let rc = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
         if rc == pid {
+            OWNED
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&pid);
             // SAFETY: wait4 succeeded, so it filled `usage` (and it was zeroed anyway).
             let u = unsafe { usage.assume_init() };
             let ms = |tv: libc::timeval| {
@@ -769,6 +821,73 @@ pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
     // SAFETY: waitid succeeded; with WNOHANG and no state change it leaves
     // the zeroed buffer, so si_pid is 0.
     Ok(unsafe { info.assume_init().si_pid() } != 0)
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`): a sandbox's pid-namespace init (bwrap)
+/// outlives the bwrap we started by a moment, and would otherwise be
+/// reparented to PID 1, which in a container is the gateway itself or an
+/// init that may never reap it.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only changes a flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reaps exited children that no [`Spawn`] owner waits for and that are
+/// bubblewrap (the orphaned pid-namespace inits [`become_subreaper`] adopts).
+/// Returns how many it reaped.
+pub(crate) fn reap_orphans() -> usize {
+    let _no_spawns = SPAWNING.write().unwrap_or_else(PoisonError::into_inner);
+    let owned = OWNED.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let mut reaped = 0;
+    for pid in children() {
+        if owned.contains(&pid) || !is_bwrap_zombie(pid) {
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on a child of ours that has exited (checked just
+        // above, and nobody else reaps unowned children); WNOHANG never blocks.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            reaped += 1;
+        }
+    }
+    ORPHANS_REAPED.fetch_add(reaped as u64, Ordering::Relaxed);
+    reaped
+}
+
+/// Orphans [`reap_orphans`] reaped since the process started.
+pub(crate) static ORPHANS_REAPED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Pids of this process's children (every thread's `children` list).
+fn children() -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+/// Whether `pid` is a zombie named `bwrap` (`/proc/<pid>/stat`).
+fn is_bwrap_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((head, rest)) = stat.rsplit_once(") ") else {
+        return false;
+    };
+    head.ends_with("(bwrap") && rest.starts_with('Z')
 }
 
 #[cfg(test)]

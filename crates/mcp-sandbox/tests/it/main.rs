@@ -1130,6 +1130,47 @@ async fn raw_command_is_the_same_sandbox() {
     assert!(!ws.exists());
 }
 
+/// This process's children that are zombies named bwrap.
+fn bwrap_zombie_children() -> Vec<String> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in list.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains("(bwrap) Z") {
+                found.push(pid.to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn orphaned_sandbox_inits_are_adopted_and_reaped() {
+    mcp_sandbox::adopt_orphans().unwrap();
+    let before = mcp_sandbox::orphans_reaped();
+    let h = Harness::new();
+    for _ in 0..5 {
+        let (out, _) = h.run(h.sh("echo hi")).await;
+        assert_eq!(out.result.exit_code, 0);
+    }
+    // Each sandbox's pid-namespace init outlived the bwrap we waited for
+    // and was reparented to this process: the reaper thread collects them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let zombies = bwrap_zombie_children();
+        let reaped = mcp_sandbox::orphans_reaped() - before;
+        if zombies.is_empty() && reaped >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphans reaped: {reaped}, bwrap zombies left: {zombies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // ------------------------------------------------------- setup and profiles
 
 #[test]
