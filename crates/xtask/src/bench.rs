@@ -466,7 +466,7 @@ impl Report {
         let (user, system, children) = self.warm.cpu.per_task_ms(&self.after.cpu, self.after_tasks);
         println!(
             "  CPU per task over the {} tasks: gateway {:.2} ms (user {:.2}, system {:.2}); \
-             reaped bwrap processes {:.2} ms",
+             reaped children (bwrap and the sandbox inits it adopts) {:.2} ms",
             self.after_tasks,
             user + system,
             user,
