@@ -490,15 +490,15 @@ impl Sandbox {
         tracing::Instrument::instrument(fut, span).await
     }
 
-    /// Exactly the bubblewrap command `run` would spawn for `spec`, spawned
-    /// the same way (same
+    /// Exactly the bubblewrap command `run` would spawn for `spec` (same
     /// argv, environment, uid, rlimits, seccomp filter, cgroup, stdio),
-    /// with the task's host directory and cgroup prepared; for benchmarks.
-    /// The guard kills what is left in the cgroup and removes it and the
-    /// directory on drop. Spawn it from a thread that outlives the
-    /// command: bwrap's `--die-with-parent` fires when the spawning
-    /// *thread* exits. Limits that need watching (timeout, CPU time) are
-    /// the caller's business.
+    /// started the same way by [`RawCommand::output`], with the task's host
+    /// directory and cgroup prepared; for benchmarks. The guard kills what
+    /// is left in the cgroup and removes it and the directory on drop.
+    /// `output` blocks its thread until the command ended, so bwrap's
+    /// `--die-with-parent` (which fires when the spawning *thread* exits)
+    /// cannot cut it short. Limits that need watching (timeout, CPU time)
+    /// are the caller's business.
     pub fn raw_command(
         &self,
         spec: &RunSpec,
@@ -755,15 +755,10 @@ impl Sandbox {
             cgroup_procs,
             inherit,
         };
-        let mut cmd = Spawn::new(
-            &settings.bwrap,
-            [OsString::from("--args"), args_fd_no.into()]
-                .iter()
-                .map(OsString::as_os_str)
-                .chain(command.iter().map(OsString::as_os_str)),
-            setup,
-        )
-        .map_err(|_| SandboxError::NulByte)?;
+        let mut bwrap_argv = vec![OsString::from("--args"), args_fd_no.into()];
+        bwrap_argv.extend_from_slice(command);
+        let mut cmd =
+            Spawn::new(&settings.bwrap, &bwrap_argv, setup).map_err(|_| SandboxError::NulByte)?;
         cmd.stdin = stdin;
         // Supplementary groups are dropped when root switches uid.
         cmd.owner = owner;
