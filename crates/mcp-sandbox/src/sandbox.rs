@@ -225,8 +225,9 @@ impl Sandbox {
             return Err(SandboxError::NotEnforceable { problems });
         }
 
-        workspace::ensure_dir(&settings.workspaces_dir, 0o711)?;
-        workspace::ensure_dir(&settings.files_root, 0o711)?;
+        let mut settings = settings;
+        settings.workspaces_dir = workspace::ensure_dir(&settings.workspaces_dir, 0o711)?;
+        settings.files_root = workspace::ensure_dir(&settings.files_root, 0o711)?;
         let plans = profiles
             .iter()
             .map(|p| (p.name.clone(), view::plan(&p.filesystem)))

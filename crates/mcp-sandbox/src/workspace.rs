@@ -84,9 +84,12 @@ fn ws_err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
 /// Creates (if needed) a directory the gateway owns and sets its mode, e.g.
 /// the workspaces dir with 0711 so the sandbox user can reach its own
 /// workspace but not list the others.
-pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<(), SandboxError> {
+pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<PathBuf, SandboxError> {
     fs::create_dir_all(path).map_err(ws_err(path))?;
-    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(ws_err(path))
+    fs::set_permissions(path, Permissions::from_mode(mode)).map_err(ws_err(path))?;
+    // bubblewrap runs from `/`, so a relative directory (the embedded
+    // default `data/files`) would name a different place, or none, to it.
+    fs::canonicalize(path).map_err(ws_err(path))
 }
 
 /// Creates a fresh private workspace `dir/name`, mode 0700, owned by `owner`.

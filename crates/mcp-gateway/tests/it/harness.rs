@@ -181,17 +181,38 @@ impl ServedBinary {
 
     /// Like [`ServedBinary::start`], with the data in `data`.
     pub async fn start_in(data: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        let dir = data.path().to_path_buf();
+        Self::start_at(data, &dir, None, env).await
+    }
+
+    /// Started from inside `cwd` with `--data-dir data`, as `make run` starts
+    /// it from the repository with the embedded defaults' relative paths.
+    pub async fn start_relative(cwd: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        let dir = cwd.path().to_path_buf();
+        Self::start_at(cwd, Path::new("data"), Some(&dir), env).await
+    }
+
+    async fn start_at(
+        data: tempfile::TempDir,
+        data_arg: &Path,
+        cwd: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         require_bwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mcp-gateway"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
-            .arg(data.path())
+            .arg(data_arg)
             .arg("--policies")
             .arg(repo().join("policies"))
             .arg("--profiles")

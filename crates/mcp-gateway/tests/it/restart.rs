@@ -50,3 +50,52 @@ async fn tasks_running_when_the_gateway_died_are_marked_interrupted() {
     assert_eq!(r.result.unwrap().stdout, "after restart\n");
     gw.stop().await;
 }
+
+/// `make run` starts the gateway from the repository on the embedded
+/// defaults, whose data directory is the relative `data`. bubblewrap runs
+/// from `/`, so the sandbox must be handed absolute paths: a task's files
+/// land in `./data/files`, and start-up's self-check passes.
+#[tokio::test]
+async fn a_relative_data_dir_works_as_make_run_uses_it() {
+    let cwd = tempfile::tempdir().unwrap();
+    let files = cwd.path().join("data/files");
+    let gw = ServedBinary::start_relative(cwd, &[]).await;
+    let mut client = Client::connect(&gw.endpoint()).await.unwrap();
+    let r = client
+        .run(cmd(
+            "python3",
+            &[
+                "-c",
+                "open('/files/relative-marker', 'w').write('kept\\n')\n\
+                 print(open('/files/relative-marker').read(), end='')",
+            ],
+        ))
+        .await
+        .unwrap();
+    let result = r.result.unwrap();
+    assert_eq!(result.stdout, "kept\n", "stderr: {}", result.stderr);
+    let found: Vec<_> = walk(&files)
+        .into_iter()
+        .filter(|p| p.ends_with("relative-marker"))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "the file is not under ./data/files: {found:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&found[0]).unwrap(), "kept\n");
+    gw.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
