@@ -164,21 +164,67 @@ fn ms(d: Duration) -> String {
 
 fn header() {
     println!(
-        "{:<40} {:>8} {:>8} {:>8} {:>8} {:>10} {:>7}",
-        "(milliseconds)", "p50", "p90", "p99", "mean", "throughput", "errors"
+        "{:<40} {:>8} {:>8} {:>8} {:>8} {:>10} {:>7} {:>6}",
+        "(milliseconds)", "p50", "p90", "p99", "mean", "throughput", "errors", "steal"
     );
 }
 
-fn row(name: &str, s: &Stats, throughput: Option<f64>, errors: Option<usize>) {
+fn row(name: &str, s: &Stats, throughput: Option<f64>, errors: Option<usize>, steal: f64) {
     println!(
-        "{name:<40} {:>8} {:>8} {:>8} {:>8} {:>10} {:>7}",
+        "{name:<40} {:>8} {:>8} {:>8} {:>8} {:>10} {:>7} {:>5.1}%",
         ms(s.p50),
         ms(s.p90),
         ms(s.p99),
         ms(s.mean),
         throughput.map_or("-".to_owned(), |t| format!("{t:.0}/s")),
         errors.map_or("-".to_owned(), |e| e.to_string()),
+        steal,
     );
+}
+
+/// The host's aggregate CPU counters (the `cpu` line of /proc/stat, in
+/// ticks). On a virtual machine, `steal` is time the hypervisor gave our
+/// vCPUs' turn to someone else: a phase with a high share ran on less CPU
+/// than the machine has, and its figures are not comparable with one
+/// without.
+#[derive(Clone, Copy, Default)]
+struct HostCpu {
+    total: u64,
+    steal: u64,
+}
+
+impl HostCpu {
+    fn now() -> Self {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| Self::parse(&s))
+            .unwrap_or_default()
+    }
+
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice]:
+        // guest time is already counted in user, so it is left out.
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(Self {
+            total: v.iter().sum(),
+            steal: *v.get(7)?,
+        })
+    }
+
+    /// Percentage of the host's CPU time stolen between `self` and `later`.
+    fn steal_pct(&self, later: &Self) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * later.steal.saturating_sub(self.steal) as f64 / total as f64
+    }
 }
 
 fn num_cpus() -> usize {
@@ -207,6 +253,7 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
         .build()?;
 
     eprintln!("floor and raw bwrap ({} runs each)…", o.n);
+    let cpu0 = HostCpu::now();
     let bare = time_n(o.n, || {
         Command::new("/usr/bin/echo")
             .arg("bench")
@@ -214,13 +261,16 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
             .status()
             .map(|_| ())
     })?;
+    let cpu1 = HostCpu::now();
     let raw = RawBwrap::new(&root, tmp.path())?;
     let raw_s = stats(raw.latencies(o.n)?);
+    let cpu2 = HostCpu::now();
     // The sandbox's own ceiling: no gateway can sustain more sandboxed
     // tasks per second than bwrap itself on these cores.
     let raw_conc = 2 * num_cpus();
     eprintln!("raw bwrap throughput ({raw_conc} threads)…");
     let raw_tput = raw.throughput(raw_conc, o.n.max(raw_conc))?;
+    let raw_tput_steal = cpu2.steal_pct(&HostCpu::now());
 
     let mut variants = vec![(bin.clone(), o.gateway_env.clone())];
     if !o.compare_env.is_empty() {
@@ -257,10 +307,23 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
         }
     );
     header();
-    row("fork+exec echo (floor)", &stats(bare), None, None);
-    row("raw bwrap, same argv+seccomp (no gw)", &raw_s, None, None);
+    row(
+        "fork+exec echo (floor)",
+        &stats(bare),
+        None,
+        None,
+        cpu0.steal_pct(&cpu1),
+    );
+    row(
+        "raw bwrap, same argv+seccomp (no gw)",
+        &raw_s,
+        None,
+        None,
+        cpu1.steal_pct(&cpu2),
+    );
     println!(
-        "raw bwrap, {raw_conc} threads back to back: {raw_tput:.0} tasks/s (the sandbox's ceiling here)"
+        "raw bwrap, {raw_conc} threads back to back: {raw_tput:.0} tasks/s (the sandbox's ceiling here; \
+         steal {raw_tput_steal:.1}%)"
     );
     for (name, env, r) in &reports {
         println!();
@@ -307,6 +370,8 @@ struct Row {
     lat: Vec<Duration>,
     throughput: f64,
     errors: usize,
+    /// Share of the host's CPU stolen by the hypervisor during the row.
+    steal: f64,
 }
 
 struct Mem {
@@ -352,7 +417,7 @@ struct Report {
     loaded_store: Hist,
     seq_tasks: f64,
     sustained: Option<(f64, f64)>,
-    ramp: Vec<(f64, f64, usize, Duration)>,
+    ramp: Vec<(f64, f64, usize, Duration, f64)>,
     idle: Mem,
     warm: Mem,
     after: Mem,
@@ -369,6 +434,7 @@ impl Report {
                 &stats(r.lat.clone()),
                 Some(r.throughput),
                 Some(r.errors),
+                r.steal,
             );
         }
         println!(
@@ -378,9 +444,9 @@ impl Report {
         );
         println!();
         println!("throughput ramp (open loop, {} s per step):", o.ramp_secs);
-        for (offered, achieved, errors, p99) in &self.ramp {
+        for (offered, achieved, errors, p99, steal) in &self.ramp {
             println!(
-                "  offered {offered:>6.0}/s  completed {achieved:>6.0}/s  errors {errors:>5}  p99 {:>8} ms",
+                "  offered {offered:>6.0}/s  completed {achieved:>6.0}/s  errors {errors:>5}  p99 {:>8} ms  steal {steal:>4.1}%",
                 ms(*p99)
             );
         }
@@ -516,6 +582,7 @@ async fn phases(gw: &Gateway, o: &Opts) -> anyhow::Result<Report> {
 
     eprintln!("  sequential ({})…", o.n);
     let m0 = gw.metrics()?;
+    let cpu0 = HostCpu::now();
     let t0 = Instant::now();
     let mut seq = Vec::with_capacity(o.n);
     for _ in 0..o.n {
@@ -544,6 +611,7 @@ async fn phases(gw: &Gateway, o: &Opts) -> anyhow::Result<Report> {
         lat: seq,
         throughput: o.n as f64 / seq_wall.as_secs_f64(),
         errors: 0,
+        steal: cpu0.steal_pct(&HostCpu::now()),
     }];
     let mut best_closed: f64 = rows[0].throughput;
     for &c in &o.concurrency {
@@ -569,7 +637,7 @@ async fn phases(gw: &Gateway, o: &Opts) -> anyhow::Result<Report> {
         eprintln!("  ramp {rate:.0}/s…");
         let (r, achieved) = open_loop(&clients, rate, Duration::from_secs(o.ramp_secs)).await;
         let p99 = stats(r.lat.clone()).p99;
-        ramp.push((rate, achieved, r.errors, p99));
+        ramp.push((rate, achieved, r.errors, p99, r.steal));
         if r.errors == 0 && achieved >= 0.95 * rate {
             sustained = Some((rate, achieved));
         } else {
@@ -614,6 +682,7 @@ async fn connect(endpoint: &str, n: usize) -> anyhow::Result<Vec<Client>> {
 /// `total` calls from `conc` workers, each waiting for its answer before
 /// the next call; workers share `clients` (HTTP/2 connections) round-robin.
 async fn closed_loop(clients: &[Client], conc: usize, total: usize) -> Row {
+    let cpu0 = HostCpu::now();
     let t0 = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::new();
@@ -650,6 +719,7 @@ async fn closed_loop(clients: &[Client], conc: usize, total: usize) -> Row {
         throughput: lat.len() as f64 / wall.as_secs_f64(),
         lat,
         errors,
+        steal: cpu0.steal_pct(&HostCpu::now()),
     }
 }
 
@@ -662,6 +732,7 @@ async fn open_loop(clients: &[Client], rate: f64, dur: Duration) -> (Row, f64) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = (rate * dur.as_secs_f64()).round() as usize;
+    let cpu0 = HostCpu::now();
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(total);
     for i in 0..total {
@@ -695,6 +766,7 @@ async fn open_loop(clients: &[Client], rate: f64, dur: Duration) -> (Row, f64) {
             throughput: achieved,
             lat,
             errors,
+            steal: cpu0.steal_pct(&HostCpu::now()),
         },
         achieved,
     )
@@ -1020,3 +1092,6 @@ impl Exposition {
         h
     }
 }
+
+#[cfg(test)]
+mod tests;
