@@ -1,7 +1,8 @@
 //! `mcp-gateway sandbox …`: the operator's view of the sandbox on this host.
 //!
 //! `sandbox check` reports what the host offers (bubblewrap version, user
-//! namespaces, seccomp, cgroup mode and controllers, landlock ABI) and
+//! namespaces, seccomp, cgroup mode and controllers, landlock ABI, the
+//! size of the mount table every sandbox start pays for) and
 //! which configured profiles can be enforced, by really starting one
 //! sandbox per profile with its seccomp filter, cgroup and limits, exactly
 //! as `serve` does at startup, and how the configured per-sandbox uid

@@ -717,6 +717,24 @@ fn cgroup_key_value_files_parse() {
 }
 
 #[test]
+fn a_large_mount_table_is_flagged_with_what_it_costs() {
+    use crate::host::{MANY_MOUNTS, mount_table};
+    let small = mount_table(Some(20));
+    assert!(small.ok);
+    assert_eq!(small.detail, "20 mounts");
+    assert!(mount_table(Some(MANY_MOUNTS)).ok);
+    let large = mount_table(Some(MANY_MOUNTS + 1));
+    assert!(!large.ok);
+    assert!(
+        large
+            .detail
+            .starts_with("201 mounts: every sandbox start reads them")
+    );
+    assert!(large.detail.contains("own container or mount namespace"));
+    assert!(!mount_table(None).ok);
+}
+
+#[test]
 fn bwrap_versions_parse() {
     use crate::host::parse_bwrap_version;
     assert_eq!(parse_bwrap_version("bubblewrap 0.8.0"), Some((0, 8)));

@@ -167,6 +167,13 @@ fn sandbox_check_reports_the_uid_range_and_the_warm_pool() {
     let got = std::fs::canonicalize(v["pool"]["stub"].as_str().unwrap()).unwrap();
     assert_eq!(got, stub, "{v}");
     assert_eq!(v["pool"]["problems"], serde_json::json!([]), "{v}");
+    // The mount table every sandbox start pays for: this host's, counted.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
+    let detail = v["mount_table"]["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("{mounts} mounts")), "{v}");
 
     let out = check("sizes = { default = 2 }\nmax_total = 4", false);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -177,6 +184,13 @@ fn sandbox_check_reports_the_uid_range_and_the_warm_pool() {
     );
     assert!(
         text.contains("warm pool        default=2 per (profile, tenant); at most 4 in all"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "mount table      {:<3} {mounts} mounts",
+            if mounts > 200 { "--" } else { "ok" }
+        )),
         "{text}"
     );
 
