@@ -216,10 +216,15 @@ pub async fn probe_host(
     // Each profile on its own, so a problem is reported against the
     // profile that has it.
     let mut reports = Vec::new();
+    let mut lean = None;
     for (name, notes) in names.into_iter().zip(notes) {
         let problems = match Sandbox::new(settings.clone(), profiles.only(&name)) {
             Err(e) => vec![e.to_string()],
             Ok(sandbox) => match sandbox.check_profile(&name).await {
+                Ok(()) if sandbox.lean_mounts().is_some() => {
+                    lean = lean.max(sandbox.lean_mounts());
+                    Vec::new()
+                }
                 Ok(()) => Vec::new(),
                 Err(e) => vec![e.to_string()],
             },
@@ -263,6 +268,7 @@ pub async fn probe_host(
             std::fs::read_to_string("/proc/self/mountinfo")
                 .map(|s| s.lines().count())
                 .ok(),
+            lean,
         ),
         profiles: reports,
         uid_range,
@@ -342,22 +348,27 @@ fn probe_userns() -> Feature {
 /// Above this many mounts, `sandbox check` flags the mount table.
 pub const MANY_MOUNTS: usize = 200;
 
-/// How the gateway's mount table bears on sandbox start-up. bubblewrap
-/// copies the whole table into each sandbox's mount namespace and re-reads
-/// it once per bind of the profile (to make submounts read-only), so every
-/// start costs CPU in proportion to it: on the reference VM ≈ 3.5-4 ms per
-/// 100 mounts with the `default` profile, against ≈ 8 ms for a start with
-/// the 20 mounts of a plain host (docs/PERFORMANCE.md). Hosts running
-/// containers often have hundreds.
-pub(crate) fn mount_table(count: Option<usize>) -> Feature {
-    match count {
-        None => Feature::missing("unknown: /proc/self/mountinfo is not readable"),
-        Some(n) if n > MANY_MOUNTS => Feature::missing(format!(
-            "{n} mounts: every sandbox start reads them once per bind of its profile, \
-             ≈ 3.5 ms of CPU per 100 mounts per start; run the gateway in its own container \
-             or mount namespace to start sandboxes faster"
+/// How the gateway's mount table (`count` mounts) bears on sandbox
+/// start-up. bubblewrap copies the table it starts from into each
+/// sandbox's mount namespace and re-reads it once per bind of the profile
+/// (to make submounts read-only), so every start costs CPU in proportion to
+/// it: on the reference VM ≈ 3.5-4 ms per 100 mounts with the `default`
+/// profile, against ≈ 8 ms for a start with the 20 mounts of a plain host
+/// (docs/PERFORMANCE.md). Hosts running containers often have hundreds. As
+/// root the gateway starts bubblewrap in a lean namespace (`lean` mounts,
+/// see `crate::lean`) and the host's count no longer matters.
+pub(crate) fn mount_table(count: Option<usize>, lean: Option<usize>) -> Feature {
+    match (count, lean) {
+        (None, _) => Feature::missing("unknown: /proc/self/mountinfo is not readable"),
+        (Some(n), Some(m)) => Feature::ok(format!(
+            "{n} mounts; bubblewrap starts in a lean namespace of {m} mounts"
         )),
-        Some(n) => Feature::ok(format!("{n} mounts")),
+        (Some(n), None) if n > MANY_MOUNTS => Feature::missing(format!(
+            "{n} mounts: every sandbox start reads them once per bind of its profile, \
+             ≈ 3.5 ms of CPU per 100 mounts per start; run the gateway as root (it then \
+             starts bubblewrap in a lean mount namespace) or in its own container"
+        )),
+        (Some(n), None) => Feature::ok(format!("{n} mounts")),
     }
 }
 

@@ -130,6 +130,9 @@ struct Inner {
     pool: std::sync::OnceLock<Arc<crate::pool::Pool>>,
     /// Per-sandbox uids, once [`Sandbox::set_uid_range`] was called.
     uids: std::sync::OnceLock<Arc<UidPool>>,
+    /// The mount namespace bubblewrap starts in when the gateway is root
+    /// (`crate::lean`); `None` starts it from the gateway's own.
+    lean: Option<crate::lean::LeanNs>,
 }
 
 /// How this sandbox enforces its profiles on this host.
@@ -228,10 +231,11 @@ impl Sandbox {
         let mut settings = settings;
         settings.workspaces_dir = workspace::ensure_dir(&settings.workspaces_dir, 0o711)?;
         settings.files_root = workspace::ensure_dir(&settings.files_root, 0o711)?;
-        let plans = profiles
+        let plans: BTreeMap<String, Vec<Mount>> = profiles
             .iter()
             .map(|p| (p.name.clone(), view::plan(&p.filesystem)))
             .collect();
+        let lean = owner.and_then(|_| lean_namespace(&settings, &plans));
 
         Ok(Sandbox {
             inner: Arc::new(Inner {
@@ -243,8 +247,15 @@ impl Sandbox {
                 plans,
                 pool: std::sync::OnceLock::new(),
                 uids: std::sync::OnceLock::new(),
+                lean,
             }),
         })
+    }
+
+    /// Mounts in the namespace bubblewrap starts in, when it is the lean
+    /// one (`None`: the gateway's own, whose table every start copies).
+    pub fn lean_mounts(&self) -> Option<usize> {
+        self.inner.lean.as_ref().map(|l| l.mounts)
     }
 
     /// How profiles are enforced on this host (for `sandbox check`).
@@ -742,7 +753,12 @@ impl Sandbox {
 
         let mut inherit = vec![seccomp, args_fd];
         let mut stdin = None;
+        // bwrap resolves `--ro-bind-fd`'s /proc/self/fd link to a path,
+        // which must exist where it starts.
+        let mut stub_path = None;
+        let pooled = warm.is_some();
         if let Some(w) = warm {
+            stub_path = std::fs::read_link(format!("/proc/self/fd/{}", w.stub.as_raw_fd())).ok();
             stdin = Some(w.control);
             inherit.push(w.stub);
         }
@@ -763,7 +779,58 @@ impl Sandbox {
         cmd.stdin = stdin;
         // Supplementary groups are dropped when root switches uid.
         cmd.owner = owner;
+        // An egress forwarder or pool stub outside the lean namespace (a
+        // binary replaced on disk, or configured elsewhere) is bound from
+        // the gateway's own view.
+        cmd.mnt_ns = self
+            .inner
+            .lean
+            .as_ref()
+            .filter(|ns| egress.is_none_or(|e| ns.holds(&e.forwarder) && ns.holds(&e.socket)))
+            .filter(|ns| !pooled || stub_path.as_deref().is_some_and(|p| ns.holds(p)))
+            .map(|ns| Arc::clone(&ns.fd));
         Ok((cmd, ws, run_limits))
+    }
+}
+
+/// The lean mount namespace for these profiles (see `crate::lean`), or
+/// `None`, with a warning, when it cannot be built: sandboxes then start
+/// from the gateway's own mount table, slower but the same.
+fn lean_namespace(
+    settings: &SandboxSettings,
+    plans: &BTreeMap<String, Vec<Mount>>,
+) -> Option<crate::lean::LeanNs> {
+    let mut sources: Vec<PathBuf> = plans
+        .values()
+        .flatten()
+        .flat_map(|m| match m {
+            Mount::Bind { path, host, .. } => vec![path.clone(), host.clone()],
+            Mount::Symlink { .. } => Vec::new(),
+        })
+        .collect();
+    sources.extend([
+        settings.workspaces_dir.clone(),
+        settings.files_root.clone(),
+        settings.bwrap.clone(),
+    ]);
+    // The egress forwarder is the gateway's own executable.
+    sources.extend(std::env::current_exe().ok());
+    match crate::lean::build(&sources) {
+        Ok(ns) => {
+            tracing::debug!(
+                mounts = ns.mounts,
+                "sandboxes start in a lean mount namespace"
+            );
+            Some(ns)
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot prepare the lean mount namespace; sandboxes start from the host's \
+                 mount table (slower, same isolation)"
+            );
+            None
+        }
     }
 }
 

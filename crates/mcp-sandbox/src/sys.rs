@@ -82,6 +82,9 @@ pub(crate) struct Spawn {
     pub(crate) stdin: Option<OwnedFd>,
     /// uid and gid to switch to.
     pub(crate) owner: Option<(u32, u32)>,
+    /// The mount namespace bwrap starts in (`crate::lean`); `None` is the
+    /// gateway's own. Entering one needs root (before the uid switch).
+    pub(crate) mnt_ns: Option<std::sync::Arc<OwnedFd>>,
     pub(crate) setup: ChildSetup,
 }
 
@@ -99,6 +102,7 @@ pub(crate) struct Spawned {
 enum Step {
     None = 0,
     Stdio,
+    MountNamespace,
     Ids,
     Chdir,
     ProcessGroup,
@@ -114,6 +118,7 @@ impl Step {
     fn from_u32(v: u32) -> Self {
         [
             Self::Stdio,
+            Self::MountNamespace,
             Self::Ids,
             Self::Chdir,
             Self::ProcessGroup,
@@ -133,6 +138,7 @@ impl Step {
         match self {
             Self::None => "starting the sandbox",
             Self::Stdio => "connecting the sandbox's stdio",
+            Self::MountNamespace => "entering the lean mount namespace",
             Self::Ids => "switching to the sandbox user",
             Self::Chdir => "changing to /",
             Self::ProcessGroup => "creating the sandbox's process group",
@@ -154,6 +160,8 @@ struct ChildCtx {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     stdio: [RawFd; 3],
+    /// The mount namespace to start bwrap in, or -1 for the gateway's.
+    mnt_ns: RawFd,
     owner: Option<(u32, u32)>,
     drop_groups: bool,
     parent: u32,
@@ -204,6 +212,7 @@ impl Spawn {
             args: all,
             stdin: None,
             owner: None,
+            mnt_ns: None,
             setup,
         })
     }
@@ -239,6 +248,7 @@ impl Spawn {
             argv: argv.as_ptr(),
             envp: envp.as_ptr(),
             stdio: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            mnt_ns: self.mnt_ns.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
             owner: self.owner,
             drop_groups: root,
             parent: std::process::id(),
@@ -307,7 +317,7 @@ impl Spawn {
         }
         // Our copies of the child's ends (and of stdin, the cgroup files and
         // the inherited descriptors) close here.
-        drop((out_w, err_w, stdin, self.setup));
+        drop((out_w, err_w, stdin, self.setup, self.mnt_ns));
         Ok(Spawned {
             pid,
             stdout: out_r,
@@ -430,6 +440,11 @@ unsafe fn child_steps(ctx: &ChildCtx) -> Step {
             if libc::dup2(fd, target) != target {
                 return Step::Stdio;
             }
+        }
+        // The child has its own filesystem attributes (no CLONE_FS), so it
+        // may enter another mount namespace; root and cwd become its root.
+        if ctx.mnt_ns >= 0 && libc::setns(ctx.mnt_ns, libc::CLONE_NEWNS) != 0 {
+            return Step::MountNamespace;
         }
         if let Some((uid, gid)) = ctx.owner {
             if ctx.drop_groups

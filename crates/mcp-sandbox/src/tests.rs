@@ -719,19 +719,26 @@ fn cgroup_key_value_files_parse() {
 #[test]
 fn a_large_mount_table_is_flagged_with_what_it_costs() {
     use crate::host::{MANY_MOUNTS, mount_table};
-    let small = mount_table(Some(20));
+    let small = mount_table(Some(20), None);
     assert!(small.ok);
     assert_eq!(small.detail, "20 mounts");
-    assert!(mount_table(Some(MANY_MOUNTS)).ok);
-    let large = mount_table(Some(MANY_MOUNTS + 1));
+    assert!(mount_table(Some(MANY_MOUNTS), None).ok);
+    let large = mount_table(Some(MANY_MOUNTS + 1), None);
     assert!(!large.ok);
     assert!(
         large
             .detail
             .starts_with("201 mounts: every sandbox start reads them")
     );
-    assert!(large.detail.contains("own container or mount namespace"));
-    assert!(!mount_table(None).ok);
+    assert!(large.detail.contains("lean mount namespace"));
+    // Started from a lean namespace, the host's table does not matter.
+    let lean = mount_table(Some(900), Some(14));
+    assert!(lean.ok);
+    assert_eq!(
+        lean.detail,
+        "900 mounts; bubblewrap starts in a lean namespace of 14 mounts"
+    );
+    assert!(!mount_table(None, Some(14)).ok);
 }
 
 #[test]

@@ -188,8 +188,13 @@ fn sandbox_check_reports_the_uid_range_and_the_warm_pool() {
     );
     assert!(
         text.contains(&format!(
-            "mount table      {:<3} {mounts} mounts",
-            if mounts > 200 { "--" } else { "ok" }
+            "mount table      {:<3} {mounts} mounts{}",
+            if mounts > 200 && !root { "--" } else { "ok" },
+            if root {
+                "; bubblewrap starts in a lean namespace of "
+            } else {
+                ""
+            }
         )),
         "{text}"
     );

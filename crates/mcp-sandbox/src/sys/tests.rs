@@ -171,3 +171,81 @@ fn arguments_with_a_nul_byte_are_refused() {
     let err = Spawn::new(Path::new("/bin/echo"), ["a\0b"], ChildSetup::none()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[test]
+fn a_child_that_cannot_enter_its_mount_namespace_reports_it() {
+    let mut spawn =
+        Spawn::new(Path::new("/bin/true"), [] as [&str; 0], ChildSetup::none()).unwrap();
+    // Not a namespace: setns refuses it.
+    let not_ns = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    spawn.mnt_ns = Some(std::sync::Arc::new(not_ns));
+    let e = spawn.spawn().unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("entering the lean mount namespace: "),
+        "{e}"
+    );
+}
+
+/// The lean namespace bubblewrap starts in holds its roots and what
+/// bubblewrap itself needs, and none of the host's other mounts.
+#[test]
+fn a_lean_namespace_holds_its_roots_and_nothing_else() {
+    assert_eq!(super::geteuid(), 0, "the sandbox tests run as root");
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("marker"), "here").unwrap();
+    let lean = crate::lean::build(std::slice::from_ref(&files)).unwrap();
+    assert!(lean.holds(&files.join("marker")));
+    assert!(lean.holds(Path::new("/usr/bin/bwrap")));
+    assert!(!lean.holds(Path::new("/sys")));
+    assert!(!lean.holds(dir.path()));
+
+    let mut spawn = Spawn::new(
+        Path::new("/usr/bin/cat"),
+        [
+            "/proc/self/mountinfo".to_owned(),
+            files.join("marker").display().to_string(),
+        ],
+        ChildSetup::none(),
+    )
+    .unwrap();
+    spawn.mnt_ns = Some(std::sync::Arc::clone(&lean.fd));
+    let (status, out, err) = run(spawn);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.ends_with("here"), "{out}");
+    let points: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    for needed in ["/", "/usr", "/etc", "/proc", "/dev"] {
+        assert!(points.contains(&needed), "{needed} missing: {points:?}");
+    }
+    assert!(points.contains(&files.to_str().unwrap()), "{points:?}");
+    assert!(
+        !points.iter().any(|p| p.starts_with("/sys")),
+        "host mounts leaked in: {points:?}"
+    );
+    assert_eq!(lean.mounts, points.len(), "{points:?}");
+    // The host does not see the namespace's mounts.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains("mcp-sandbox-lean"), "{host}");
+}
+
+#[test]
+fn lean_roots_drop_duplicates_nested_paths_and_the_root() {
+    let roots = crate::lean::roots(&[
+        "/usr/bin/bwrap".into(),
+        "/srv/data/files".into(),
+        "/srv/data".into(),
+        "/srv/data".into(),
+        "/".into(),
+        "relative".into(),
+    ]);
+    let want: Vec<std::path::PathBuf> = ["/dev", "/etc", "/proc", "/srv/data", "/usr"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    assert_eq!(roots, want);
+}

@@ -250,6 +250,52 @@ async fn echo_prints_and_exits_zero() {
     assert!(!chunks.iter().any(|c| c.kind == ChunkKind::ExitCode));
 }
 
+/// As root, bubblewrap starts in the lean mount namespace (only what the
+/// sandboxes are built from), not in the gateway's own: its start-up cost
+/// then does not grow with the host's mount table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bubblewrap_starts_in_the_lean_mount_namespace() {
+    assert!(host_is_root(), "the sandbox tests run as root");
+    let h = Harness::new();
+    assert!(h.sandbox.lean_mounts().is_some_and(|n| n > 0));
+    let marker = format!("lean-ns-{}", TaskId::new());
+    let sandbox = h.sandbox.clone();
+    let spec = h.sh(&format!("sleep 2 # {marker}"));
+    let run = tokio::spawn(async move {
+        let ignore = |_: OutputChunk| {};
+        sandbox.run(spec, &ignore, CancellationToken::new()).await
+    });
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let me = std::process::id().to_string();
+    let mut outer = None;
+    for _ in 0..200 {
+        outer = processes_matching(&marker).into_iter().find_map(|p| {
+            let pid = p.split(':').next()?.to_owned();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid …
+            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
+            (ppid == me).then_some(pid)
+        });
+        if outer.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outer = outer.expect("no bubblewrap of ours is running");
+    let ns = std::fs::read_link(format!("/proc/{outer}/ns/mnt")).unwrap();
+    assert_ne!(
+        ns, ours,
+        "bubblewrap started in the gateway's mount namespace"
+    );
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(
+        out.ending,
+        Ending::Exited(0),
+        "{}",
+        text(&out.result.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_are_send_and_concurrent() {
     let h = Harness::new();
