@@ -49,6 +49,11 @@ impl LeanNs {
     pub(crate) fn holds(&self, path: &Path) -> bool {
         self.roots.iter().any(|r| path.starts_with(r))
     }
+
+    /// The host paths it was built from.
+    pub(crate) fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
 }
 
 /// Builds the namespace with `sources` (absolute host paths; missing ones

@@ -511,6 +511,7 @@ impl Sandbox {
                 reason: problems.join("; "),
             });
         };
+        self.cover_stub(&settings.stub);
         let pool = Pool {
             sizes: settings.sizes,
             max_total: settings.max_total,

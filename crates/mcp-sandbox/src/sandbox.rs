@@ -133,6 +133,9 @@ struct Inner {
     /// The mount namespace bubblewrap starts in when the gateway is root
     /// (`crate::lean`); `None` starts it from the gateway's own.
     lean: Option<crate::lean::LeanNs>,
+    /// `lean` plus the pool's stub, when that lies outside it (a stub
+    /// configured apart from the gateway's executable).
+    pool_lean: std::sync::OnceLock<crate::lean::LeanNs>,
 }
 
 /// How this sandbox enforces its profiles on this host.
@@ -248,6 +251,7 @@ impl Sandbox {
                 pool: std::sync::OnceLock::new(),
                 uids: std::sync::OnceLock::new(),
                 lean,
+                pool_lean: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -350,6 +354,33 @@ impl Sandbox {
     /// Enables the warm pool (once; a second call fails).
     pub(crate) fn set_pool(&self, pool: Arc<crate::pool::Pool>) -> bool {
         self.inner.pool.set(pool).is_ok()
+    }
+
+    /// Makes the pool's `stub` visible where bubblewrap starts: when it
+    /// lies outside the lean namespace, pooled sandboxes get one that also
+    /// holds it (bubblewrap resolves `--ro-bind-fd` to the file's path).
+    pub(crate) fn cover_stub(&self, stub: &Path) {
+        let Some(lean) = &self.inner.lean else {
+            return;
+        };
+        let Ok(path) = std::fs::canonicalize(stub) else {
+            return;
+        };
+        if lean.holds(&path) || self.inner.pool_lean.get().is_some() {
+            return;
+        }
+        let mut sources = lean.roots().to_vec();
+        sources.push(path);
+        match crate::lean::build(&sources) {
+            Ok(ns) => {
+                let _ = self.inner.pool_lean.set(ns);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot add the pool's stub to the lean mount namespace; pooled sandboxes \
+                 start from the host's mount table"
+            ),
+        }
     }
 
     /// Really runs `true` in every profile's sandbox, with its seccomp
@@ -782,10 +813,12 @@ impl Sandbox {
         // An egress forwarder or pool stub outside the lean namespace (a
         // binary replaced on disk, or configured elsewhere) is bound from
         // the gateway's own view.
-        cmd.mnt_ns = self
-            .inner
-            .lean
-            .as_ref()
+        let lean = if pooled {
+            self.inner.pool_lean.get().or(self.inner.lean.as_ref())
+        } else {
+            self.inner.lean.as_ref()
+        };
+        cmd.mnt_ns = lean
             .filter(|ns| egress.is_none_or(|e| ns.holds(&e.forwarder) && ns.holds(&e.socket)))
             .filter(|ns| !pooled || stub_path.as_deref().is_some_and(|p| ns.holds(p)))
             .map(|ns| Arc::clone(&ns.fd));

@@ -395,3 +395,62 @@ fn bad_pool_settings_are_refused() {
     });
     assert!(again.unwrap_err().to_string().contains("already enabled"));
 }
+
+/// Pooled sandboxes start in a lean mount namespace too, even with a stub
+/// outside the gateway's own files (this test's `mcp-sandbox-stub`).
+#[tokio::test]
+async fn pooled_sandboxes_start_in_a_lean_mount_namespace() {
+    let h = pooled();
+    let spec = h.sh("true");
+    h.sandbox
+        .prewarm(&spec.profile, &spec.tenant)
+        .await
+        .unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let me = std::process::id().to_string();
+    // Pooled bubblewraps of this process (other tests' too, which use the
+    // same stub); one may exit while we look.
+    let mut waiting = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let (Ok(stat), Ok(cmdline)) = (
+            std::fs::read_to_string(entry.path().join("stat")),
+            std::fs::read(entry.path().join("cmdline")),
+        ) else {
+            continue;
+        };
+        // pid (comm) state ppid …
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1));
+        // The stub as the sandbox sees it (`--ro-bind-fd` puts it there).
+        if !stat.contains("(bwrap)")
+            || ppid != Some(me.as_str())
+            || !text(&cmdline).contains("/.mcp-sandbox-stub")
+        {
+            continue;
+        }
+        if let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) {
+            waiting.push(ns);
+        }
+    }
+    assert!(
+        !waiting.is_empty(),
+        "no pooled bubblewrap of ours is waiting"
+    );
+    for ns in &waiting {
+        assert_ne!(
+            *ns, ours,
+            "a pooled bubblewrap started in the gateway's mount namespace"
+        );
+    }
+    let (out, _) = h.run(spec).await;
+    assert_eq!(
+        out.ending,
+        Ending::Exited(0),
+        "{}",
+        text(&out.result.stderr)
+    );
+    assert_eq!(h.sandbox.pool_stats().pooled_runs, 1);
+}
