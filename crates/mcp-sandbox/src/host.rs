@@ -220,14 +220,13 @@ pub async fn probe_host(
     for (name, notes) in names.into_iter().zip(notes) {
         let problems = match Sandbox::new(settings.clone(), profiles.only(&name)) {
             Err(e) => vec![e.to_string()],
-            Ok(sandbox) => match sandbox.check_profile(&name).await {
-                Ok(()) if sandbox.lean_mounts().is_some() => {
-                    lean = lean.max(sandbox.lean_mounts());
-                    Vec::new()
+            Ok(sandbox) => {
+                lean = lean.max(sandbox.lean_mounts());
+                match sandbox.check_profile(&name).await {
+                    Ok(()) => Vec::new(),
+                    Err(e) => vec![e.to_string()],
                 }
-                Ok(()) => Vec::new(),
-                Err(e) => vec![e.to_string()],
-            },
+            }
         };
         reports.push(ProfileReport {
             enforceable: problems.is_empty(),

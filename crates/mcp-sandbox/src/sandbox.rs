@@ -133,9 +133,10 @@ struct Inner {
     /// The mount namespace bubblewrap starts in when the gateway is root
     /// (`crate::lean`); `None` starts it from the gateway's own.
     lean: Option<crate::lean::LeanNs>,
-    /// `lean` plus the pool's stub, when that lies outside it (a stub
-    /// configured apart from the gateway's executable).
-    pool_lean: std::sync::OnceLock<crate::lean::LeanNs>,
+    /// The mount namespace pooled bubblewraps start in, set by
+    /// [`Sandbox::cover_stub`] when the pool is enabled: `lean`, or `lean`
+    /// plus the stub when that lies outside it; `None` is the gateway's own.
+    pool_mnt_ns: std::sync::OnceLock<Option<Arc<std::os::fd::OwnedFd>>>,
 }
 
 /// How this sandbox enforces its profiles on this host.
@@ -251,7 +252,7 @@ impl Sandbox {
                 pool: std::sync::OnceLock::new(),
                 uids: std::sync::OnceLock::new(),
                 lean,
-                pool_lean: std::sync::OnceLock::new(),
+                pool_mnt_ns: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -356,31 +357,31 @@ impl Sandbox {
         self.inner.pool.set(pool).is_ok()
     }
 
-    /// Makes the pool's `stub` visible where bubblewrap starts: when it
-    /// lies outside the lean namespace, pooled sandboxes get one that also
-    /// holds it (bubblewrap resolves `--ro-bind-fd` to the file's path).
+    /// Chooses where pooled bubblewraps start: the pool's `stub` must be
+    /// visible there, because bubblewrap resolves `--ro-bind-fd` to the
+    /// file's path. When it lies outside the lean namespace, pooled
+    /// sandboxes get one that also holds it.
     pub(crate) fn cover_stub(&self, stub: &Path) {
-        let Some(lean) = &self.inner.lean else {
-            return;
-        };
-        let Ok(path) = std::fs::canonicalize(stub) else {
-            return;
-        };
-        if lean.holds(&path) || self.inner.pool_lean.get().is_some() {
-            return;
-        }
-        let mut sources = lean.roots().to_vec();
-        sources.push(path);
-        match crate::lean::build(&sources) {
-            Ok(ns) => {
-                let _ = self.inner.pool_lean.set(ns);
+        let ns = self.inner.lean.as_ref().and_then(|lean| {
+            let path = std::fs::canonicalize(stub).ok()?;
+            if lean.holds(&path) {
+                return Some(Arc::clone(&lean.fd));
             }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "cannot add the pool's stub to the lean mount namespace; pooled sandboxes \
-                 start from the host's mount table"
-            ),
-        }
+            let mut sources = lean.roots().to_vec();
+            sources.push(path);
+            match crate::lean::build(&sources) {
+                Ok(ns) => Some(ns.fd),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot add the pool's stub to the lean mount namespace; pooled \
+                         sandboxes start from the host's mount table"
+                    );
+                    None
+                }
+            }
+        });
+        let _ = self.inner.pool_mnt_ns.set(ns);
     }
 
     /// Really runs `true` in every profile's sandbox, with its seccomp
@@ -784,12 +785,8 @@ impl Sandbox {
 
         let mut inherit = vec![seccomp, args_fd];
         let mut stdin = None;
-        // bwrap resolves `--ro-bind-fd`'s /proc/self/fd link to a path,
-        // which must exist where it starts.
-        let mut stub_path = None;
         let pooled = warm.is_some();
         if let Some(w) = warm {
-            stub_path = std::fs::read_link(format!("/proc/self/fd/{}", w.stub.as_raw_fd())).ok();
             stdin = Some(w.control);
             inherit.push(w.stub);
         }
@@ -810,18 +807,17 @@ impl Sandbox {
         cmd.stdin = stdin;
         // Supplementary groups are dropped when root switches uid.
         cmd.owner = owner;
-        // An egress forwarder or pool stub outside the lean namespace (a
-        // binary replaced on disk, or configured elsewhere) is bound from
-        // the gateway's own view.
-        let lean = if pooled {
-            self.inner.pool_lean.get().or(self.inner.lean.as_ref())
+        cmd.mnt_ns = if pooled {
+            self.inner.pool_mnt_ns.get().cloned().flatten()
         } else {
-            self.inner.lean.as_ref()
+            // An egress forwarder outside the lean namespace (a gateway
+            // binary replaced on disk) is bound from the gateway's own view.
+            self.inner
+                .lean
+                .as_ref()
+                .filter(|ns| egress.is_none_or(|e| ns.holds(&e.forwarder) && ns.holds(&e.socket)))
+                .map(|ns| Arc::clone(&ns.fd))
         };
-        cmd.mnt_ns = lean
-            .filter(|ns| egress.is_none_or(|e| ns.holds(&e.forwarder) && ns.holds(&e.socket)))
-            .filter(|ns| !pooled || stub_path.as_deref().is_some_and(|p| ns.holds(p)))
-            .map(|ns| Arc::clone(&ns.fd));
         Ok((cmd, ws, run_limits))
     }
 }

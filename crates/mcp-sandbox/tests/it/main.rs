@@ -266,27 +266,21 @@ async fn bubblewrap_starts_in_the_lean_mount_namespace() {
         sandbox.run(spec, &ignore, CancellationToken::new()).await
     });
     let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
-    let me = std::process::id().to_string();
-    let mut outer = None;
+    let mut outer = Vec::new();
     for _ in 0..200 {
-        outer = processes_matching(&marker).into_iter().find_map(|p| {
-            let pid = p.split(':').next()?.to_owned();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // pid (comm) state ppid …
-            let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
-            (ppid == me).then_some(pid)
-        });
-        if outer.is_some() {
+        outer = bwrap_children_mnt_ns(&marker);
+        if !outer.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let outer = outer.expect("no bubblewrap of ours is running");
-    let ns = std::fs::read_link(format!("/proc/{outer}/ns/mnt")).unwrap();
-    assert_ne!(
-        ns, ours,
-        "bubblewrap started in the gateway's mount namespace"
-    );
+    assert!(!outer.is_empty(), "no bubblewrap of ours is running");
+    for ns in outer {
+        assert_ne!(
+            ns, ours,
+            "bubblewrap started in the gateway's mount namespace"
+        );
+    }
     let out = run.await.unwrap().unwrap();
     assert_eq!(
         out.ending,
@@ -1176,19 +1170,44 @@ async fn raw_command_is_the_same_sandbox() {
     assert!(!ws.exists());
 }
 
-/// This process's children that are zombies named bwrap.
-fn bwrap_zombie_children() -> Vec<String> {
+/// This process's children named bwrap: pid, `/proc/<pid>/stat` and
+/// cmdline (NULs as spaces). A child that exits while we look is left out.
+fn bwrap_children() -> Vec<(String, String, String)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         for pid in list.split_whitespace() {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.contains("(bwrap) Z") {
-                found.push(pid.to_owned());
+            let (Ok(stat), Ok(cmdline)) = (
+                std::fs::read_to_string(format!("/proc/{pid}/stat")),
+                std::fs::read(format!("/proc/{pid}/cmdline")),
+            ) else {
+                continue;
+            };
+            if stat.contains("(bwrap) ") {
+                found.push((pid.to_owned(), stat, text(&cmdline).replace('\0', " ")));
             }
         }
     }
     found
+}
+
+/// The mount namespaces of this process's bwrap children whose command
+/// line contains `needle`.
+pub(crate) fn bwrap_children_mnt_ns(needle: &str) -> Vec<PathBuf> {
+    bwrap_children()
+        .into_iter()
+        .filter(|(_, _, cmdline)| cmdline.contains(needle))
+        .filter_map(|(pid, _, _)| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok())
+        .collect()
+}
+
+/// This process's children that are zombies named bwrap.
+fn bwrap_zombie_children() -> Vec<String> {
+    bwrap_children()
+        .into_iter()
+        .filter(|(_, stat, _)| stat.contains("(bwrap) Z"))
+        .map(|(pid, _, _)| pid)
+        .collect()
 }
 
 #[tokio::test]

@@ -407,34 +407,10 @@ async fn pooled_sandboxes_start_in_a_lean_mount_namespace() {
         .await
         .unwrap();
     let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
-    let me = std::process::id().to_string();
     // Pooled bubblewraps of this process (other tests' too, which use the
-    // same stub); one may exit while we look.
-    let mut waiting = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        let (Ok(stat), Ok(cmdline)) = (
-            std::fs::read_to_string(entry.path().join("stat")),
-            std::fs::read(entry.path().join("cmdline")),
-        ) else {
-            continue;
-        };
-        // pid (comm) state ppid …
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(1));
-        // The stub as the sandbox sees it (`--ro-bind-fd` puts it there).
-        if !stat.contains("(bwrap)")
-            || ppid != Some(me.as_str())
-            || !text(&cmdline).contains("/.mcp-sandbox-stub")
-        {
-            continue;
-        }
-        if let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) {
-            waiting.push(ns);
-        }
-    }
+    // same stub, all covered): the stub as the sandbox sees it
+    // (`--ro-bind-fd` puts it there).
+    let waiting = super::bwrap_children_mnt_ns("/.mcp-sandbox-stub");
     assert!(
         !waiting.is_empty(),
         "no pooled bubblewrap of ours is waiting"
