@@ -14,8 +14,8 @@ use std::time::Duration;
 use mcp_audit::{AuditEvent, DecisionSummary, Signer, sha256_hex};
 use mcp_core::redact::Redactor;
 use mcp_core::{Decision, TaskId, TaskResult, TaskState, now};
-use mcp_store::{AuditLog, AuditOptions};
-use tracing::{error, warn};
+use mcp_store::{AuditLog, AuditOptions, StoreWrite};
+use tracing::{Instrument, error, info_span, warn};
 
 use crate::error::{GatewayError, StartError};
 use crate::pipeline::{Caller, Gateway};
@@ -57,6 +57,9 @@ pub enum AuditStartError {
 #[derive(Debug, Default)]
 pub struct AuditSlot {
     log: OnceLock<Arc<AuditLog>>,
+    /// Whether `log` is in the task store's database, so that a record and
+    /// the store writes it accompanies commit in one transaction.
+    shared: OnceLock<bool>,
     redactor: OnceLock<Redactor>,
     /// `[secrets]` (`secrets`).
     pub(crate) secrets: OnceLock<crate::secrets::SecretsSettings>,
@@ -168,6 +171,7 @@ impl Gateway {
     /// Sets the audit log (once, at start-up, before serving).
     pub fn set_audit_log(&self, log: Option<Arc<AuditLog>>) {
         if let Some(log) = log {
+            let _ = self.audit.shared.set(self.store().shares_database(&log));
             let _ = self.audit.log.set(log);
         }
     }
@@ -175,6 +179,13 @@ impl Gateway {
     /// The audit log, if auditing is on.
     pub fn audit_log(&self) -> Option<&Arc<AuditLog>> {
         self.audit.log.get()
+    }
+
+    /// The audit log when it shares the task store's database (see
+    /// [`AuditLog::append_with`]).
+    pub(crate) fn shared_audit_log(&self) -> Option<&Arc<AuditLog>> {
+        self.audit_log()
+            .filter(|_| self.audit.shared.get().copied().unwrap_or(false))
     }
 
     /// Appends one record for `caller`'s request; `Err(Store)` (503) when
@@ -188,8 +199,24 @@ impl Gateway {
         let Some(log) = self.audit_log() else {
             return Ok(());
         };
+        match log.append(self.audit_event(caller, action, entry)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                error!(error = %e, request_id = %caller.request_id, action, "cannot append the audit record; refusing the request");
+                Err(GatewayError::Store(e))
+            }
+        }
+    }
+
+    /// The record of `caller`'s request, ready to append.
+    pub(crate) fn audit_event(
+        &self,
+        caller: &Caller,
+        action: &str,
+        entry: AuditEntry<'_>,
+    ) -> AuditEvent {
         let redactor = self.redactor();
-        let event = AuditEvent {
+        AuditEvent {
             at_ms: now_ms(),
             request_id: caller.request_id.to_string(),
             trace_id: crate::telemetry::current_traceparent()
@@ -212,13 +239,6 @@ impl Gateway {
             output_sha256: entry.output_sha256,
             outcome: entry.outcome,
             latency_us: u64::try_from(caller.received.elapsed().as_micros()).unwrap_or(u64::MAX),
-        };
-        match log.append(event).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                error!(error = %e, request_id = %caller.request_id, action, "cannot append the audit record; refusing the request");
-                Err(GatewayError::Store(e))
-            }
         }
     }
 
@@ -241,15 +261,13 @@ impl Gateway {
         answer
     }
 
-    /// Records a command's decision before anything runs.
-    pub(crate) async fn audit_exec(
-        &self,
-        caller: &Caller,
-        decision: &Decision,
+    /// The record of a command's decision, written before anything runs.
+    pub(crate) fn exec_entry<'a>(
+        decision: &'a Decision,
         id: TaskId,
         valid: &mcp_core::ValidExec,
         argv0: Option<&str>,
-    ) -> Result<(), GatewayError> {
+    ) -> (&'static str, AuditEntry<'a>) {
         let mut line = argv0.unwrap_or(&valid.command).to_owned();
         for a in &valid.args {
             line.push(' ');
@@ -263,17 +281,16 @@ impl Gateway {
             output_sha256: None,
             outcome: if decision.allow { "allowed" } else { "denied" }.to_owned(),
         };
-        self.audit(caller, "execute", entry).await
+        ("execute", entry)
     }
 
-    /// Records a file request's decision before the file is touched.
-    pub(crate) async fn audit_file(
-        &self,
-        caller: &Caller,
+    /// The record of a file request's decision, written before the file is
+    /// touched.
+    pub(crate) fn file_entry<'a>(
         op: mcp_core::FileOp,
-        decision: &Decision,
+        decision: &'a Decision,
         valid: &mcp_core::ValidFile,
-    ) -> Result<(), GatewayError> {
+    ) -> (&'static str, AuditEntry<'a>) {
         let action = match op {
             mcp_core::FileOp::Read => "read_file",
             mcp_core::FileOp::Write => "write_file",
@@ -286,36 +303,27 @@ impl Gateway {
             outcome: if decision.allow { "allowed" } else { "denied" }.to_owned(),
             ..AuditEntry::default()
         };
-        self.audit(caller, action, entry).await
+        (action, entry)
     }
 
-    /// Records a task's end with the SHA-256 of its output. The task has
-    /// already run, so a failure here is logged (and the record is missing,
-    /// which `audit verify` cannot see; the task row still is in the store).
-    pub(crate) async fn audit_task_end(
-        &self,
+    /// The record of a task's end, with the SHA-256 of its output.
+    fn task_end_event(
         id: TaskId,
+        principal: &str,
         tenant: &str,
         state: TaskState,
         result: Option<&TaskResult>,
         output_sha256: Option<String>,
-    ) {
-        let Some(log) = self.audit_log() else {
-            return;
-        };
-        let principal = match self.store().get_task(tenant, id).await {
-            Ok(Some(t)) => t.principal,
-            _ => String::new(),
-        };
+    ) -> AuditEvent {
         let outcome = match result {
             Some(r) if state == TaskState::Completed => format!("completed:{}", r.exit_code),
             _ => state.as_str().to_owned(),
         };
-        let event = AuditEvent {
+        AuditEvent {
             at_ms: now_ms(),
             request_id: id.to_string(),
             trace_id: None,
-            principal,
+            principal: principal.to_owned(),
             tenant: tenant.to_owned(),
             action: "task_end".to_owned(),
             decision: None,
@@ -325,11 +333,59 @@ impl Gateway {
             output_sha256,
             outcome,
             latency_us: result.map_or(0, |r| r.execution_time_ms.saturating_mul(1000)),
+        }
+    }
+
+    /// Stores a task's end (`finish`) and its audit record: in one
+    /// transaction when the audit log shares the store's database, else
+    /// (or when that transaction fails) the end and then the record, each
+    /// retried, because the task has already run. Answers the completion
+    /// time stored, `None` when the end could not be stored; a record that cannot be appended is logged (it is then
+    /// missing, which `audit verify` cannot see; the task row still is in
+    /// the store).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn finish_audited(
+        &self,
+        id: TaskId,
+        principal: &str,
+        tenant: &str,
+        state: TaskState,
+        result: Option<&TaskResult>,
+        reason: Option<&str>,
+        output_sha256: Option<String>,
+    ) -> Option<time::OffsetDateTime> {
+        let event = Self::task_end_event(id, principal, tenant, state, result, output_sha256);
+        if let Some(log) = self.shared_audit_log() {
+            let completed_at = now();
+            let write = StoreWrite::Finish {
+                id,
+                state,
+                completed_at,
+                result: result.cloned(),
+                failure_reason: reason.map(str::to_owned),
+            };
+            match self
+                .timed_write(
+                    "audited_finish",
+                    log.append_with(event.clone(), vec![write])
+                        .instrument(info_span!("store.write", op = "audited_finish")),
+                )
+                .await
+            {
+                Ok(_) => return Some(completed_at),
+                Err(e) => {
+                    error!(error = %e, task_id = %id, "cannot store the end of a task with its audit record; storing them apart");
+                }
+            }
+        }
+        let stored = self.finish(id, state, result, reason).await;
+        let Some(log) = self.audit_log() else {
+            return stored;
         };
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=5 {
             match log.append(event.clone()).await {
-                Ok(_) => return,
+                Ok(_) => return stored,
                 Err(e) => {
                     error!(error = %e, task_id = %id, attempt, "cannot append the audit record of a task end");
                     tokio::time::sleep(delay).await;
@@ -337,6 +393,7 @@ impl Gateway {
                 }
             }
         }
+        stored
     }
 
     /// Signs a checkpoint over the tail at shutdown.

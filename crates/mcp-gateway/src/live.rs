@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mcp_core::redact::{LineRedactor, Redactor};
-use mcp_core::{ChunkKind, OutputChunk, TaskId, TaskResult};
+use mcp_core::{ChunkKind, OutputChunk, TaskId, TaskRecord, TaskResult, TaskState};
+use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,11 @@ struct Inner {
     redactor: Redactor,
     stdout: Option<LineRedactor>,
     stderr: Option<LineRedactor>,
+    /// The task as the worker stored it, kept in step with its writes.
+    record: Option<TaskRecord>,
+    /// Whether `record` holds the stored end (it is then what a read of
+    /// the store returns).
+    record_final: bool,
 }
 
 /// One running task: its output so far, whether it is done, and how to
@@ -74,6 +80,46 @@ impl LiveTask {
     /// Sets the task's redaction rules (before any output arrives).
     pub fn set_redactor(&self, redactor: Redactor) {
         self.lock().redactor = redactor;
+    }
+
+    /// Keeps the task's record as inserted into the store.
+    pub fn set_record(&self, record: TaskRecord) {
+        self.lock().record = Some(record);
+    }
+
+    /// The task became `running` at `at` in the store (the first time
+    /// sets `started_at`, as the store does).
+    pub fn record_started(&self, at: OffsetDateTime) {
+        if let Some(r) = &mut self.lock().record {
+            r.state = TaskState::Running;
+            r.started_at.get_or_insert(mcp_store::stored_time(at));
+        }
+    }
+
+    /// The task's end was stored with these values.
+    pub fn record_finished(
+        &self,
+        state: TaskState,
+        completed_at: OffsetDateTime,
+        result: Option<TaskResult>,
+        reason: Option<String>,
+    ) {
+        let mut inner = self.lock();
+        if let Some(r) = &mut inner.record {
+            r.state = state;
+            r.completed_at = Some(mcp_store::stored_time(completed_at));
+            r.result = result;
+            r.failure_reason = reason;
+            inner.record_final = true;
+        }
+    }
+
+    /// The stored record of a task whose end is stored, as a read of the
+    /// store would return it; `None` before that or when the worker did
+    /// not keep one.
+    pub fn stored_record(&self) -> Option<TaskRecord> {
+        let inner = self.lock();
+        inner.record.clone().filter(|_| inner.record_final)
     }
 
     /// `r` with stdout and stderr redacted by the task's rules and, where

@@ -19,7 +19,7 @@ use mcp_core::{
 };
 use mcp_policy::{PolicyInput, PolicyService, RequestContext};
 use mcp_sandbox::{Ending, FileError, FilesRoot, RunSpec, Sandbox};
-use mcp_store::{DecisionDetails, DecisionRecord, TaskStore};
+use mcp_store::{DecisionDetails, DecisionRecord, StoreWrite, TaskStore};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -472,26 +472,31 @@ impl Gateway {
                 Err(reason) => decision = self.fail_closed(reason),
             }
         }
-        self.record_decision(
-            caller,
-            "command",
-            &valid.command,
-            &decision,
-            &details,
-            decision.allow.then_some(id),
-        )
-        .await?;
-        self.audit_exec(caller, &decision, id, &valid, argv0.as_deref())
+        let audit_entry = Self::exec_entry(&decision, id, &valid, argv0.as_deref());
+        let runnable = match argv0.as_deref() {
+            Some(argv0) if decision.allow => Some(argv0),
+            _ => None,
+        };
+        let Some(argv0_ref) = runnable else {
+            self.record_decision_audited(
+                caller,
+                "command",
+                &valid.command,
+                &decision,
+                &details,
+                decision.allow.then_some(id),
+                audit_entry,
+                None,
+            )
             .await?;
-        if !decision.allow {
-            info!(request_id = %caller.request_id, "command denied");
-            // Reasons can quote argv, which stays out of info-level logs.
-            debug!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "deny reasons");
-            return Err(GatewayError::Denied {
-                reasons: decision.deny_reasons,
-            });
-        }
-        let Some(argv0) = argv0 else {
+            if !decision.allow {
+                info!(request_id = %caller.request_id, "command denied");
+                // Reasons can quote argv, which stays out of info-level logs.
+                debug!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "deny reasons");
+                return Err(GatewayError::Denied {
+                    reasons: decision.deny_reasons,
+                });
+            }
             // The policy allowed a command that does not resolve; nothing can run.
             return Err(GatewayError::Denied {
                 reasons: vec![format!(
@@ -500,7 +505,11 @@ impl Gateway {
                 )],
             });
         };
-        let permit = match crate::quota::admit(
+        // Admission (limits, rate, CPU budget, approval, a slot) is decided
+        // before anything is stored, so that the decision, its audit record
+        // and the task it creates are stored together; a refusal is stored
+        // with the decision and then answered.
+        let admission = crate::quota::admit(
             self,
             caller,
             id,
@@ -509,34 +518,83 @@ impl Gateway {
             &decision,
             &details,
             &profile,
-            &argv0,
+            argv0_ref,
         )
-        .await?
-        {
-            crate::quota::Admission::Run(permit) => permit,
-            crate::quota::Admission::Pending(started) => return Ok(started),
+        .await
+        .and_then(|a| match a {
+            crate::quota::Admission::Run(permit) => self.check_queue().map(|()| {
+                let record =
+                    self.new_record(id, caller, TaskState::Created, argv0_ref, &profile, &valid);
+                let created_at = record.created_at;
+                (
+                    Some((permit, record.clone())),
+                    StoreWrite::InsertTask(record),
+                    created_at,
+                )
+            }),
+            crate::quota::Admission::Pending { task, approval } => {
+                let created_at = task.created_at;
+                Ok((
+                    None,
+                    StoreWrite::InsertPending {
+                        task: *task,
+                        approval,
+                    },
+                    created_at,
+                ))
+            }
+        });
+        let (run, write, created_at) = match admission {
+            Ok((run, write, created_at)) => (run, Some(write), created_at),
+            Err(e) => {
+                self.record_decision_audited(
+                    caller,
+                    "command",
+                    &valid.command,
+                    &decision,
+                    &details,
+                    Some(id),
+                    audit_entry,
+                    None,
+                )
+                .await?;
+                return Err(e);
+            }
         };
-        self.check_queue()?;
-
         let accepted = Instant::now();
-        let record = self.new_record(id, caller, TaskState::Created, &argv0, &profile, &valid);
-        let created_at = record.created_at;
         // Registered before it is stored, so a task visible in the store is
         // either live here or finished.
-        let live = self.live.register(id);
-        live.set_redactor(redactor);
+        let run = run.map(|(permit, record)| {
+            let live = self.live.register(id);
+            live.set_redactor(redactor);
+            live.set_record(record);
+            (permit, live)
+        });
         if let Err(e) = self
-            .timed_write(
-                "insert_task",
-                self.store
-                    .insert_task(&record)
-                    .instrument(info_span!("store.write", op = "insert_task")),
+            .record_decision_audited(
+                caller,
+                "command",
+                &valid.command,
+                &decision,
+                &details,
+                Some(id),
+                audit_entry,
+                write,
             )
             .await
         {
             self.live.remove(id);
-            return Err(GatewayError::Store(e));
+            return Err(e);
         }
+        let Some((permit, live)) = run else {
+            tracing::info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
+            return Ok(Started {
+                id,
+                state: TaskState::PendingApproval,
+                created_at,
+            });
+        };
+        let argv0 = argv0_ref.to_owned();
         valid.env.extend(secret_env);
         let spec = run_spec(id, caller, profile, argv0, valid);
         self.launch(spec, caller, &details.obligations, live, accepted, permit);
@@ -556,6 +614,11 @@ impl Gateway {
         let started = self.execute(caller, req).await?;
         if let Some(live) = self.live.get(started.id) {
             live.wait_done().await;
+            // The worker's copy of what it stored, when it stored the end:
+            // the same record a read would return, without the read.
+            if let Some(record) = live.stored_record() {
+                return Ok(record);
+            }
         }
         self.lookup(caller, &started.id.to_string()).await
     }
@@ -813,9 +876,17 @@ impl Gateway {
         let input = PolicyInput::file(&caller.principal, &valid, &self.context(caller));
         let (decision, details) = self.decide(input);
         let summary = format!("{} {}", op.as_str(), valid.path);
-        self.record_decision(caller, "file", &summary, &decision, &details, None)
-            .await?;
-        self.audit_file(caller, op, &decision, &valid).await?;
+        self.record_decision_audited(
+            caller,
+            "file",
+            &summary,
+            &decision,
+            &details,
+            None,
+            Self::file_entry(op, &decision, &valid),
+            None,
+        )
+        .await?;
         if !decision.allow {
             return Err(GatewayError::Denied {
                 reasons: decision.deny_reasons,
@@ -884,18 +955,7 @@ impl Gateway {
         details: &DecisionDetails,
         task_id: Option<TaskId>,
     ) -> Result<(), GatewayError> {
-        let rec = DecisionRecord {
-            id: caller.request_id,
-            at: now(),
-            tenant: caller.principal.tenant.clone(),
-            principal: caller.principal.id.clone(),
-            kind: kind.to_owned(),
-            summary: summary.to_owned(),
-            allow: decision.allow,
-            deny_reasons: decision.deny_reasons.clone(),
-            policy_revision: decision.policy_revision.clone(),
-            task_id,
-        };
+        let rec = decision_record(caller, kind, summary, decision, task_id);
         self.timed_write(
             "record_decision",
             self.store
@@ -911,10 +971,65 @@ impl Gateway {
         Ok(())
     }
 
+    /// Stores a request's decision, its audit record (`action`, `entry`)
+    /// and the task it creates (`task`: an insert), all or nothing, before
+    /// anything runs. One transaction when the audit log shares the store's
+    /// database; otherwise decision, audit record and task one after the
+    /// other, stopping at the first that fails. The request is refused when
+    /// any of them cannot be stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn record_decision_audited(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        summary: &str,
+        decision: &Decision,
+        details: &DecisionDetails,
+        task_id: Option<TaskId>,
+        audit: (&str, crate::audit::AuditEntry<'_>),
+        task: Option<StoreWrite>,
+    ) -> Result<(), GatewayError> {
+        let (action, entry) = audit;
+        let Some(log) = self.shared_audit_log() else {
+            self.record_decision(caller, kind, summary, decision, details, task_id)
+                .await?;
+            self.audit(caller, action, entry).await?;
+            if let Some(w) = &task {
+                let op = match w {
+                    StoreWrite::InsertTask(_) => "insert_task",
+                    _ => "insert_pending",
+                };
+                self.timed_write(op, self.store.apply(w))
+                    .await
+                    .map_err(GatewayError::Store)?;
+            }
+            return Ok(());
+        };
+        let mut writes = vec![StoreWrite::Decision {
+            record: decision_record(caller, kind, summary, decision, task_id),
+            details: details.clone(),
+        }];
+        writes.extend(task);
+        let event = self.audit_event(caller, action, entry);
+        self.timed_write(
+            "audited_decision",
+            log.append_with(event, writes)
+                .instrument(info_span!("store.write", op = "audited_decision")),
+        )
+        .await
+        .map_err(|e| {
+            error!(error = %e, request_id = %caller.request_id, "cannot store the decision with its audit record; refusing the request");
+            GatewayError::Store(e)
+        })?;
+        self.metrics.observe_decision(decision.allow);
+        Ok(())
+    }
+
     /// Runs one accepted task to its end and stores the outcome.
     async fn work(
         self: Arc<Self>,
         id: TaskId,
+        principal: String,
         spec: RunSpec,
         live: Arc<LiveTask>,
         accepted: Instant,
@@ -954,10 +1069,13 @@ impl Gateway {
                 // end before `finish`, and the store never moves a task back,
                 // so the states stay ordered. mcp-sandbox opens the
                 // `sandbox.run` span itself.
-                let ((), outcome) = tokio::join!(
+                let (running, outcome) = tokio::join!(
                     self.set_state(id, TaskState::Running),
                     self.run_sandbox(spec, &on_output, cancel)
                 );
+                if let Some(at) = running {
+                    live.record_started(at);
+                }
                 match outcome {
                     Ok(o) => {
                         let (state, reason) = match o.ending {
@@ -1007,13 +1125,23 @@ impl Gateway {
         // and every reader get it redacted.
         let output_sha256 = result.as_ref().map(crate::audit::output_sha256);
         let result = result.map(|r| live.redact_result(r));
-        self.finish(id, state, result.as_ref(), reason.as_deref())
-            .await;
-        self.audit_task_end(id, &tenant, state, result.as_ref(), output_sha256)
+        let stored = self
+            .finish_audited(
+                id,
+                &principal,
+                &tenant,
+                state,
+                result.as_ref(),
+                reason.as_deref(),
+                output_sha256,
+            )
             .await;
         self.metrics
             .observe_task(state.as_str(), accepted.elapsed());
         let code = result.as_ref().map_or(-1, |r| r.exit_code);
+        if let Some(completed_at) = stored {
+            live.record_finished(state, completed_at, result, reason);
+        }
         live.push(OutputChunk::new(
             ChunkKind::ExitCode,
             code.to_string().into_bytes(),
@@ -1027,49 +1155,62 @@ impl Gateway {
 
     /// Awaits one store write and records its duration
     /// (`mcp_store_write_duration_seconds{op}`).
-    async fn timed_write<T>(&self, op: &'static str, write: impl Future<Output = T>) -> T {
+    pub(crate) async fn timed_write<T>(
+        &self,
+        op: &'static str,
+        write: impl Future<Output = T>,
+    ) -> T {
         let t = Instant::now();
         let out = write.await;
         self.metrics.observe_store_write(op, t.elapsed());
         out
     }
 
-    async fn set_state(&self, id: TaskId, state: TaskState) {
-        if let Err(e) = self
+    /// Moves a task forward; answers the time stored, or `None` (logged)
+    /// when the store refused or failed.
+    async fn set_state(&self, id: TaskId, state: TaskState) -> Option<OffsetDateTime> {
+        let at = now();
+        match self
             .timed_write(
                 "set_state",
                 self.store
-                    .set_state(id, state, now())
+                    .set_state(id, state, at)
                     .instrument(info_span!("store.write", op = "set_state")),
             )
             .await
         {
-            error!(error = %e, task_id = %id, state = state.as_str(), "cannot store task state");
+            Ok(()) => Some(at),
+            Err(e) => {
+                error!(error = %e, task_id = %id, state = state.as_str(), "cannot store task state");
+                None
+            }
         }
     }
 
     /// Stores a task's end. Retries, because a lost final state would leave
     /// a task looking like it runs forever (it is reaped as interrupted at
-    /// the next start if every attempt fails).
-    async fn finish(
+    /// the next start if every attempt fails). Answers the completion time
+    /// stored, or `None` when no attempt succeeded.
+    pub(crate) async fn finish(
         &self,
         id: TaskId,
         state: TaskState,
         result: Option<&TaskResult>,
         reason: Option<&str>,
-    ) {
+    ) -> Option<OffsetDateTime> {
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=5 {
+            let at = now();
             match self
                 .timed_write(
                     "finish",
                     self.store
-                        .finish(id, state, now(), result, reason)
+                        .finish(id, state, at, result, reason)
                         .instrument(info_span!("store.write", op = "finish")),
                 )
                 .await
             {
-                Ok(()) => return,
+                Ok(()) => return Some(at),
                 Err(e) => {
                     error!(error = %e, task_id = %id, attempt, "cannot store the end of a task");
                     tokio::time::sleep(delay).await;
@@ -1077,6 +1218,7 @@ impl Gateway {
                 }
             }
         }
+        None
     }
 }
 
@@ -1201,7 +1343,9 @@ impl Gateway {
             command: argv0.to_owned(),
             args: valid.args.clone(),
             profile: Some(profile.to_owned()),
-            created_at: now(),
+            // As the store keeps it, so the answers of `execute` and `run`
+            // (built in memory) equal what a later read returns.
+            created_at: mcp_store::stored_time(now()),
             started_at: None,
             completed_at: None,
             metadata,
@@ -1233,12 +1377,36 @@ impl Gateway {
         permit: crate::quota::QuotaPermit,
     ) {
         let id = spec.task_id;
+        let principal = caller.principal.id.clone();
         self.egress.register(&spec, caller, obligations);
         let this = self.clone();
         let span = info_span!("task", task_id = %id, request_id = %caller.request_id);
         self.workers.spawn(
-            async move { this.work(id, spec, live, accepted, permit).await }.instrument(span),
+            async move { this.work(id, principal, spec, live, accepted, permit).await }
+                .instrument(span),
         );
+    }
+}
+
+/// The decision log's row for `decision`.
+fn decision_record(
+    caller: &Caller,
+    kind: &str,
+    summary: &str,
+    decision: &Decision,
+    task_id: Option<TaskId>,
+) -> DecisionRecord {
+    DecisionRecord {
+        id: caller.request_id,
+        at: now(),
+        tenant: caller.principal.tenant.clone(),
+        principal: caller.principal.id.clone(),
+        kind: kind.to_owned(),
+        summary: summary.to_owned(),
+        allow: decision.allow,
+        deny_reasons: decision.deny_reasons.clone(),
+        policy_revision: decision.policy_revision.clone(),
+        task_id,
     }
 }
 

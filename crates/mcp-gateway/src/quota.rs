@@ -388,13 +388,18 @@ impl Enforced {
 pub enum Admission {
     /// Run it, holding this quota slot.
     Run(QuotaPermit),
-    /// It waits for approval; answer this.
-    Pending(crate::pipeline::Started),
+    /// It waits for approval: store this task with its approval details
+    /// (together with the decision) and answer that it waits.
+    Pending {
+        task: Box<mcp_core::TaskRecord>,
+        approval: mcp_store::PendingApproval,
+    },
 }
 
 /// Applies the `limits` obligation, charges the tenant's rate, and either
-/// stores the task as pending approval or checks the CPU budget and takes a
-/// concurrency slot.
+/// prepares the task to be stored as pending approval or checks the CPU
+/// budget and takes a concurrency slot. Writes nothing: the caller stores
+/// the outcome with the decision.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn admit(
     gw: &Arc<crate::pipeline::Gateway>,
@@ -427,27 +432,18 @@ pub(crate) async fn admit(
             profile,
             valid,
         );
-        let created_at = record.created_at;
         let details = serde_json::to_value(&run).map_err(|_| GatewayError::Internal {
             what: "cannot encode a pending approval".to_owned(),
         })?;
-        gw.store()
-            .insert_pending(
-                &record,
-                &mcp_store::PendingApproval {
-                    details,
-                    expires_at: created_at + ttl,
-                    decided_by: None,
-                },
-            )
-            .await
-            .map_err(GatewayError::Store)?;
-        tracing::info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
-        return Ok(Admission::Pending(crate::pipeline::Started {
-            id,
-            state: mcp_core::TaskState::PendingApproval,
-            created_at,
-        }));
+        let approval = mcp_store::PendingApproval {
+            details,
+            expires_at: record.created_at + ttl,
+            decided_by: None,
+        };
+        return Ok(Admission::Pending {
+            task: Box::new(record),
+            approval,
+        });
     }
     cpu_admit(gw, tenant, valid).await?;
     Ok(Admission::Run(gw.quotas().acquire(tenant, id)?))

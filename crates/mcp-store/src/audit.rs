@@ -33,7 +33,7 @@ use sqlx::migrate::Migrator;
 
 use crate::gate::{self, Gate};
 use crate::rows::{list_to_json, to_i64};
-use crate::{Backend, StoreError, parse_url};
+use crate::{Backend, StoreError, StoreWrite, parse_url};
 
 /// The same migrations as the task store: the audit tables live in the
 /// same database, and whichever opens first brings the schema up to date.
@@ -100,6 +100,8 @@ struct Writer {
 #[derive(Debug)]
 struct Queued {
     event: AuditEvent,
+    /// Task-store writes committed with the record (see [`AuditLog::append_with`]).
+    writes: Vec<StoreWrite>,
     reply: tokio::sync::oneshot::Sender<Result<AuditRecord, StoreError>>,
 }
 
@@ -311,14 +313,61 @@ impl AuditLog {
     /// (see the module documentation).
     #[tracing::instrument(name = "store.write", skip_all, fields(op = "audit_append"))]
     pub async fn append(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        self.queue(event, Vec::new()).await
+    }
+
+    /// [`AuditLog::append`] with task-store writes committed in the same
+    /// transaction, before the record: all of them and the record are
+    /// stored, or none. A write that fails (a duplicate task, a task that
+    /// already ended) fails this append alone with that write's error, and
+    /// its record takes no place in the chain; the other appends of the
+    /// batch are unaffected. The writes must be for the store whose
+    /// [`crate::TaskStore::shares_database`] says it shares this log's
+    /// database: they go to this log's database whatever the caller meant.
+    #[tracing::instrument(name = "store.write", skip_all, fields(op = "audit_append_with"))]
+    pub async fn append_with(
+        &self,
+        event: AuditEvent,
+        writes: Vec<StoreWrite>,
+    ) -> Result<AuditRecord, StoreError> {
+        self.queue(event, writes).await
+    }
+
+    async fn queue(
+        &self,
+        event: AuditEvent,
+        writes: Vec<StoreWrite>,
+    ) -> Result<AuditRecord, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer.lock_queue().push(Queued { event, reply });
+        self.writer.lock_queue().push(Queued {
+            event,
+            writes,
+            reply,
+        });
         tokio::spawn(Arc::clone(&self.writer).flush());
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::GroupCommit {
                 reason: "the audit writer stopped before committing the record".to_owned(),
             })
         })
+    }
+
+    /// Appends waiting for a commit.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.writer.lock_queue().len()
+    }
+
+    /// Holds the commit lock: appends queue up until the guard is dropped,
+    /// then commit together.
+    #[cfg(test)]
+    pub(crate) async fn hold_commits(&self) -> impl Send + '_ {
+        self.writer.tail.lock().await
+    }
+
+    /// The write gate of this log's database (see `gate`).
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.writer.gate
     }
 
     /// Signs a checkpoint over the last record if records were appended
@@ -451,9 +500,9 @@ impl Writer {
                 return;
             }
             match self.commit(&mut tail, &batch).await {
-                Ok(records) => {
-                    for (q, rec) in batch.into_iter().zip(records) {
-                        let _ = q.reply.send(Ok(rec));
+                Ok(answers) => {
+                    for (q, answer) in batch.into_iter().zip(answers) {
+                        let _ = q.reply.send(answer);
                     }
                 }
                 Err(e) => {
@@ -474,13 +523,15 @@ impl Writer {
     }
 
     /// Writes `batch` as the next records, in order, in one transaction,
-    /// with a checkpoint after each record that makes one due. `tail`
-    /// changes only once the transaction committed.
+    /// with a checkpoint after each record that makes one due; answers one
+    /// result per append. An append whose task-store writes fail is rolled
+    /// back to its savepoint and answered with their error; the rest go on.
+    /// `tail` changes only once the transaction committed.
     async fn commit(
         &self,
         tail: &mut Tail,
         batch: &[Queued],
-    ) -> Result<Vec<AuditRecord>, StoreError> {
+    ) -> Result<Vec<Result<AuditRecord, StoreError>>, StoreError> {
         let _write = self.gate.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let last: Option<(i64, String)> =
@@ -495,8 +546,13 @@ impl Writer {
             unanchored: tail.unanchored,
             last_checkpoint_ms: tail.last_checkpoint_ms,
         };
-        let mut records = Vec::with_capacity(batch.len());
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut stored = 0u64;
         for q in batch {
+            if let Err(e) = store_writes(&mut tx, &q.writes).await? {
+                answers.push(Err(e));
+                continue;
+            }
             let at_ms = q.event.at_ms;
             let rec = mcp_audit::seal(seq, &prev, q.event.clone());
             insert_record(&mut tx, &rec).await?;
@@ -511,17 +567,16 @@ impl Writer {
             }
             seq = seq.saturating_add(1);
             prev.clone_from(&rec.hash);
-            records.push(rec);
+            answers.push(Ok(rec));
+            stored += 1;
         }
         tx.commit().await?;
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.committed.fetch_add(
-            u64::try_from(records.len()).unwrap_or(u64::MAX),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.committed
+            .fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
         *tail = next;
-        Ok(records)
+        Ok(answers)
     }
 
     /// Whether the record about to be written at `at_ms` gets a checkpoint.
@@ -535,6 +590,37 @@ impl Writer {
         });
         by_count || by_time
     }
+}
+
+/// Runs one append's task-store writes inside a savepoint of the batch's
+/// transaction: the outer `Err` is a failure of the transaction itself
+/// (the batch fails), the inner one a write this append alone is refused
+/// for (its savepoint is rolled back, nothing of it stays).
+async fn store_writes(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    writes: &[StoreWrite],
+) -> Result<Result<(), StoreError>, StoreError> {
+    if writes.is_empty() {
+        return Ok(Ok(()));
+    }
+    sqlx::query("SAVEPOINT store_writes")
+        .execute(&mut **tx)
+        .await?;
+    for w in writes {
+        if let Err(e) = crate::sqlite::write(tx, w).await {
+            sqlx::query("ROLLBACK TO store_writes")
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("RELEASE store_writes")
+                .execute(&mut **tx)
+                .await?;
+            return Ok(Err(e));
+        }
+    }
+    sqlx::query("RELEASE store_writes")
+        .execute(&mut **tx)
+        .await?;
+    Ok(Ok(()))
 }
 
 async fn insert_record(

@@ -190,6 +190,76 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// CPU time, in milliseconds, used by a tenant's tasks that finished at
     /// or after `since`. What the per-tenant CPU budget is charged from.
     async fn cpu_ms_since(&self, tenant: &str, since: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Runs one [`StoreWrite`] on its own: the method of the same name.
+    async fn apply(&self, write: &StoreWrite) -> Result<(), StoreError> {
+        match write {
+            StoreWrite::Decision { record, details } => {
+                self.record_decision_with(record, details).await
+            }
+            StoreWrite::InsertTask(task) => self.insert_task(task).await,
+            StoreWrite::InsertPending { task, approval } => {
+                self.insert_pending(task, approval).await
+            }
+            StoreWrite::Finish {
+                id,
+                state,
+                completed_at,
+                result,
+                failure_reason,
+            } => {
+                self.finish(
+                    *id,
+                    *state,
+                    *completed_at,
+                    result.as_ref(),
+                    failure_reason.as_deref(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Whether `audit` keeps its records in this store's database, so that
+    /// [`AuditLog::append_with`] can commit this store's writes in the same
+    /// transaction as an audit record. `false` unless a backend knows.
+    fn shares_database(&self, audit: &AuditLog) -> bool {
+        let _ = audit;
+        false
+    }
+}
+
+/// A write of the task store that can ride in an audit record's
+/// transaction ([`AuditLog::append_with`]): each does what the
+/// [`TaskStore`] method of the same name does, with the same errors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreWrite {
+    /// [`TaskStore::record_decision_with`].
+    Decision {
+        record: DecisionRecord,
+        details: DecisionDetails,
+    },
+    /// [`TaskStore::insert_task`].
+    InsertTask(TaskRecord),
+    /// [`TaskStore::insert_pending`].
+    InsertPending {
+        task: TaskRecord,
+        approval: PendingApproval,
+    },
+    /// [`TaskStore::finish`].
+    Finish {
+        id: TaskId,
+        state: TaskState,
+        completed_at: OffsetDateTime,
+        result: Option<TaskResult>,
+        failure_reason: Option<String>,
+    },
+}
+
+/// `t` as every store keeps it: truncated to the millisecond, in UTC. A
+/// record built in memory with such times equals the one read back.
+pub fn stored_time(t: OffsetDateTime) -> OffsetDateTime {
+    rows::from_ms("", "", rows::to_ms(t)).unwrap_or(t)
 }
 
 /// The reason [`TaskStore::expire_pending`] records.

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use mcp_core::{TaskId, TaskRecord, TaskResult, TaskState};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -21,7 +22,7 @@ use crate::rows::{
 use crate::{
     APPROVAL_EXPIRED, DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord,
     IdempotencyClaim, IdempotencyKey, MAX_PAGE, MAX_TASK_PAGE, PendingApproval, StoreError,
-    TaskQuery, TaskStore,
+    StoreWrite, TaskQuery, TaskStore,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -137,8 +138,8 @@ fn bind_task<'q>(
     task: &'q TaskRecord,
     empty: &'q TaskResult,
 ) -> SqliteQuery<'q> {
-    let r = task.result.as_ref().unwrap_or(empty);
-    q.bind(task.id.to_string())
+    let q = q
+        .bind(task.id.to_string())
         .bind(task.kind.as_str())
         .bind(task.state.as_str())
         .bind(&task.tenant)
@@ -149,8 +150,21 @@ fn bind_task<'q>(
         .bind(to_ms(task.created_at))
         .bind(task.started_at.map(to_ms))
         .bind(task.completed_at.map(to_ms))
-        .bind(map_to_json(&task.metadata))
-        .bind(task.result.as_ref().map(|r| r.exit_code))
+        .bind(map_to_json(&task.metadata));
+    bind_result(q, task.result.as_ref(), empty)
+        .bind(task.failure_reason.as_deref())
+        .bind(&task.owner)
+}
+
+/// Binds the 10 outcome columns, `exit_code` (null without a result)
+/// through `execution_time_ms`, of `result`.
+fn bind_result<'q>(
+    q: SqliteQuery<'q>,
+    result: Option<&'q TaskResult>,
+    empty: &'q TaskResult,
+) -> SqliteQuery<'q> {
+    let r = result.unwrap_or(empty);
+    q.bind(result.map(|r| r.exit_code))
         .bind(r.stdout.as_slice())
         .bind(r.stderr.as_slice())
         .bind(r.stdout_truncated)
@@ -160,8 +174,6 @@ fn bind_task<'q>(
         .bind(to_i64(r.usage.io_read_bytes))
         .bind(to_i64(r.usage.io_write_bytes))
         .bind(to_i64(r.execution_time_ms))
-        .bind(task.failure_reason.as_deref())
-        .bind(&task.owner)
 }
 
 /// The error of a task insert: a second task with the same id is
@@ -302,41 +314,172 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    async fn current_state(&self, id: TaskId) -> Result<Option<TaskState>, StoreError> {
-        let raw: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = ?1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        raw.map(|s| {
-            s.parse::<TaskState>()
-                .map_err(|reason| StoreError::Corrupt {
-                    id: id.to_string(),
-                    reason,
-                })
-        })
-        .transpose()
-    }
-
     /// Explains why a guarded update touched no row.
     async fn refused(&self, id: TaskId, to: TaskState) -> StoreError {
-        match self.current_state(id).await {
-            Ok(Some(from)) => StoreError::InvalidTransition { id, from, to },
-            Ok(None) => StoreError::NotFound { id },
-            Err(err) => err,
+        match self.pool.acquire().await {
+            Ok(mut conn) => refused_on(&mut conn, id, to).await,
+            Err(e) => e.into(),
         }
     }
 }
 
+/// The state of task `id` as `conn` sees it (inside its transaction, if any).
+async fn current_state(
+    conn: &mut SqliteConnection,
+    id: TaskId,
+) -> Result<Option<TaskState>, StoreError> {
+    let raw: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE id = ?1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    raw.map(|s| {
+        s.parse::<TaskState>()
+            .map_err(|reason| StoreError::Corrupt {
+                id: id.to_string(),
+                reason,
+            })
+    })
+    .transpose()
+}
+
+/// Explains why a guarded update of task `id` touched no row.
+async fn refused_on(conn: &mut SqliteConnection, id: TaskId, to: TaskState) -> StoreError {
+    match current_state(conn, id).await {
+        Ok(Some(from)) => StoreError::InvalidTransition { id, from, to },
+        Ok(None) => StoreError::NotFound { id },
+        Err(err) => err,
+    }
+}
+
+/// The task store's writes that an audit record can carry in its own
+/// transaction (see [`crate::AuditLog::append_with`]); the
+/// [`TaskStore`] methods of the same names run them on their own.
+pub(crate) async fn write(conn: &mut SqliteConnection, w: &StoreWrite) -> Result<(), StoreError> {
+    match w {
+        StoreWrite::Decision { record, details } => insert_decision(conn, record, details).await,
+        StoreWrite::InsertTask(task) => insert_task(conn, task).await,
+        StoreWrite::InsertPending { task, approval } => insert_pending(conn, task, approval).await,
+        StoreWrite::Finish {
+            id,
+            state,
+            completed_at,
+            result,
+            failure_reason,
+        } => {
+            finish(
+                conn,
+                *id,
+                *state,
+                *completed_at,
+                result.as_ref(),
+                failure_reason.as_deref(),
+            )
+            .await
+        }
+    }
+}
+
+async fn insert_task(conn: &mut SqliteConnection, task: &TaskRecord) -> Result<(), StoreError> {
+    let empty = TaskResult::default();
+    let done = bind_task(sqlx::query(INSERT_TASK_SQL), task, &empty)
+        .execute(&mut *conn)
+        .await;
+    done.map(|_| ()).map_err(|err| insert_error(err, task.id))
+}
+
+async fn finish(
+    conn: &mut SqliteConnection,
+    id: TaskId,
+    state: TaskState,
+    completed_at: OffsetDateTime,
+    result: Option<&TaskResult>,
+    failure_reason: Option<&str>,
+) -> Result<(), StoreError> {
+    if !state.is_terminal() {
+        return Err(refused_on(conn, id, state).await);
+    }
+    let empty = TaskResult::default();
+    let q = sqlx::query(FINISH_SQL)
+        .bind(state.as_str())
+        .bind(to_ms(completed_at));
+    let done = bind_result(q, result, &empty)
+        .bind(failure_reason)
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(refused_on(conn, id, state).await);
+    }
+    Ok(())
+}
+
+async fn insert_decision(
+    conn: &mut SqliteConnection,
+    rec: &DecisionRecord,
+    details: &DecisionDetails,
+) -> Result<(), StoreError> {
+    // A JSON value always serialises; the fallbacks keep this panic-free.
+    let input = details
+        .input
+        .as_ref()
+        .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned()));
+    let obligations =
+        serde_json::to_string(&details.obligations).unwrap_or_else(|_| "{}".to_owned());
+    sqlx::query(INSERT_DECISION_SQL)
+        .bind(rec.id.hyphenated().to_string())
+        .bind(to_ms(rec.at))
+        .bind(&rec.tenant)
+        .bind(&rec.principal)
+        .bind(&rec.kind)
+        .bind(&rec.summary)
+        .bind(rec.allow)
+        .bind(list_to_json(&rec.deny_reasons))
+        .bind(&rec.policy_revision)
+        .bind(rec.task_id.map(|t| t.to_string()))
+        .bind(input)
+        .bind(to_i64(details.latency_us))
+        .bind(details.profile.as_deref())
+        .bind(obligations)
+        .bind(list_to_json(&details.warnings))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_pending(
+    conn: &mut SqliteConnection,
+    task: &TaskRecord,
+    approval: &PendingApproval,
+) -> Result<(), StoreError> {
+    if task.state != TaskState::PendingApproval {
+        return Err(StoreError::InvalidTransition {
+            id: task.id,
+            from: task.state,
+            to: TaskState::PendingApproval,
+        });
+    }
+    let empty = TaskResult::default();
+    let details = serde_json::to_string(&approval.details).unwrap_or_else(|_| "null".to_owned());
+    let done = bind_task(sqlx::query(INSERT_PENDING_SQL), task, &empty)
+        .bind(details)
+        .bind(to_ms(approval.expires_at))
+        .execute(&mut *conn)
+        .await;
+    done.map(|_| ()).map_err(|err| insert_error(err, task.id))
+}
+
 #[async_trait]
 impl TaskStore for SqliteStore {
+    fn shares_database(&self, audit: &crate::AuditLog) -> bool {
+        // Gates are per canonical file path in this process, and private to
+        // an in-memory database: one gate means one database.
+        std::sync::Arc::ptr_eq(&self.gate, audit.gate())
+    }
+
     #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %task.id))]
     async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let _write = self.gate.lock().await;
-        let empty = TaskResult::default();
-        let done = bind_task(sqlx::query(INSERT_TASK_SQL), task, &empty)
-            .execute(&self.pool)
-            .await;
-        done.map(|_| ()).map_err(|err| insert_error(err, task.id))
+        insert_task(&mut *self.pool.acquire().await?, task).await
     }
 
     #[tracing::instrument(name = "store.write", skip_all, fields(task_id = %id, state = state.as_str()))]
@@ -374,32 +517,8 @@ impl TaskStore for SqliteStore {
         failure_reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let _write = self.gate.lock().await;
-        if !state.is_terminal() {
-            return Err(self.refused(id, state).await);
-        }
-        let empty = TaskResult::default();
-        let r = result.unwrap_or(&empty);
-        let done = sqlx::query(FINISH_SQL)
-            .bind(state.as_str())
-            .bind(to_ms(completed_at))
-            .bind(result.map(|r| r.exit_code))
-            .bind(r.stdout.as_slice())
-            .bind(r.stderr.as_slice())
-            .bind(r.stdout_truncated)
-            .bind(r.stderr_truncated)
-            .bind(to_i64(r.usage.cpu_time_ms))
-            .bind(to_i64(r.usage.max_memory_kb))
-            .bind(to_i64(r.usage.io_read_bytes))
-            .bind(to_i64(r.usage.io_write_bytes))
-            .bind(to_i64(r.execution_time_ms))
-            .bind(failure_reason)
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(self.refused(id, state).await);
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        finish(&mut conn, id, state, completed_at, result, failure_reason).await
     }
 
     #[tracing::instrument(name = "store.read", skip_all, fields(task_id = %id))]
@@ -424,32 +543,7 @@ impl TaskStore for SqliteStore {
         details: &DecisionDetails,
     ) -> Result<(), StoreError> {
         let _write = self.gate.lock().await;
-        // A JSON value always serialises; the fallbacks keep this panic-free.
-        let input = details
-            .input
-            .as_ref()
-            .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned()));
-        let obligations =
-            serde_json::to_string(&details.obligations).unwrap_or_else(|_| "{}".to_owned());
-        sqlx::query(INSERT_DECISION_SQL)
-            .bind(rec.id.hyphenated().to_string())
-            .bind(to_ms(rec.at))
-            .bind(&rec.tenant)
-            .bind(&rec.principal)
-            .bind(&rec.kind)
-            .bind(&rec.summary)
-            .bind(rec.allow)
-            .bind(list_to_json(&rec.deny_reasons))
-            .bind(&rec.policy_revision)
-            .bind(rec.task_id.map(|t| t.to_string()))
-            .bind(input)
-            .bind(to_i64(details.latency_us))
-            .bind(details.profile.as_deref())
-            .bind(obligations)
-            .bind(list_to_json(&details.warnings))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        insert_decision(&mut *self.pool.acquire().await?, rec, details).await
     }
 
     #[tracing::instrument(name = "store.read", skip_all)]
@@ -521,22 +615,7 @@ impl TaskStore for SqliteStore {
         approval: &PendingApproval,
     ) -> Result<(), StoreError> {
         let _write = self.gate.lock().await;
-        if task.state != TaskState::PendingApproval {
-            return Err(StoreError::InvalidTransition {
-                id: task.id,
-                from: task.state,
-                to: TaskState::PendingApproval,
-            });
-        }
-        let empty = TaskResult::default();
-        let details =
-            serde_json::to_string(&approval.details).unwrap_or_else(|_| "null".to_owned());
-        let done = bind_task(sqlx::query(INSERT_PENDING_SQL), task, &empty)
-            .bind(details)
-            .bind(to_ms(approval.expires_at))
-            .execute(&self.pool)
-            .await;
-        done.map(|_| ()).map_err(|err| insert_error(err, task.id))
+        insert_pending(&mut *self.pool.acquire().await?, task, approval).await
     }
 
     #[tracing::instrument(name = "store.read", skip_all, fields(task_id = %id))]

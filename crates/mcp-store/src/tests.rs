@@ -314,3 +314,67 @@ async fn migration_0002_keeps_old_decisions_readable() {
     assert_eq!(entry.details, DecisionDetails::default());
     assert_eq!(entry.record.summary, "read x");
 }
+
+/// Appends queued while a commit is in progress are committed as one
+/// batch; the append whose write is refused gets the store's error, and
+/// those before and after it in the same transaction are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_inside_one_batch_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let log = std::sync::Arc::new(
+        AuditLog::open(
+            &format!("sqlite://{}", path.display()),
+            AuditOptions::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    let taken = command_task(vec!["taken".into()]);
+    store.insert_task(&taken).await.unwrap();
+    let first = command_task(vec!["first".into()]);
+    let last = command_task(vec!["last".into()]);
+    let held = log.hold_commits().await;
+    let mut joins = Vec::new();
+    for (n, t) in [first.clone(), taken.clone(), last.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let appender = log.clone();
+        joins.push(tokio::spawn(async move {
+            appender
+                .append_with(audit_event(n as i64), vec![StoreWrite::InsertTask(t)])
+                .await
+        }));
+        // Queued in this order before the gate opens.
+        while log.queued() <= n {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(held);
+    let answers: Vec<_> = futures_join(joins).await;
+    assert_eq!(answers[0].as_ref().map(|r| r.seq).ok(), Some(1));
+    assert!(
+        matches!(answers[1], Err(StoreError::DuplicateTask { id }) if id == taken.id),
+        "{:?}",
+        answers[1]
+    );
+    assert_eq!(answers[2].as_ref().map(|r| r.seq).ok(), Some(2));
+    assert_eq!(log.append_stats(), (2, 1), "one transaction for the three");
+    for t in [&first, &last] {
+        assert!(store.get_task("t", t.id).await.unwrap().is_some());
+    }
+    assert_eq!(
+        answers[2].as_ref().unwrap().prev_hash,
+        answers[0].as_ref().unwrap().hash
+    );
+}
+
+async fn futures_join<T>(joins: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for j in joins {
+        out.push(j.await.unwrap());
+    }
+    out
+}

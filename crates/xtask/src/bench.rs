@@ -596,7 +596,14 @@ async fn phases(gw: &Gateway, o: &Opts) -> anyhow::Result<Report> {
         .hist("mcp_policy_eval_duration_seconds", "")
         .minus(&m0.hist("mcp_policy_eval_duration_seconds", ""));
     let mut store = BTreeMap::new();
-    for op in ["record_decision", "insert_task", "set_state", "finish"] {
+    for op in [
+        "audited_decision",
+        "record_decision",
+        "insert_task",
+        "set_state",
+        "audited_finish",
+        "finish",
+    ] {
         let label = format!("op=\"{op}\"");
         let h = m1
             .hist("mcp_store_write_duration_seconds", &label)

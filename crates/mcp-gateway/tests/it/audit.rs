@@ -293,5 +293,66 @@ async fn an_unavailable_audit_log_fails_requests_closed() {
         .unwrap();
     pool.close().await;
     assert_eq!(tasks, 0);
-    assert_eq!(decisions, 2);
+    // A decision is stored with its audit record or not at all.
+    assert_eq!(decisions, 0);
+}
+
+async fn count(db: &Path, table: &str) -> i64 {
+    let pool =
+        sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(db))
+            .await
+            .unwrap();
+    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+/// A command's decision, its `execute` record and its task are stored in
+/// one transaction: when the task cannot be stored, neither are the other
+/// two, nothing runs, and the chain continues without a gap once the
+/// store takes writes again. A task's end and its `task_end` record are
+/// stored together too, and `RunCommand`, answered from memory, says
+/// exactly what a later read of the store says.
+#[tokio::test]
+async fn a_decision_its_record_and_its_task_are_stored_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut gw = audited_gateway(tmp.path()).await;
+    let db = db(tmp.path());
+    let first = gw.client.run(cmd("echo", &["one"])).await.unwrap();
+    assert_eq!(state(&first), TaskStatus::TaskCompleted);
+    // Answered from the worker's copy; the store holds the same.
+    let id = |r: &mcp_client::TaskStatusResponse| r.task_info.as_ref().unwrap().task_id.clone();
+    assert_eq!(gw.client.status(&id(&first)).await.unwrap(), first);
+    let (decisions, audited) = (count(&db, "decisions").await, records(&db).await.len());
+    sql(
+        &db,
+        &["CREATE TRIGGER tasks_down BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'tasks down'); END"],
+    )
+    .await;
+    let (code, msg) = code_of(gw.client.run(cmd("echo", &["refused"])).await);
+    assert_eq!(code, Code::Unavailable, "{msg}");
+    assert_eq!(count(&db, "decisions").await, decisions);
+    // No task row, so no worker was started.
+    assert_eq!(count(&db, "tasks").await, 1);
+    // The refused run left no record either.
+    assert_eq!(records(&db).await.len(), audited);
+    sql(&db, &["DROP TRIGGER tasks_down"]).await;
+    let again = gw.client.run(cmd("ls", &["no-such-file"])).await.unwrap();
+    assert_eq!(state(&again), TaskStatus::TaskCompleted);
+    assert_eq!(again.result.as_ref().unwrap().exit_code, 2);
+    assert_eq!(gw.client.status(&id(&again)).await.unwrap(), again);
+    gw.stop().await;
+    let all = records(&db).await;
+    let actions: Vec<&str> = all.iter().map(|r| r.event.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "execute", "task_end", "status", "execute", "task_end", "status"
+        ]
+    );
+    let (code, out) = verify(&db, None);
+    assert_eq!(code, 0, "{out}");
 }

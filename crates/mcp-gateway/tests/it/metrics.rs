@@ -102,13 +102,16 @@ async fn metrics_appear_and_move_after_requests_through_both_doors() {
     );
     assert_eq!(moved(r#"mcp_policy_decisions_total{decision="deny"}"#), 1.0);
     assert_eq!(moved("mcp_policy_eval_duration_seconds_count"), 3.0);
-    // Every decision is stored (allowed or not); each task is inserted,
-    // marked running and finished.
+    // Every decision is stored (allowed or not) with its audit record and,
+    // for a task, the task's insert, in one transaction; each task is marked
+    // running, and finished with its `task_end` record in one transaction.
     for (op, n) in [
-        ("record_decision", 3.0),
-        ("insert_task", 2.0),
+        ("audited_decision", 3.0),
+        ("record_decision", 0.0),
+        ("insert_task", 0.0),
         ("set_state", 2.0),
-        ("finish", 2.0),
+        ("audited_finish", 2.0),
+        ("finish", 0.0),
     ] {
         assert_eq!(
             moved(&format!(

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use mcp_audit::{AuditEvent, GENESIS_HASH, Signer, Verifier};
-use mcp_store::{AuditLog, AuditOptions, SqliteStore, StoreError};
+use mcp_core::TaskState;
+use mcp_store::{
+    AuditLog, AuditOptions, DecisionDetails, SqliteStore, StoreError, StoreWrite, TaskStore,
+};
 
 fn event(n: u64) -> AuditEvent {
     AuditEvent {
@@ -148,6 +151,190 @@ async fn read_only_access_does_not_create_or_migrate() -> Result<()> {
     assert_eq!(ro.records(0, Some(0), 10).await?.len(), 1);
     assert!(ro.records(0, Some(i64::MAX), 10).await?.is_empty());
     assert!(ro.append(event(2)).await.is_err());
+    Ok(())
+}
+
+/// A store and an audit log on one database file, as the gateway opens them.
+async fn store_and_log(dir: &tempfile::TempDir) -> Result<(SqliteStore, Arc<AuditLog>)> {
+    let path = dir.path().join("g.db");
+    let store = SqliteStore::open(&path).await?;
+    let log = AuditLog::open(&format!("sqlite://{}", path.display()), options(0)).await?;
+    Ok((store, Arc::new(log)))
+}
+
+fn verify_chain(records: &[mcp_audit::AuditRecord]) -> Result<u64> {
+    let mut v = Verifier::new(Vec::new(), None);
+    for r in records {
+        v.push(r)?;
+    }
+    Ok(v.finish()?.last_seq)
+}
+
+#[tokio::test]
+async fn only_a_log_on_the_stores_own_file_shares_its_database() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, log) = store_and_log(&dir).await?;
+    assert!(store.shares_database(&log));
+    // The same file spelt differently is still the same database.
+    let other_spelling = format!("sqlite://{}/./g.db", dir.path().display());
+    let again = AuditLog::open(&other_spelling, options(0)).await?;
+    assert!(store.shares_database(&again));
+    let elsewhere = AuditLog::open(
+        &format!("sqlite://{}", dir.path().join("other.db").display()),
+        options(0),
+    )
+    .await?;
+    assert!(!store.shares_database(&elsewhere));
+    // Two in-memory databases are two databases.
+    let memory = SqliteStore::open_in_memory().await?;
+    let memory_log = AuditLog::open("sqlite::memory:", options(0)).await?;
+    assert!(!memory.shares_database(&memory_log));
+    Ok(())
+}
+
+#[tokio::test]
+async fn writes_carried_by_an_append_are_stored_with_the_record() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, log) = store_and_log(&dir).await?;
+    let t = super::task("acme", "replica-1");
+    let d = super::decision(true, Some(t.id));
+    let details = DecisionDetails {
+        input: Some(serde_json::json!({"request": {"kind": "command"}})),
+        latency_us: 42,
+        profile: Some("default".into()),
+        ..DecisionDetails::default()
+    };
+    let rec = log
+        .append_with(
+            event(1),
+            vec![
+                StoreWrite::Decision {
+                    record: d.clone(),
+                    details: details.clone(),
+                },
+                StoreWrite::InsertTask(t.clone()),
+            ],
+        )
+        .await?;
+    assert_eq!(rec.seq, 1);
+    // The task store reads what the log's transaction wrote.
+    assert_eq!(store.get_task("acme", t.id).await?, Some(t.clone()));
+    assert_eq!(store.get_decision(d.id).await?, Some(d));
+    let at = super::now_ms();
+    log.append_with(
+        event(2),
+        vec![StoreWrite::Finish {
+            id: t.id,
+            state: TaskState::Completed,
+            completed_at: at,
+            result: Some(super::result()),
+            failure_reason: None,
+        }],
+    )
+    .await?;
+    let done = store.get_task("acme", t.id).await?.expect("stored");
+    assert_eq!(done.state, TaskState::Completed);
+    assert_eq!(done.completed_at, Some(at));
+    assert_eq!(done.result, Some(super::result()));
+    assert_eq!(verify_chain(&log.records(0, None, 10).await?)?, 2);
+    Ok(())
+}
+
+/// Many appends share a batch; the ones whose writes are refused (a
+/// duplicate task, a task that already ended) fail alone, with the
+/// store's own error, leave nothing behind (not even their decision), and
+/// take no place in the chain, which stays contiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_write_fails_its_append_alone() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, log) = store_and_log(&dir).await?;
+    let taken = super::task("acme", "replica-1");
+    store.insert_task(&taken).await?;
+    let ended = super::task("acme", "replica-1");
+    store.insert_task(&ended).await?;
+    store
+        .finish(
+            ended.id,
+            TaskState::Cancelled,
+            super::now_ms(),
+            None,
+            Some("x"),
+        )
+        .await?;
+    let mut joins = Vec::new();
+    for n in 0..48u64 {
+        let log = log.clone();
+        let (taken, ended) = (taken.clone(), ended.clone());
+        joins.push(tokio::spawn(async move {
+            let mut fresh = super::task("acme", "replica-1");
+            let decision = super::decision(true, Some(fresh.id));
+            let writes = match n % 3 {
+                // A duplicate id after a decision: the decision goes too.
+                0 => {
+                    fresh = taken;
+                    vec![
+                        StoreWrite::Decision {
+                            record: decision.clone(),
+                            details: DecisionDetails::default(),
+                        },
+                        StoreWrite::InsertTask(fresh.clone()),
+                    ]
+                }
+                1 => vec![StoreWrite::Finish {
+                    id: ended.id,
+                    state: TaskState::Completed,
+                    completed_at: super::now_ms(),
+                    result: Some(super::result()),
+                    failure_reason: None,
+                }],
+                _ => vec![
+                    StoreWrite::Decision {
+                        record: decision.clone(),
+                        details: DecisionDetails::default(),
+                    },
+                    StoreWrite::InsertTask(fresh.clone()),
+                ],
+            };
+            let answer = log.append_with(event(n), writes).await;
+            (n, decision, fresh.id, answer)
+        }));
+    }
+    let mut stored = 0;
+    for j in joins {
+        let (n, decision, id, answer) = j.await?;
+        match n % 3 {
+            0 => {
+                assert!(
+                    matches!(answer, Err(StoreError::DuplicateTask { id: dup }) if dup == taken.id),
+                    "{answer:?}"
+                );
+                assert_eq!(store.get_decision(decision.id).await?, None);
+            }
+            1 => assert!(
+                matches!(
+                    answer,
+                    Err(StoreError::InvalidTransition {
+                        from: TaskState::Cancelled,
+                        to: TaskState::Completed,
+                        ..
+                    })
+                ),
+                "{answer:?}"
+            ),
+            _ => {
+                answer?;
+                stored += 1;
+                assert!(store.get_task("acme", id).await?.is_some());
+                assert_eq!(store.get_decision(decision.id).await?, Some(decision));
+            }
+        }
+    }
+    let ended_now = store.get_task("acme", ended.id).await?.expect("stored");
+    assert_eq!(ended_now.state, TaskState::Cancelled);
+    let records = log.records(0, None, 100).await?;
+    assert_eq!(records.len(), stored);
+    assert_eq!(verify_chain(&records)?, 16);
+    assert_eq!(log.append_stats().0, 16);
     Ok(())
 }
 
