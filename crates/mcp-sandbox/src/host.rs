@@ -353,9 +353,11 @@ pub const MANY_MOUNTS: usize = 200;
 /// (to make submounts read-only), so every start costs CPU in proportion to
 /// it: on the reference VM ≈ 3.5-4 ms per 100 mounts with the `default`
 /// profile, against ≈ 8 ms for a start with the 20 mounts of a plain host
-/// (docs/PERFORMANCE.md). Hosts running containers often have hundreds. As
-/// root the gateway starts bubblewrap in a lean namespace (`lean` mounts,
-/// see `crate::lean`) and the host's count no longer matters.
+/// (docs/PERFORMANCE.md). Hosts running containers often have hundreds.
+/// The gateway starts bubblewrap in a lean namespace (`lean` mounts, see
+/// `crate::lean`; unprivileged, inside a user namespace of its own) and the
+/// host's count no longer matters; without one (a host that refuses the
+/// gateway a user namespace) a large table is flagged.
 pub(crate) fn mount_table(count: Option<usize>, lean: Option<usize>) -> Feature {
     match (count, lean) {
         (None, _) => Feature::missing("unknown: /proc/self/mountinfo is not readable"),
@@ -364,8 +366,9 @@ pub(crate) fn mount_table(count: Option<usize>, lean: Option<usize>) -> Feature 
         )),
         (Some(n), None) if n > MANY_MOUNTS => Feature::missing(format!(
             "{n} mounts: every sandbox start reads them once per bind of its profile, \
-             ≈ 3.5 ms of CPU per 100 mounts per start; run the gateway as root (it then \
-             starts bubblewrap in a lean mount namespace) or in its own container"
+             ≈ 3.5 ms of CPU per 100 mounts per start, and the gateway could not build \
+             its lean mount namespace (see its log); let it create user namespaces, or run \
+             it in its own container"
         )),
         (Some(n), None) => Feature::ok(format!("{n} mounts")),
     }

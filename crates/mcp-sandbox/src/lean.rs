@@ -8,7 +8,7 @@
 //! reference VM (docs/PERFORMANCE.md), and hosts running containers have
 //! hundreds.
 //!
-//! When the gateway runs as root, [`build`] prepares once a mount
+//! [`build`] prepares once a mount
 //! namespace whose root is a small tmpfs holding only what sandboxes are
 //! built from: bubblewrap and its libraries (`/usr`, `/etc`, the host's
 //! top-level symlinks such as `/lib64 -> usr/lib64`), `/proc` and `/dev`,
@@ -20,6 +20,18 @@
 //! table bubblewrap copies and re-reads is smaller. The namespace is a
 //! slave of the host's: mounts made later under a bound path still appear
 //! in it, and nothing mounted in it appears on the host.
+//!
+//! As root it is built on a scratch thread (`unshare(CLONE_NEWNS)`).
+//! Unprivileged, a mount namespace needs a user namespace of its own,
+//! which a threaded process cannot `unshare` into: a child cloned with
+//! `CLONE_NEWUSER | CLONE_NEWNS` (sharing memory and descriptors, suspending
+//! only the calling thread, as `sys::Spawn` does) maps the gateway's uid
+//! and gid to themselves, builds the same table with plain syscalls from a
+//! plan the parent prepared, opens both namespaces into the shared
+//! descriptor table and exits. Spawns then enter the user namespace first
+//! (which gives them the capabilities to enter the mount namespace; the
+//! uid is not 0 there, so `execve` drops them again) and bubblewrap nests
+//! its own user namespace inside it, mapping the same uid as before.
 
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -33,10 +45,18 @@ use std::path::{Path, PathBuf};
 /// `/dev` it reads and binds device nodes from.
 const BASE: &[&str] = &["/usr", "/etc", "/proc", "/dev"];
 
+/// The descriptors a spawn enters: the mount namespace and, when an
+/// unprivileged gateway built it, the user namespace that owns it.
+#[derive(Debug, Clone)]
+pub(crate) struct NsFds {
+    pub(crate) mnt: std::sync::Arc<OwnedFd>,
+    pub(crate) user: Option<std::sync::Arc<OwnedFd>>,
+}
+
 /// The namespace, and which host paths it holds.
 #[derive(Debug)]
 pub(crate) struct LeanNs {
-    pub(crate) fd: std::sync::Arc<OwnedFd>,
+    pub(crate) fds: NsFds,
     /// The bound host paths (none nested in another).
     roots: Vec<PathBuf>,
     /// Mounts in the namespace when it was built.
@@ -58,9 +78,14 @@ impl LeanNs {
 
 /// Builds the namespace with `sources` (absolute host paths; missing ones
 /// are skipped, as bubblewrap skips a missing `--ro-bind-try`) besides
-/// [`BASE`]. Runs on a scratch thread: `unshare(CLONE_NEWNS)` moves only
-/// the calling thread, whose filesystem attributes it also unshares.
+/// [`BASE`]. As root it runs on a scratch thread: `unshare(CLONE_NEWNS)`
+/// moves only the calling thread, whose filesystem attributes it also
+/// unshares; otherwise in a child with a user namespace of its own (see
+/// the module documentation).
 pub(crate) fn build(sources: &[PathBuf]) -> io::Result<LeanNs> {
+    if crate::sys::geteuid() != 0 {
+        return build_in_user_namespace(sources);
+    }
     let sources = sources.to_vec();
     std::thread::Builder::new()
         .name("mcp-sandbox-lean-ns".to_owned())
@@ -102,18 +127,7 @@ fn build_here(sources: &[PathBuf]) -> io::Result<LeanNs> {
         libc::MS_REC | libc::MS_SLAVE,
         None,
     )?;
-    // The staging directory is only a mount point in this namespace; on
-    // the host it stays an empty directory, removed below.
-    // One directory per build: a directory removed on the host while it is
-    // a mount point in another build's namespace would detach that mount.
-    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let staging = std::env::temp_dir().join(format!("mcp-sandbox-lean-{}-{n}", std::process::id()));
-    match fs::create_dir(&staging) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
+    let staging = staging_dir()?;
     let built = populate(&staging, &roots);
     let ns = built.and_then(|()| {
         // SAFETY: opens a path; the descriptor is owned below.
@@ -140,7 +154,10 @@ fn build_here(sources: &[PathBuf]) -> io::Result<LeanNs> {
             .map(|s| s.lines().count())
             .unwrap_or(0);
         Ok(LeanNs {
-            fd: std::sync::Arc::new(fd),
+            fds: NsFds {
+                mnt: std::sync::Arc::new(fd),
+                user: None,
+            },
             roots,
             mounts,
         })
@@ -154,7 +171,25 @@ fn build_here(sources: &[PathBuf]) -> io::Result<LeanNs> {
     ns
 }
 
+/// A fresh staging directory on the host. It is only a mount point in the
+/// namespace being built; on the host it stays an empty directory, removed
+/// once the namespace is built. One directory per build: a directory
+/// removed on the host while it is a mount point in another build's
+/// namespace would detach that mount.
+fn staging_dir() -> io::Result<PathBuf> {
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = std::env::temp_dir().join(format!("mcp-sandbox-lean-{}-{n}", std::process::id()));
+    match fs::create_dir(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    Ok(staging)
+}
+
 fn populate(staging: &Path, roots: &[PathBuf]) -> io::Result<()> {
+    let ops = plan(staging, roots)?;
     mount(
         Some(OsStr::new("tmpfs")),
         staging,
@@ -162,15 +197,68 @@ fn populate(staging: &Path, roots: &[PathBuf]) -> io::Result<()> {
         libc::MS_NOSUID | libc::MS_NODEV,
         Some("mode=0755"),
     )?;
-    // The host's top-level symlinks (merged /usr: /bin -> usr/bin, and the
-    // loader's /lib64): bubblewrap itself is executed through them.
+    for op in &ops {
+        apply(op).map_err(|errno| op.error(errno))?;
+    }
+    Ok(())
+}
+
+/// One step of filling the staging tmpfs, prepared on the host before the
+/// namespace exists, so that [`apply`] needs nothing but syscalls.
+#[derive(Debug)]
+enum Op {
+    /// A directory (one that exists already is fine).
+    Dir(CString),
+    /// An empty file to bind a file onto.
+    File(CString),
+    /// A symlink (one that exists already is kept).
+    Symlink { target: CString, link: CString },
+    /// A recursive bind of a host path onto its place in the staging tree.
+    Bind { src: CString, dst: CString },
+}
+
+impl Op {
+    fn error(&self, errno: i32) -> io::Error {
+        let e = io::Error::from_raw_os_error(errno);
+        let (what, path) = match self {
+            Op::Dir(p) => ("creating", p),
+            Op::File(p) => ("creating", p),
+            Op::Symlink { link, .. } => ("linking", link),
+            Op::Bind { dst, .. } => ("mounting", dst),
+        };
+        io::Error::new(e.kind(), format!("{what} {}: {e}", path.to_string_lossy()))
+    }
+}
+
+/// What to create under `staging`: the host's top-level symlinks (merged
+/// /usr: /bin -> usr/bin, and the loader's /lib64: bubblewrap itself is
+/// executed through them), each root bound at its own path, and `/tmp`.
+fn plan(staging: &Path, roots: &[PathBuf]) -> io::Result<Vec<Op>> {
+    let mut ops = Vec::new();
     for entry in fs::read_dir("/")? {
         let entry = entry?;
         if entry.file_type()?.is_symlink() {
-            let target = fs::read_link(entry.path())?;
-            std::os::unix::fs::symlink(target, staging.join(entry.file_name()))?;
+            ops.push(Op::Symlink {
+                target: cstr(&fs::read_link(entry.path())?)?,
+                link: cstr(&staging.join(entry.file_name()))?,
+            });
         }
     }
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut dir = |ops: &mut Vec<Op>, d: &Path| -> io::Result<()> {
+        // Every ancestor inside the staging tree, parents first.
+        let mut chain: Vec<&Path> = d
+            .ancestors()
+            .take_while(|a| a.starts_with(staging) && *a != staging)
+            .collect();
+        chain.reverse();
+        for a in chain {
+            if dirs.insert(a.to_path_buf()) {
+                ops.push(Op::Dir(cstr(a)?));
+            }
+        }
+        Ok(())
+    };
     for src in roots {
         let meta = match fs::symlink_metadata(src) {
             Ok(m) => m,
@@ -182,31 +270,75 @@ fn populate(staging: &Path, roots: &[PathBuf]) -> io::Result<()> {
         };
         let dst = staging.join(rel);
         if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent)?;
+            dir(&mut ops, parent)?;
         }
         if meta.is_symlink() {
             // The same link (top-level ones exist already); its target is
             // bound too (the profiles' plans list resolved host paths).
-            if fs::symlink_metadata(&dst).is_err() {
-                std::os::unix::fs::symlink(fs::read_link(src)?, &dst)?;
-            }
+            ops.push(Op::Symlink {
+                target: cstr(&fs::read_link(src)?)?,
+                link: cstr(&dst)?,
+            });
             continue;
         }
         if meta.is_dir() {
-            fs::create_dir_all(&dst)?;
+            dir(&mut ops, &dst)?;
         } else {
-            fs::File::create(&dst)?;
+            ops.push(Op::File(cstr(&dst)?));
         }
-        mount(
-            Some(src.as_os_str()),
-            &dst,
-            None,
-            libc::MS_BIND | libc::MS_REC,
-            None,
-        )?;
+        ops.push(Op::Bind {
+            src: cstr(src)?,
+            dst: cstr(&dst)?,
+        });
     }
     // bubblewrap mounts its scratch tmpfs on /tmp before it pivots.
-    fs::create_dir_all(staging.join("tmp"))?;
+    dir(&mut ops, &staging.join("tmp"))?;
+    Ok(ops)
+}
+
+/// Carries out one [`Op`] with plain syscalls (no allocation: it also runs
+/// in the unprivileged builder's cloned child); `Err(errno)`.
+fn apply(op: &Op) -> Result<(), i32> {
+    // SAFETY: reads this thread's errno.
+    let errno = || unsafe { *libc::__errno_location() };
+    // SAFETY: plain syscalls on NUL-terminated strings owned by `op`.
+    unsafe {
+        match op {
+            Op::Dir(p) => {
+                if libc::mkdir(p.as_ptr(), 0o755) != 0 && errno() != libc::EEXIST {
+                    return Err(errno());
+                }
+            }
+            Op::File(p) => {
+                let fd = libc::open(
+                    p.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd < 0 {
+                    return Err(errno());
+                }
+                libc::close(fd);
+            }
+            Op::Symlink { target, link } => {
+                if libc::symlink(target.as_ptr(), link.as_ptr()) != 0 && errno() != libc::EEXIST {
+                    return Err(errno());
+                }
+            }
+            Op::Bind { src, dst } => {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(errno());
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -250,6 +382,14 @@ fn mount(
 
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+mod unprivileged;
+
+/// [`build`] as an unprivileged gateway builds it, whoever runs it (a
+/// user namespace mapping the caller's uid and gid to themselves).
+pub(crate) fn build_in_user_namespace(sources: &[PathBuf]) -> io::Result<LeanNs> {
+    unprivileged::build(sources)
 }
 
 fn cvt(r: i32) -> io::Result<()> {

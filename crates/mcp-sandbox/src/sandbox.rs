@@ -130,13 +130,13 @@ struct Inner {
     pool: std::sync::OnceLock<Arc<crate::pool::Pool>>,
     /// Per-sandbox uids, once [`Sandbox::set_uid_range`] was called.
     uids: std::sync::OnceLock<Arc<UidPool>>,
-    /// The mount namespace bubblewrap starts in when the gateway is root
-    /// (`crate::lean`); `None` starts it from the gateway's own.
+    /// The mount namespace bubblewrap starts in (`crate::lean`); `None`
+    /// starts it from the gateway's own.
     lean: Option<crate::lean::LeanNs>,
     /// The mount namespace pooled bubblewraps start in, set by
     /// [`Sandbox::cover_stub`] when the pool is enabled: `lean`, or `lean`
     /// plus the stub when that lies outside it; `None` is the gateway's own.
-    pool_mnt_ns: std::sync::OnceLock<Option<Arc<std::os::fd::OwnedFd>>>,
+    pool_mnt_ns: std::sync::OnceLock<Option<crate::lean::NsFds>>,
 }
 
 /// How this sandbox enforces its profiles on this host.
@@ -239,7 +239,7 @@ impl Sandbox {
             .iter()
             .map(|p| (p.name.clone(), view::plan(&p.filesystem)))
             .collect();
-        let lean = owner.and_then(|_| lean_namespace(&settings, &plans));
+        let lean = lean_namespace(&settings, &plans);
 
         Ok(Sandbox {
             inner: Arc::new(Inner {
@@ -365,12 +365,12 @@ impl Sandbox {
         let ns = self.inner.lean.as_ref().and_then(|lean| {
             let path = std::fs::canonicalize(stub).ok()?;
             if lean.holds(&path) {
-                return Some(Arc::clone(&lean.fd));
+                return Some(lean.fds.clone());
             }
             let mut sources = lean.roots().to_vec();
             sources.push(path);
             match crate::lean::build(&sources) {
-                Ok(ns) => Some(ns.fd),
+                Ok(ns) => Some(ns.fds),
                 Err(e) => {
                     tracing::warn!(
                         error = %e,
@@ -807,7 +807,7 @@ impl Sandbox {
         cmd.stdin = stdin;
         // Supplementary groups are dropped when root switches uid.
         cmd.owner = owner;
-        cmd.mnt_ns = if pooled {
+        let ns = if pooled {
             self.inner.pool_mnt_ns.get().cloned().flatten()
         } else {
             // An egress forwarder outside the lean namespace (a gateway
@@ -816,8 +816,12 @@ impl Sandbox {
                 .lean
                 .as_ref()
                 .filter(|ns| egress.is_none_or(|e| ns.holds(&e.forwarder) && ns.holds(&e.socket)))
-                .map(|ns| Arc::clone(&ns.fd))
+                .map(|ns| ns.fds.clone())
         };
+        if let Some(ns) = ns {
+            cmd.mnt_ns = Some(ns.mnt);
+            cmd.user_ns = ns.user;
+        }
         Ok((cmd, ws, run_limits))
     }
 }
@@ -844,10 +848,11 @@ fn lean_namespace(
     ]);
     // The egress forwarder is the gateway's own executable.
     sources.extend(std::env::current_exe().ok());
-    match crate::lean::build(&sources) {
+    match crate::lean::build(&sources).and_then(|ns| enter_check(&settings.bwrap, ns)) {
         Ok(ns) => {
             tracing::debug!(
                 mounts = ns.mounts,
+                user_namespace = ns.fds.user.is_some(),
                 "sandboxes start in a lean mount namespace"
             );
             Some(ns)
@@ -861,6 +866,24 @@ fn lean_namespace(
             None
         }
     }
+}
+
+/// `ns` if a spawn can enter it and execute bubblewrap there (`bwrap
+/// --version`): a host that lets the gateway build namespaces but not
+/// enter them (a seccomp filter on `setns`) keeps the host's table rather
+/// than failing every sandbox.
+fn enter_check(bwrap: &Path, ns: crate::lean::LeanNs) -> std::io::Result<crate::lean::LeanNs> {
+    let mut probe = Spawn::new(bwrap, ["--version"], ChildSetup::none())?;
+    probe.mnt_ns = Some(Arc::clone(&ns.fds.mnt));
+    probe.user_ns = ns.fds.user.clone();
+    let out = sys::output(probe)?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "bubblewrap does not run in it: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(ns)
 }
 
 /// A prepared bubblewrap command from [`Sandbox::raw_command`].

@@ -85,6 +85,9 @@ pub(crate) struct Spawn {
     /// The mount namespace bwrap starts in (`crate::lean`); `None` is the
     /// gateway's own. Entering one needs root (before the uid switch).
     pub(crate) mnt_ns: Option<std::sync::Arc<OwnedFd>>,
+    /// The user namespace owning `mnt_ns`, entered first, when an
+    /// unprivileged gateway built it (see `crate::lean`).
+    pub(crate) user_ns: Option<std::sync::Arc<OwnedFd>>,
     pub(crate) setup: ChildSetup,
 }
 
@@ -102,6 +105,7 @@ pub(crate) struct Spawned {
 enum Step {
     None = 0,
     Stdio,
+    UserNamespace,
     MountNamespace,
     Ids,
     Chdir,
@@ -118,6 +122,7 @@ impl Step {
     fn from_u32(v: u32) -> Self {
         [
             Self::Stdio,
+            Self::UserNamespace,
             Self::MountNamespace,
             Self::Ids,
             Self::Chdir,
@@ -138,6 +143,7 @@ impl Step {
         match self {
             Self::None => "starting the sandbox",
             Self::Stdio => "connecting the sandbox's stdio",
+            Self::UserNamespace => "entering the lean namespace's user namespace",
             Self::MountNamespace => "entering the lean mount namespace",
             Self::Ids => "switching to the sandbox user",
             Self::Chdir => "changing to /",
@@ -162,6 +168,8 @@ struct ChildCtx {
     stdio: [RawFd; 3],
     /// The mount namespace to start bwrap in, or -1 for the gateway's.
     mnt_ns: RawFd,
+    /// The user namespace to enter before it, or -1.
+    user_ns: RawFd,
     owner: Option<(u32, u32)>,
     drop_groups: bool,
     parent: u32,
@@ -213,6 +221,7 @@ impl Spawn {
             stdin: None,
             owner: None,
             mnt_ns: None,
+            user_ns: None,
             setup,
         })
     }
@@ -249,6 +258,7 @@ impl Spawn {
             envp: envp.as_ptr(),
             stdio: [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
             mnt_ns: self.mnt_ns.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+            user_ns: self.user_ns.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
             owner: self.owner,
             drop_groups: root,
             parent: std::process::id(),
@@ -317,13 +327,67 @@ impl Spawn {
         }
         // Our copies of the child's ends (and of stdin, the cgroup files and
         // the inherited descriptors) close here.
-        drop((out_w, err_w, stdin, self.setup, self.mnt_ns));
+        drop((out_w, err_w, stdin, self.setup, self.mnt_ns, self.user_ns));
         Ok(Spawned {
             pid,
             stdout: out_r,
             stderr: err_r,
         })
     }
+}
+
+/// Runs `child(arg)` in a child cloned with `CLONE_VM | CLONE_VFORK` and
+/// `flags` (namespaces to create, `CLONE_FILES`), on its own stack, and
+/// reaps it; answers its exit code. The calling thread is suspended until
+/// the child exits.
+///
+/// # Safety
+///
+/// `child` runs in a process that shares this one's memory while every
+/// other thread of it may hold locks: it may only make plain syscalls
+/// (no allocation, no locks, no panics) on data `arg` points to, which
+/// must stay valid until this returns, and must end with `_exit`.
+pub(crate) unsafe fn run_cloned(
+    flags: libc::c_int,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<i32> {
+    let stack = Stack::new(CHILD_STACK)?;
+    let spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
+    let mut all = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: as in `Spawn::spawn`: no signal handler of this process may
+    // run in the child, so every signal is blocked around the clone (the
+    // child never unblocks them); the caller vouches for `child` and `arg`,
+    // and `stack` outlives the child (CLONE_VFORK).
+    let pid = unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
+        let pid = libc::clone(
+            child,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | flags,
+            arg,
+        );
+        let err = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
+        if pid < 0 {
+            return Err(err);
+        }
+        pid
+    };
+    OWNED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(pid);
+    drop(spawning);
+    drop(stack);
+    let reaped = reap(pid)?;
+    Ok(if libc::WIFEXITED(reaped.status) {
+        libc::WEXITSTATUS(reaped.status)
+    } else {
+        -1
+    })
 }
 
 /// An mmapped stack for the clone child, with a guard page below it.
@@ -443,6 +507,13 @@ unsafe fn child_steps(ctx: &ChildCtx) -> Step {
         }
         // The child has its own filesystem attributes (no CLONE_FS), so it
         // may enter another mount namespace; root and cwd become its root.
+        // An unprivileged gateway's lean namespace belongs to a user
+        // namespace of its own (same ids, mapped to themselves): entering
+        // it gives the capabilities the mount namespace needs, and execve
+        // drops them again (the uid is not 0 there).
+        if ctx.user_ns >= 0 && libc::setns(ctx.user_ns, libc::CLONE_NEWUSER) != 0 {
+            return Step::UserNamespace;
+        }
         if ctx.mnt_ns >= 0 && libc::setns(ctx.mnt_ns, libc::CLONE_NEWNS) != 0 {
             return Step::MountNamespace;
         }

@@ -192,11 +192,37 @@ fn a_child_that_cannot_enter_its_mount_namespace_reports_it() {
 #[test]
 fn a_lean_namespace_holds_its_roots_and_nothing_else() {
     assert_eq!(super::geteuid(), 0, "the sandbox tests run as root");
+    let lean = |sources: &[std::path::PathBuf]| crate::lean::build(sources).unwrap();
+    let uid_map = lean_namespace_holds_its_roots(&lean);
+    // Root's: the host's user namespace, whose map covers every uid.
+    assert!(uid_map.contains("4294967295"), "{uid_map}");
+}
+
+/// The same, built as an unprivileged gateway builds it: in a user
+/// namespace of its own that maps the gateway's ids to themselves (here
+/// root's, which is what these tests run as), entered before the mount
+/// namespace by every spawn.
+#[test]
+fn a_lean_namespace_in_a_user_namespace_holds_its_roots_and_nothing_else() {
+    let lean =
+        |sources: &[std::path::PathBuf]| crate::lean::build_in_user_namespace(sources).unwrap();
+    let uid_map = lean_namespace_holds_its_roots(&lean);
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "1"]
+    );
+}
+
+/// Builds a lean namespace holding a `files` directory with `build`,
+/// checks what a process started in it sees, and answers its uid map.
+fn lean_namespace_holds_its_roots(
+    build: &dyn Fn(&[std::path::PathBuf]) -> crate::lean::LeanNs,
+) -> String {
     let dir = tempfile::tempdir().unwrap();
     let files = dir.path().join("files");
     std::fs::create_dir(&files).unwrap();
     std::fs::write(files.join("marker"), "here").unwrap();
-    let lean = crate::lean::build(std::slice::from_ref(&files)).unwrap();
+    let lean = build(std::slice::from_ref(&files));
     assert!(lean.holds(&files.join("marker")));
     assert!(lean.holds(Path::new("/usr/bin/bwrap")));
     assert!(!lean.holds(Path::new("/sys")));
@@ -206,17 +232,24 @@ fn a_lean_namespace_holds_its_roots_and_nothing_else() {
         Path::new("/usr/bin/cat"),
         [
             "/proc/self/mountinfo".to_owned(),
+            "/proc/self/uid_map".to_owned(),
             files.join("marker").display().to_string(),
         ],
         ChildSetup::none(),
     )
     .unwrap();
-    spawn.mnt_ns = Some(std::sync::Arc::clone(&lean.fd));
+    spawn.mnt_ns = Some(std::sync::Arc::clone(&lean.fds.mnt));
+    spawn.user_ns = lean.fds.user.clone();
     let (status, out, err) = run(spawn);
     assert_eq!(status, 0, "{err}");
     assert!(out.ends_with("here"), "{out}");
-    let points: Vec<&str> = out
+    // mountinfo lines have 10 or more fields, the uid map's line 3.
+    let (mountinfo, uid_map): (Vec<&str>, Vec<&str>) = out
         .lines()
+        .filter(|l| !l.starts_with("here"))
+        .partition(|l| l.split_whitespace().count() > 3);
+    let points: Vec<&str> = mountinfo
+        .iter()
         .filter_map(|l| l.split_whitespace().nth(4))
         .collect();
     for needed in ["/", "/usr", "/etc", "/proc", "/dev"] {
@@ -231,6 +264,7 @@ fn a_lean_namespace_holds_its_roots_and_nothing_else() {
     // The host does not see the namespace's mounts.
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host.contains("mcp-sandbox-lean"), "{host}");
+    uid_map.join("\n")
 }
 
 #[test]
