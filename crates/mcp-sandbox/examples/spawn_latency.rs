@@ -11,6 +11,10 @@
 //! is refilled before each run, outside the timing); "pooled, back to back"
 //! runs without pause, so the refill competes with the next run, as under
 //! sustained load.
+//!
+//! `MCP_SANDBOX_PROFILES=DIR` loads the profiles from `DIR` instead of the
+//! repository's `sandbox-profiles/` (e.g. copies with `require_cgroup =
+//! false`, to measure as an unprivileged user without a delegated cgroup).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +26,10 @@ use mcp_sandbox::{PoolSettings, Profiles, RunSpec, Sandbox, SandboxSettings};
 use tokio_util::sync::CancellationToken;
 
 fn sandbox(base: &Path) -> anyhow::Result<Sandbox> {
-    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sandbox-profiles");
+    let profiles = std::env::var_os("MCP_SANDBOX_PROFILES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sandbox-profiles"),
+        PathBuf::from,
+    );
     let settings = SandboxSettings {
         bwrap: "/usr/bin/bwrap".into(),
         run_as: SandboxSettings::default_run_as(),
