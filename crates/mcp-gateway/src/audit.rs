@@ -340,9 +340,9 @@ impl Gateway {
     /// transaction when the audit log shares the store's database, else
     /// (or when that transaction fails) the end and then the record, each
     /// retried, because the task has already run. Answers the completion
-    /// time stored, `None` when the end could not be stored; a record that cannot be appended is logged (it is then
-    /// missing, which `audit verify` cannot see; the task row still is in
-    /// the store).
+    /// time stored, `None` when the end could not be stored. A record that
+    /// cannot be appended is logged (it is then missing, which `audit
+    /// verify` cannot see; the task row still is in the store).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn finish_audited(
         &self,

@@ -587,7 +587,7 @@ impl Gateway {
             return Err(e);
         }
         let Some((permit, live)) = run else {
-            tracing::info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
+            info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
             return Ok(Started {
                 id,
                 state: TaskState::PendingApproval,

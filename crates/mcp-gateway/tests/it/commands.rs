@@ -162,6 +162,9 @@ async fn timeout_kills_the_command_and_records_timed_out() {
     req.timeout = 1;
     let r = gw.client.run(req).await.unwrap();
     assert_eq!(state(&r), TaskStatus::TaskTimedOut);
+    // RunCommand's answer (the worker's copy) is what the store holds.
+    let id = r.task_info.as_ref().unwrap().task_id.clone();
+    assert_eq!(gw.client.status(&id).await.unwrap(), r);
     let info = r.task_info.unwrap();
     assert!(info.failure_reason.unwrap().contains("timed out"));
     assert!(r.result.unwrap().execution_time_ms < 25_000);
