@@ -350,10 +350,12 @@ impl Gateway {
         principal: &str,
         tenant: &str,
         state: TaskState,
-        result: Option<&TaskResult>,
+        result: Option<&Arc<TaskResult>>,
         reason: Option<&str>,
         output_sha256: Option<String>,
     ) -> Option<time::OffsetDateTime> {
+        let shared_result = result;
+        let result = result.map(|r| &**r);
         let event = Self::task_end_event(id, principal, tenant, state, result, output_sha256);
         if let Some(log) = self.shared_audit_log() {
             let completed_at = now();
@@ -361,7 +363,7 @@ impl Gateway {
                 id,
                 state,
                 completed_at,
-                result: result.cloned(),
+                result: shared_result.cloned(),
                 failure_reason: reason.map(str::to_owned),
             };
             match self

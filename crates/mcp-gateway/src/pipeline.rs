@@ -427,6 +427,8 @@ impl Gateway {
             &self.context(caller),
         );
         let (mut decision, details) = self.decide(input);
+        // Shared with the decision log's write, not copied.
+        let details = Arc::new(details);
         let profile = decision
             .obligations
             .profile
@@ -473,102 +475,59 @@ impl Gateway {
             }
         }
         let audit_entry = Self::exec_entry(&decision, id, &valid, argv0.as_deref());
-        let runnable = match argv0.as_deref() {
-            Some(argv0) if decision.allow => Some(argv0),
-            _ => None,
-        };
-        let Some(argv0_ref) = runnable else {
-            self.record_decision_audited(
-                caller,
-                "command",
-                &valid.command,
-                &decision,
-                &details,
-                decision.allow.then_some(id),
-                audit_entry,
-                None,
-            )
-            .await?;
-            if !decision.allow {
-                info!(request_id = %caller.request_id, "command denied");
-                // Reasons can quote argv, which stays out of info-level logs.
-                debug!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "deny reasons");
-                return Err(GatewayError::Denied {
-                    reasons: decision.deny_reasons,
-                });
-            }
+        // Admission (limits, rate, CPU budget, approval, a slot) is decided
+        // before anything is stored, so that the decision, its audit record
+        // and the task it creates are stored together; a denial or a
+        // refusal is stored with the decision alone, then answered.
+        let admitted = match argv0.as_deref() {
+            _ if !decision.allow => Err(GatewayError::Denied {
+                reasons: decision.deny_reasons.clone(),
+            }),
             // The policy allowed a command that does not resolve; nothing can run.
-            return Err(GatewayError::Denied {
+            None => Err(GatewayError::Denied {
                 reasons: vec![format!(
                     "command {:?} was not found in the sandbox",
                     valid.command
                 )],
-            });
-        };
-        // Admission (limits, rate, CPU budget, approval, a slot) is decided
-        // before anything is stored, so that the decision, its audit record
-        // and the task it creates are stored together; a refusal is stored
-        // with the decision and then answered.
-        let admission = crate::quota::admit(
-            self,
-            caller,
-            id,
-            &mut valid,
-            obligations.unwrap_or_default(),
-            &decision,
-            &details,
-            &profile,
-            argv0_ref,
-        )
-        .await
-        .and_then(|a| match a {
-            crate::quota::Admission::Run(permit) => self.check_queue().map(|()| {
-                let record =
-                    self.new_record(id, caller, TaskState::Created, argv0_ref, &profile, &valid);
-                let created_at = record.created_at;
-                (
-                    Some((permit, record.clone())),
-                    StoreWrite::InsertTask(record),
-                    created_at,
-                )
             }),
-            crate::quota::Admission::Pending { task, approval } => {
-                let created_at = task.created_at;
-                Ok((
-                    None,
-                    StoreWrite::InsertPending {
-                        task: *task,
-                        approval,
-                    },
-                    created_at,
-                ))
-            }
-        });
-        let (run, write, created_at) = match admission {
-            Ok((run, write, created_at)) => (run, Some(write), created_at),
-            Err(e) => {
-                self.record_decision_audited(
-                    caller,
-                    "command",
-                    &valid.command,
-                    &decision,
-                    &details,
-                    Some(id),
-                    audit_entry,
-                    None,
-                )
-                .await?;
-                return Err(e);
-            }
+            Some(argv0) => crate::quota::admit(
+                self,
+                caller,
+                id,
+                &mut valid,
+                obligations.unwrap_or_default(),
+                &decision,
+                &details,
+                &profile,
+                argv0,
+            )
+            .await
+            .and_then(|a| match a {
+                crate::quota::Admission::Run(permit) => self.check_queue().map(|()| {
+                    let record =
+                        self.new_record(id, caller, TaskState::Created, argv0, &profile, &valid);
+                    (Some(permit), record, None)
+                }),
+                crate::quota::Admission::Pending { task, approval } => {
+                    Ok((None, *task, Some(approval)))
+                }
+            }),
+        };
+        let write = match &admitted {
+            Ok((_, task, None)) => Some(StoreWrite::InsertTask(task.clone())),
+            Ok((_, task, Some(approval))) => Some(StoreWrite::InsertPending {
+                task: task.clone(),
+                approval: approval.clone(),
+            }),
+            Err(_) => None,
         };
         let accepted = Instant::now();
         // Registered before it is stored, so a task visible in the store is
         // either live here or finished.
-        let run = run.map(|(permit, record)| {
+        let live = matches!(&admitted, Ok((Some(_), ..))).then(|| {
             let live = self.live.register(id);
             live.set_redactor(redactor);
-            live.set_record(record);
-            (permit, live)
+            live
         });
         if let Err(e) = self
             .record_decision_audited(
@@ -577,16 +536,30 @@ impl Gateway {
                 &valid.command,
                 &decision,
                 &details,
-                Some(id),
+                decision.allow.then_some(id),
                 audit_entry,
                 write,
             )
             .await
         {
-            self.live.remove(id);
+            if live.is_some() {
+                self.live.remove(id);
+            }
             return Err(e);
         }
-        let Some((permit, live)) = run else {
+        let (permit, record, _) = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                if !decision.allow {
+                    info!(request_id = %caller.request_id, "command denied");
+                    // Reasons can quote argv, which stays out of info-level logs.
+                    debug!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "deny reasons");
+                }
+                return Err(e);
+            }
+        };
+        let created_at = record.created_at;
+        let (Some(permit), Some(live)) = (permit, live) else {
             info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
             return Ok(Started {
                 id,
@@ -594,7 +567,9 @@ impl Gateway {
                 created_at,
             });
         };
-        let argv0 = argv0_ref.to_owned();
+        // The record's command is the resolved binary that was approved.
+        let argv0 = record.command.clone();
+        live.set_record(record);
         valid.env.extend(secret_env);
         let spec = run_spec(id, caller, profile, argv0, valid);
         self.launch(spec, caller, &details.obligations, live, accepted, permit);
@@ -875,6 +850,7 @@ impl Gateway {
         .validate(&self.settings.limits)?;
         let input = PolicyInput::file(&caller.principal, &valid, &self.context(caller));
         let (decision, details) = self.decide(input);
+        let details = Arc::new(details);
         let summary = format!("{} {}", op.as_str(), valid.path);
         self.record_decision_audited(
             caller,
@@ -984,7 +960,7 @@ impl Gateway {
         kind: &str,
         summary: &str,
         decision: &Decision,
-        details: &DecisionDetails,
+        details: &Arc<DecisionDetails>,
         task_id: Option<TaskId>,
         audit: (&str, crate::audit::AuditEntry<'_>),
         task: Option<StoreWrite>,
@@ -1007,7 +983,7 @@ impl Gateway {
         };
         let mut writes = vec![StoreWrite::Decision {
             record: decision_record(caller, kind, summary, decision, task_id),
-            details: details.clone(),
+            details: Arc::clone(details),
         }];
         writes.extend(task);
         let event = self.audit_event(caller, action, entry);
@@ -1124,7 +1100,8 @@ impl Gateway {
         // The audit keeps the hash of the output as produced; the store
         // and every reader get it redacted.
         let output_sha256 = result.as_ref().map(crate::audit::output_sha256);
-        let result = result.map(|r| live.redact_result(r));
+        // Shared with the store write, not copied; ours again once it is done.
+        let result = result.map(|r| Arc::new(live.redact_result(r)));
         let stored = self
             .finish_audited(
                 id,
@@ -1140,7 +1117,12 @@ impl Gateway {
             .observe_task(state.as_str(), accepted.elapsed());
         let code = result.as_ref().map_or(-1, |r| r.exit_code);
         if let Some(completed_at) = stored {
-            live.record_finished(state, completed_at, result, reason);
+            live.record_finished(
+                state,
+                completed_at,
+                result.map(Arc::unwrap_or_clone),
+                reason,
+            );
         }
         live.push(OutputChunk::new(
             ChunkKind::ExitCode,

@@ -8,8 +8,7 @@
 //! reference VM (docs/PERFORMANCE.md), and hosts running containers have
 //! hundreds.
 //!
-//! [`build`] prepares once a mount
-//! namespace whose root is a small tmpfs holding only what sandboxes are
+//! [`build`] prepares once a mount namespace whose root is a small tmpfs holding only what sandboxes are
 //! built from: bubblewrap and its libraries (`/usr`, `/etc`, the host's
 //! top-level symlinks such as `/lib64 -> usr/lib64`), `/proc` and `/dev`,
 //! every source a profile binds, the workspaces and files directories and
@@ -21,22 +20,22 @@
 //! slave of the host's: mounts made later under a bound path still appear
 //! in it, and nothing mounted in it appears on the host.
 //!
-//! As root it is built on a scratch thread (`unshare(CLONE_NEWNS)`).
-//! Unprivileged, a mount namespace needs a user namespace of its own,
-//! which a threaded process cannot `unshare` into: a child cloned with
-//! `CLONE_NEWUSER | CLONE_NEWNS` (sharing memory and descriptors, suspending
-//! only the calling thread, as `sys::Spawn` does) maps the gateway's uid
-//! and gid to themselves, builds the same table with plain syscalls from a
-//! plan the parent prepared, opens both namespaces into the shared
-//! descriptor table and exits. Spawns then enter the user namespace first
-//! (which gives them the capabilities to enter the mount namespace; the
-//! uid is not 0 there, so `execve` drops them again) and bubblewrap nests
-//! its own user namespace inside it, mapping the same uid as before.
+//! It is built by a child cloned into a new mount namespace (`builder`;
+//! sharing memory and descriptors, suspending only the calling thread, as
+//! `sys::Spawn` does), which makes the host's mounts slaves, builds the
+//! table with plain syscalls from a plan the parent prepared, pivots into
+//! it, opens the namespace into the shared descriptor table and exits.
+//! Unprivileged, a mount namespace needs a user namespace of its own: the
+//! child is then also cloned into one, where it maps the gateway's uid and
+//! gid to themselves. Spawns enter that user namespace first (which gives
+//! them the capabilities to enter the mount namespace; the uid is not 0
+//! there, so `execve` drops them again) and bubblewrap nests its own user
+//! namespace inside it, mapping the same uid as before.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -78,20 +77,16 @@ impl LeanNs {
 
 /// Builds the namespace with `sources` (absolute host paths; missing ones
 /// are skipped, as bubblewrap skips a missing `--ro-bind-try`) besides
-/// [`BASE`]. As root it runs on a scratch thread: `unshare(CLONE_NEWNS)`
-/// moves only the calling thread, whose filesystem attributes it also
-/// unshares; otherwise in a child with a user namespace of its own (see
-/// the module documentation).
+/// [`BASE`], in a user namespace of its own unless the gateway is root.
 pub(crate) fn build(sources: &[PathBuf]) -> io::Result<LeanNs> {
-    if crate::sys::geteuid() != 0 {
-        return build_in_user_namespace(sources);
-    }
-    let sources = sources.to_vec();
-    std::thread::Builder::new()
-        .name("mcp-sandbox-lean-ns".to_owned())
-        .spawn(move || build_here(&sources))?
-        .join()
-        .map_err(|_| io::Error::other("the lean namespace builder panicked"))?
+    builder::build(sources, crate::sys::geteuid() != 0)
+}
+
+/// [`build`] as an unprivileged gateway builds it, whoever runs it (in a
+/// user namespace mapping the caller's uid and gid to themselves).
+#[cfg(test)]
+pub(crate) fn build_in_user_namespace(sources: &[PathBuf]) -> io::Result<LeanNs> {
+    builder::build(sources, true)
 }
 
 /// The paths to bind: [`BASE`] and `sources`, sorted, without duplicates
@@ -115,62 +110,6 @@ pub(crate) fn roots(sources: &[PathBuf]) -> Vec<PathBuf> {
     kept
 }
 
-fn build_here(sources: &[PathBuf]) -> io::Result<LeanNs> {
-    let roots = roots(sources);
-    // SAFETY: plain syscall; affects this thread only.
-    cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-    // Host mounts still propagate in; nothing of ours propagates out.
-    mount(
-        None,
-        Path::new("/"),
-        None,
-        libc::MS_REC | libc::MS_SLAVE,
-        None,
-    )?;
-    let staging = staging_dir()?;
-    let built = populate(&staging, &roots);
-    let ns = built.and_then(|()| {
-        // SAFETY: opens a path; the descriptor is owned below.
-        let fd = unsafe {
-            libc::open(
-                c"/proc/thread-self/ns/mnt".as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        cvt(fd)?;
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Make the tmpfs the namespace's root: pivot_root(".", ".") stacks
-        // the old root on top of the new one, which is then detached.
-        let dir = cstr(&staging)?;
-        // SAFETY: plain syscalls on C strings that live across them.
-        unsafe {
-            cvt(libc::chdir(dir.as_ptr()))?;
-            cvt(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as i32)?;
-            cvt(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
-            cvt(libc::chdir(c"/".as_ptr()))?;
-        }
-        let mounts = fs::read_to_string("/proc/thread-self/mountinfo")
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        Ok(LeanNs {
-            fds: NsFds {
-                mnt: std::sync::Arc::new(fd),
-                user: None,
-            },
-            roots,
-            mounts,
-        })
-    });
-    // The host's view of the staging directory (this thread's root moved).
-    let _ = fs::remove_dir(format!(
-        "/proc/{}/root{}",
-        std::process::id(),
-        staging.display()
-    ));
-    ns
-}
-
 /// A fresh staging directory on the host. It is only a mount point in the
 /// namespace being built; on the host it stays an empty directory, removed
 /// once the namespace is built. One directory per build: a directory
@@ -186,21 +125,6 @@ fn staging_dir() -> io::Result<PathBuf> {
         Err(e) => return Err(e),
     }
     Ok(staging)
-}
-
-fn populate(staging: &Path, roots: &[PathBuf]) -> io::Result<()> {
-    let ops = plan(staging, roots)?;
-    mount(
-        Some(OsStr::new("tmpfs")),
-        staging,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some("mode=0755"),
-    )?;
-    for op in &ops {
-        apply(op).map_err(|errno| op.error(errno))?;
-    }
-    Ok(())
 }
 
 /// One step of filling the staging tmpfs, prepared on the host before the
@@ -342,60 +266,8 @@ fn apply(op: &Op) -> Result<(), i32> {
     Ok(())
 }
 
-fn mount(
-    source: Option<&OsStr>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> io::Result<()> {
-    let opt = |s: Option<&OsStr>| {
-        s.map(|s| CString::new(s.as_bytes()))
-            .transpose()
-            .map_err(io::Error::other)
-    };
-    let (source, fstype, data) = (
-        opt(source)?,
-        opt(fstype.map(OsStr::new))?,
-        opt(data.map(OsStr::new))?,
-    );
-    let target = cstr(target)?;
-    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-    // SAFETY: every pointer is a NUL-terminated string (or null) that
-    // lives across the call.
-    cvt(unsafe {
-        libc::mount(
-            ptr(&source),
-            target.as_ptr(),
-            ptr(&fstype),
-            flags,
-            ptr(&data).cast(),
-        )
-    })
-    .map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("mounting {}: {e}", target.to_string_lossy()),
-        )
-    })
-}
-
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
-mod unprivileged;
-
-/// [`build`] as an unprivileged gateway builds it, whoever runs it (a
-/// user namespace mapping the caller's uid and gid to themselves).
-pub(crate) fn build_in_user_namespace(sources: &[PathBuf]) -> io::Result<LeanNs> {
-    unprivileged::build(sources)
-}
-
-fn cvt(r: i32) -> io::Result<()> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
+mod builder;

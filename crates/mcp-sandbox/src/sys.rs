@@ -270,49 +270,13 @@ impl Spawn {
             failed: AtomicU32::new(Step::None as u32),
             errno: AtomicI32::new(0),
         };
-        let stack = Stack::new(CHILD_STACK)?;
-        let spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
-        let pid = {
-            // No signal handler of the gateway may run in the child, which
-            // shares its memory: block every signal around the clone; the
-            // child resets the handlers before it unblocks them.
-            let mut all = MaybeUninit::<libc::sigset_t>::uninit();
-            let mut old = MaybeUninit::<libc::sigset_t>::uninit();
-            // SAFETY: sigfillset initialises `all`; pthread_sigmask reads it
-            // and writes the previous mask into `old`.
-            unsafe {
-                libc::sigfillset(all.as_mut_ptr());
-                libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
-            }
-            // SAFETY: the child runs `child_main` on its own stack (`stack`
-            // outlives it: CLONE_VFORK suspends this thread until the child
-            // executed or exited) with a pointer to `ctx`, which lives on
-            // this frame and everything it points to (argv, envp, fd lists,
-            // C strings) with it. `child_main` only makes plain syscalls.
-            let pid = unsafe {
-                libc::clone(
-                    child_main,
-                    stack.top(),
-                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                    std::ptr::from_ref(&ctx).cast_mut().cast(),
-                )
-            };
-            let err = io::Error::last_os_error();
-            // SAFETY: restores the mask saved above.
-            unsafe {
-                libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
-            }
-            if pid < 0 {
-                return Err(err);
-            }
-            pid
-        };
-        OWNED
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(pid);
-        drop(spawning);
-        drop(stack);
+        // SAFETY: `child_main` only makes plain syscalls, then executes or
+        // exits; `ctx` lives on this frame, and everything it points to
+        // (argv, envp, fd lists, C strings) with it, until the clone
+        // returned (CLONE_VFORK). It resets the signal handlers before it
+        // unblocks signals.
+        let pid =
+            unsafe { clone_vfork(0, child_main, std::ptr::from_ref(&ctx).cast_mut().cast()) }?;
         let failed = Step::from_u32(ctx.failed.load(Ordering::Acquire));
         if failed != Step::None {
             let errno = ctx.errno.load(Ordering::Acquire);
@@ -337,17 +301,41 @@ impl Spawn {
 }
 
 /// Runs `child(arg)` in a child cloned with `CLONE_VM | CLONE_VFORK` and
-/// `flags` (namespaces to create, `CLONE_FILES`), on its own stack, and
-/// reaps it; answers its exit code. The calling thread is suspended until
-/// the child exits.
+/// `flags` (namespaces to create, `CLONE_FILES`), and reaps it; answers its
+/// exit code. The calling thread is suspended until the child exits.
+///
+/// # Safety
+///
+/// As for [`clone_vfork`]; `child` must end with `_exit`.
+pub(crate) unsafe fn run_cloned(
+    flags: libc::c_int,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<i32> {
+    // SAFETY: the caller's contract.
+    let pid = unsafe { clone_vfork(flags, child, arg) }?;
+    let reaped = reap(pid)?;
+    Ok(if libc::WIFEXITED(reaped.status) {
+        libc::WEXITSTATUS(reaped.status)
+    } else {
+        -1
+    })
+}
+
+/// Clones a child with `CLONE_VM | CLONE_VFORK | SIGCHLD` and `flags` that
+/// runs `child(arg)` on a stack of its own, and records it in [`OWNED`]
+/// (its caller reaps it); answers its pid once it executed or exited. No
+/// signal handler of this process may run in the child, which shares its
+/// memory: every signal is blocked around the clone.
 ///
 /// # Safety
 ///
 /// `child` runs in a process that shares this one's memory while every
-/// other thread of it may hold locks: it may only make plain syscalls
-/// (no allocation, no locks, no panics) on data `arg` points to, which
-/// must stay valid until this returns, and must end with `_exit`.
-pub(crate) unsafe fn run_cloned(
+/// other thread of it may hold locks: it may only make plain syscalls (no
+/// allocation, no locks, no panics) on data `arg` points to, which must
+/// stay valid until this returns, and must end with `execve` or `_exit`;
+/// it must not unblock signals before resetting their handlers.
+unsafe fn clone_vfork(
     flags: libc::c_int,
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
@@ -356,10 +344,10 @@ pub(crate) unsafe fn run_cloned(
     let spawning = SPAWNING.read().unwrap_or_else(PoisonError::into_inner);
     let mut all = MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: as in `Spawn::spawn`: no signal handler of this process may
-    // run in the child, so every signal is blocked around the clone (the
-    // child never unblocks them); the caller vouches for `child` and `arg`,
-    // and `stack` outlives the child (CLONE_VFORK).
+    // SAFETY: sigfillset initialises `all`, pthread_sigmask saves the mask
+    // into `old` and restores it; the caller vouches for `child` and `arg`,
+    // and `stack` outlives the child (CLONE_VFORK suspends this thread
+    // until the child executed or exited).
     let pid = unsafe {
         libc::sigfillset(all.as_mut_ptr());
         libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
@@ -382,12 +370,7 @@ pub(crate) unsafe fn run_cloned(
         .insert(pid);
     drop(spawning);
     drop(stack);
-    let reaped = reap(pid)?;
-    Ok(if libc::WIFEXITED(reaped.status) {
-        libc::WEXITSTATUS(reaped.status)
-    } else {
-        -1
-    })
+    Ok(pid)
 }
 
 /// An mmapped stack for the clone child, with a guard page below it.

@@ -502,7 +502,11 @@ impl Writer {
             match self.commit(&mut tail, &batch).await {
                 Ok(answers) => {
                     for (q, answer) in batch.into_iter().zip(answers) {
-                        let _ = q.reply.send(answer);
+                        // The writes go before the answer, so the caller
+                        // holds the only reference to what they shared.
+                        let Queued { reply, writes, .. } = q;
+                        drop(writes);
+                        let _ = reply.send(answer);
                     }
                 }
                 Err(e) => {

@@ -191,34 +191,9 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// or after `since`. What the per-tenant CPU budget is charged from.
     async fn cpu_ms_since(&self, tenant: &str, since: OffsetDateTime) -> Result<u64, StoreError>;
 
-    /// Runs one [`StoreWrite`] on its own: the method of the same name.
-    async fn apply(&self, write: &StoreWrite) -> Result<(), StoreError> {
-        match write {
-            StoreWrite::Decision { record, details } => {
-                self.record_decision_with(record, details).await
-            }
-            StoreWrite::InsertTask(task) => self.insert_task(task).await,
-            StoreWrite::InsertPending { task, approval } => {
-                self.insert_pending(task, approval).await
-            }
-            StoreWrite::Finish {
-                id,
-                state,
-                completed_at,
-                result,
-                failure_reason,
-            } => {
-                self.finish(
-                    *id,
-                    *state,
-                    *completed_at,
-                    result.as_ref(),
-                    failure_reason.as_deref(),
-                )
-                .await
-            }
-        }
-    }
+    /// Runs one [`StoreWrite`] on its own, as the method of the same name
+    /// does.
+    async fn apply(&self, write: &StoreWrite) -> Result<(), StoreError>;
 
     /// Whether `audit` keeps its records in this store's database, so that
     /// [`AuditLog::append_with`] can commit this store's writes in the same
@@ -231,13 +206,15 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
 
 /// A write of the task store that can ride in an audit record's
 /// transaction ([`AuditLog::append_with`]): each does what the
-/// [`TaskStore`] method of the same name does, with the same errors.
+/// [`TaskStore`] method of the same name does, with the same errors. The
+/// decision's details and a task's output are shared with the caller, who
+/// still needs them, rather than copied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreWrite {
     /// [`TaskStore::record_decision_with`].
     Decision {
         record: DecisionRecord,
-        details: DecisionDetails,
+        details: Arc<DecisionDetails>,
     },
     /// [`TaskStore::insert_task`].
     InsertTask(TaskRecord),
@@ -251,7 +228,7 @@ pub enum StoreWrite {
         id: TaskId,
         state: TaskState,
         completed_at: OffsetDateTime,
-        result: Option<TaskResult>,
+        result: Option<Arc<TaskResult>>,
         failure_reason: Option<String>,
     },
 }

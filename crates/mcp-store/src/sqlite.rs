@@ -352,8 +352,8 @@ async fn refused_on(conn: &mut SqliteConnection, id: TaskId, to: TaskState) -> S
 }
 
 /// The task store's writes that an audit record can carry in its own
-/// transaction (see [`crate::AuditLog::append_with`]); the
-/// [`TaskStore`] methods of the same names run them on their own.
+/// transaction (see [`crate::AuditLog::append_with`]); [`TaskStore::apply`]
+/// and the [`TaskStore`] methods of the same names run them on their own.
 pub(crate) async fn write(conn: &mut SqliteConnection, w: &StoreWrite) -> Result<(), StoreError> {
     match w {
         StoreWrite::Decision { record, details } => insert_decision(conn, record, details).await,
@@ -371,7 +371,7 @@ pub(crate) async fn write(conn: &mut SqliteConnection, w: &StoreWrite) -> Result
                 *id,
                 *state,
                 *completed_at,
-                result.as_ref(),
+                result.as_deref(),
                 failure_reason.as_deref(),
             )
             .await
@@ -470,6 +470,11 @@ async fn insert_pending(
 
 #[async_trait]
 impl TaskStore for SqliteStore {
+    async fn apply(&self, w: &StoreWrite) -> Result<(), StoreError> {
+        let _write = self.gate.lock().await;
+        write(&mut *self.pool.acquire().await?, w).await
+    }
+
     fn shares_database(&self, audit: &crate::AuditLog) -> bool {
         // Gates are per canonical file path in this process, and private to
         // an in-memory database: one gate means one database.

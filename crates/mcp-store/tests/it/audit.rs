@@ -210,7 +210,7 @@ async fn writes_carried_by_an_append_are_stored_with_the_record() -> Result<()> 
             vec![
                 StoreWrite::Decision {
                     record: d.clone(),
-                    details: details.clone(),
+                    details: Arc::new(details.clone()),
                 },
                 StoreWrite::InsertTask(t.clone()),
             ],
@@ -227,7 +227,7 @@ async fn writes_carried_by_an_append_are_stored_with_the_record() -> Result<()> 
             id: t.id,
             state: TaskState::Completed,
             completed_at: at,
-            result: Some(super::result()),
+            result: Some(Arc::new(super::result())),
             failure_reason: None,
         }],
     )
@@ -275,7 +275,7 @@ async fn a_refused_write_fails_its_append_alone() -> Result<()> {
                     vec![
                         StoreWrite::Decision {
                             record: decision.clone(),
-                            details: DecisionDetails::default(),
+                            details: Arc::default(),
                         },
                         StoreWrite::InsertTask(fresh.clone()),
                     ]
@@ -284,13 +284,13 @@ async fn a_refused_write_fails_its_append_alone() -> Result<()> {
                     id: ended.id,
                     state: TaskState::Completed,
                     completed_at: super::now_ms(),
-                    result: Some(super::result()),
+                    result: Some(Arc::new(super::result())),
                     failure_reason: None,
                 }],
                 _ => vec![
                     StoreWrite::Decision {
                         record: decision.clone(),
-                        details: DecisionDetails::default(),
+                        details: Arc::default(),
                     },
                     StoreWrite::InsertTask(fresh.clone()),
                 ],

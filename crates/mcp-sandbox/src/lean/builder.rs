@@ -1,6 +1,6 @@
-//! The lean namespace of an unprivileged gateway: built by a child cloned
-//! into a user namespace and a mount namespace of its own (see the parent
-//! module's documentation).
+//! The lean namespace's builder: a child cloned into a mount namespace of
+//! its own, and a user namespace when the gateway is unprivileged (see the
+//! parent module's documentation).
 
 use std::ffi::CString;
 use std::io;
@@ -27,6 +27,9 @@ const FILL: u32 = 7;
 
 /// What the child reads (prepared here) and writes back (atomics).
 struct Ctx {
+    /// Whether the child is in a user namespace of its own, whose maps
+    /// it writes and which it opens too.
+    user_ns: bool,
     uid_map: CString,
     gid_map: CString,
     staging: CString,
@@ -41,19 +44,26 @@ struct Ctx {
     mounts: AtomicUsize,
 }
 
-pub(super) fn build(sources: &[PathBuf]) -> io::Result<LeanNs> {
+/// Builds the namespace (see [`super::build`]), in a user namespace of
+/// its own when `user_ns`.
+pub(super) fn build(sources: &[PathBuf], user_ns: bool) -> io::Result<LeanNs> {
     let roots = roots(sources);
     let staging = staging_dir()?;
-    let built = build_at(&staging, &roots);
+    let built = build_at(&staging, &roots, user_ns);
     // On the host the staging directory is an empty directory; in the
     // namespace it became the root, so removing it detaches nothing.
     let _ = std::fs::remove_dir(&staging);
     built.map(|(fds, mounts)| LeanNs { fds, roots, mounts })
 }
 
-fn build_at(staging: &std::path::Path, roots: &[PathBuf]) -> io::Result<(NsFds, usize)> {
+fn build_at(
+    staging: &std::path::Path,
+    roots: &[PathBuf],
+    user_ns: bool,
+) -> io::Result<(NsFds, usize)> {
     let (uid, gid) = (crate::sys::geteuid(), crate::sys::getegid());
     let ctx = Ctx {
+        user_ns,
         uid_map: CString::new(format!("{uid} {uid} 1\n")).map_err(io::Error::other)?,
         gid_map: CString::new(format!("{gid} {gid} 1\n")).map_err(io::Error::other)?,
         staging: cstr(staging)?,
@@ -69,12 +79,13 @@ fn build_at(staging: &std::path::Path, roots: &[PathBuf]) -> io::Result<(NsFds, 
     // this frame until `run_cloned` returned (the child has exited), and
     // ends with `_exit`. CLONE_FILES puts the descriptors it opens into
     // this process's table.
+    let flags = if user_ns {
+        libc::CLONE_FILES | libc::CLONE_NEWNS | libc::CLONE_NEWUSER
+    } else {
+        libc::CLONE_FILES | libc::CLONE_NEWNS
+    };
     let code = unsafe {
-        crate::sys::run_cloned(
-            libc::CLONE_FILES | libc::CLONE_NEWUSER | libc::CLONE_NEWNS,
-            child,
-            std::ptr::from_ref(&ctx).cast_mut().cast(),
-        )
+        crate::sys::run_cloned(flags, child, std::ptr::from_ref(&ctx).cast_mut().cast())
     }?;
     // SAFETY: each is -1 or a descriptor the child opened for us (shared
     // table) that nothing else owns.
@@ -96,10 +107,10 @@ fn build_at(staging: &std::path::Path, roots: &[PathBuf]) -> io::Result<(NsFds, 
         ));
     }
     match (user, mnt) {
-        (Some(user), Some(mnt)) => Ok((
+        (user, Some(mnt)) if user.is_some() == user_ns => Ok((
             NsFds {
                 mnt: Arc::new(mnt),
-                user: Some(Arc::new(user)),
+                user: user.map(Arc::new),
             },
             ctx.mounts.load(Ordering::Acquire),
         )),
@@ -109,8 +120,9 @@ fn build_at(staging: &std::path::Path, roots: &[PathBuf]) -> io::Result<(NsFds, 
     }
 }
 
-/// The cloned child: a new user and mount namespace, suspended parent
-/// thread, shared memory and descriptors. Plain syscalls only.
+/// The cloned child: a new mount namespace (and user namespace when
+/// `ctx.user_ns`), suspended parent thread, shared memory and descriptors.
+/// Plain syscalls only.
 extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `Ctx` of `build_at`, alive until we exit.
     let ctx = unsafe { &*arg.cast::<Ctx>() };
@@ -126,21 +138,23 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: plain syscalls on NUL-terminated strings and buffers of
     // `ctx` or of this frame.
     unsafe {
-        if !write_file(c"/proc/self/setgroups", b"deny") {
-            return fail(1);
-        }
-        if !write_file(c"/proc/self/uid_map", ctx.uid_map.as_bytes()) {
-            return fail(2);
-        }
-        if !write_file(c"/proc/self/gid_map", ctx.gid_map.as_bytes()) {
-            return fail(3);
-        }
         let flags = libc::O_RDONLY | libc::O_CLOEXEC;
-        let user = libc::open(c"/proc/self/ns/user".as_ptr(), flags);
-        if user < 0 {
-            return fail(4);
+        if ctx.user_ns {
+            if !write_file(c"/proc/self/setgroups", b"deny") {
+                return fail(1);
+            }
+            if !write_file(c"/proc/self/uid_map", ctx.uid_map.as_bytes()) {
+                return fail(2);
+            }
+            if !write_file(c"/proc/self/gid_map", ctx.gid_map.as_bytes()) {
+                return fail(3);
+            }
+            let user = libc::open(c"/proc/self/ns/user".as_ptr(), flags);
+            if user < 0 {
+                return fail(4);
+            }
+            ctx.user_fd.store(user, Ordering::Release);
         }
-        ctx.user_fd.store(user, Ordering::Release);
         let mnt = libc::open(c"/proc/self/ns/mnt".as_ptr(), flags);
         if mnt < 0 {
             return fail(4);
