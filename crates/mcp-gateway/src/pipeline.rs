@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::Shared;
 use mcp_core::{
     ChunkKind, Decision, ExecRequest, FileOp, FileRequest, OutputChunk, Principal, RequestLimits,
     TaskId, TaskKind, TaskRecord, TaskResult, TaskState, ValidExec, ValidFile, now, rfc3339,
@@ -522,14 +524,40 @@ impl Gateway {
             Err(_) => None,
         };
         let accepted = Instant::now();
-        // Registered before it is stored, so a task visible in the store is
-        // either live here or finished.
-        let live = matches!(&admitted, Ok((Some(_), ..))).then(|| {
+        // A task that runs now is launched while it is being stored: its
+        // sandbox is set up meanwhile, and its command waits for the gate,
+        // which opens once the decision, its audit record and the task are
+        // on disk, and stays shut if they cannot be stored (then nothing
+        // ran and the worker writes nothing). The commit's fsync is off the
+        // task's path instead of before it.
+        let launched = admitted.map(|(permit, record, _)| {
+            let created_at = record.created_at;
+            let Some(permit) = permit else {
+                return (None, created_at);
+            };
+            // Registered before it is stored, so a task visible in the
+            // store is either live here or finished.
             let live = self.live.register(id);
             live.set_redactor(redactor);
-            live
+            // The record's command is the resolved binary that was approved.
+            let argv0 = record.command.clone();
+            live.set_record(record);
+            let mut run = valid.clone();
+            run.env.extend(secret_env);
+            let spec = run_spec(id, caller, profile.clone(), argv0, run);
+            let (open, opened) = tokio::sync::oneshot::channel();
+            self.launch(
+                spec,
+                caller,
+                &details.obligations,
+                live,
+                accepted,
+                permit,
+                Some(opened),
+            );
+            (Some(open), created_at)
         });
-        if let Err(e) = self
+        let stored = self
             .record_decision_audited(
                 caller,
                 "command",
@@ -540,44 +568,38 @@ impl Gateway {
                 audit_entry,
                 write,
             )
-            .await
-        {
-            if live.is_some() {
-                self.live.remove(id);
+            .await;
+        match launched {
+            Ok((Some(open), created_at)) => {
+                // A dropped sender (this future dropped mid-write) shuts it too.
+                let _ = open.send(stored.is_ok());
+                if stored.is_err() {
+                    self.live.remove(id);
+                }
+                stored.map(|()| Started {
+                    id,
+                    state: TaskState::Created,
+                    created_at,
+                })
             }
-            return Err(e);
-        }
-        let (permit, record, _) = match admitted {
-            Ok(admitted) => admitted,
+            Ok((None, created_at)) => stored.map(|()| {
+                info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
+                Started {
+                    id,
+                    state: TaskState::PendingApproval,
+                    created_at,
+                }
+            }),
             Err(e) => {
+                stored?;
                 if !decision.allow {
                     info!(request_id = %caller.request_id, "command denied");
                     // Reasons can quote argv, which stays out of info-level logs.
                     debug!(request_id = %caller.request_id, reasons = ?decision.deny_reasons, "deny reasons");
                 }
-                return Err(e);
+                Err(e)
             }
-        };
-        let created_at = record.created_at;
-        let (Some(permit), Some(live)) = (permit, live) else {
-            info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
-            return Ok(Started {
-                id,
-                state: TaskState::PendingApproval,
-                created_at,
-            });
-        };
-        // The record's command is the resolved binary that was approved.
-        let argv0 = record.command.clone();
-        live.set_record(record);
-        valid.env.extend(secret_env);
-        let spec = run_spec(id, caller, profile, argv0, valid);
-        self.launch(spec, caller, &details.obligations, live, accepted, permit);
-        Ok(Started {
-            id,
-            state: TaskState::Created,
-            created_at,
-        })
+        }
     }
 
     /// Like [`Gateway::execute`], but answers when the task has finished.
@@ -1001,7 +1023,10 @@ impl Gateway {
         Ok(())
     }
 
-    /// Runs one accepted task to its end and stores the outcome.
+    /// Runs one accepted task to its end and stores the outcome. With a
+    /// `gate` (see [`Gateway::launch`]) its sandbox starts at once and its
+    /// command waits for it; a shut gate ends the worker without a trace.
+    #[allow(clippy::too_many_arguments)]
     async fn work(
         self: Arc<Self>,
         id: TaskId,
@@ -1010,12 +1035,28 @@ impl Gateway {
         live: Arc<LiveTask>,
         accepted: Instant,
         quota_permit: crate::quota::QuotaPermit,
+        gate: Option<tokio::sync::oneshot::Receiver<bool>>,
     ) {
         let tenant = spec.tenant.clone();
         let cancel = live.cancel_token();
+        let gate: Option<Gate> = gate.map(|g| {
+            let opened: fn(Result<bool, _>) -> bool = |r| r.unwrap_or(false);
+            g.map(opened).shared()
+        });
+        let shut = || {
+            // Not stored: nothing to write, nothing ran.
+            debug!("the task's approval was not stored; its sandbox is discarded");
+            self.egress.forget(id);
+        };
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
+                // Queued is a stored state: only for a stored task.
+                if let Some(g) = &gate
+                    && !g.clone().await
+                {
+                    return shut();
+                }
                 self.queued.fetch_add(1, Ordering::Relaxed);
                 self.set_state(id, TaskState::Queued).await;
                 let p = tokio::select! {
@@ -1045,15 +1086,25 @@ impl Gateway {
                 // end before `finish`, and the store never moves a task back,
                 // so the states stay ordered. mcp-sandbox opens the
                 // `sandbox.run` span itself.
-                let (running, outcome) = tokio::join!(
-                    self.set_state(id, TaskState::Running),
-                    self.run_sandbox(spec, &on_output, cancel)
-                );
+                let opened = gate.clone();
+                let running = async {
+                    let stored = match opened {
+                        Some(g) => g.await,
+                        None => true,
+                    };
+                    match stored {
+                        true => self.set_state(id, TaskState::Running).await,
+                        false => None,
+                    }
+                };
+                let (running, outcome) =
+                    tokio::join!(running, self.run_sandbox(spec, gate, &on_output, cancel));
                 if let Some(at) = running {
                     live.record_started(at);
                 }
                 match outcome {
-                    Ok(o) => {
+                    Ok(None) => return shut(),
+                    Ok(Some(o)) => {
                         let (state, reason) = match o.ending {
                             Ending::Exited(_) => (TaskState::Completed, None),
                             Ending::Signaled(sig) => {
@@ -1297,7 +1348,15 @@ impl Gateway {
         live.set_redactor(redactor);
         valid.env.extend(secret_env);
         let spec = run_spec(id, requester, profile, argv0, valid);
-        self.launch(spec, requester, obligations, live, Instant::now(), permit);
+        self.launch(
+            spec,
+            requester,
+            obligations,
+            live,
+            Instant::now(),
+            permit,
+            None,
+        );
         Ok(true)
     }
 
@@ -1346,9 +1405,11 @@ impl Gateway {
         Ok(())
     }
 
-    /// Starts the worker of a stored task. Restricted network: the task's
-    /// connections are decided against `caller` and the decision's network
-    /// obligation.
+    /// Starts the worker of a task: a stored one, or with `gate` one being
+    /// stored, which runs nothing and writes nothing unless the gate opens
+    /// (`true`). Restricted network: the task's connections are decided
+    /// against `caller` and the decision's network obligation.
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         self: &Arc<Self>,
         spec: RunSpec,
@@ -1357,6 +1418,7 @@ impl Gateway {
         live: Arc<LiveTask>,
         accepted: Instant,
         permit: crate::quota::QuotaPermit,
+        gate: Option<tokio::sync::oneshot::Receiver<bool>>,
     ) {
         let id = spec.task_id;
         let principal = caller.principal.id.clone();
@@ -1364,8 +1426,11 @@ impl Gateway {
         let this = self.clone();
         let span = info_span!("task", task_id = %id, request_id = %caller.request_id);
         self.workers.spawn(
-            async move { this.work(id, principal, spec, live, accepted, permit).await }
-                .instrument(span),
+            async move {
+                this.work(id, principal, spec, live, accepted, permit, gate)
+                    .await
+            }
+            .instrument(span),
         );
     }
 }
@@ -1391,6 +1456,14 @@ fn decision_record(
         task_id,
     }
 }
+
+/// Opens (`true`) once a task launched while being stored is on disk.
+pub(crate) type Gate = Shared<
+    futures::future::Map<
+        tokio::sync::oneshot::Receiver<bool>,
+        fn(Result<bool, tokio::sync::oneshot::error::RecvError>) -> bool,
+    >,
+>;
 
 fn run_spec(id: TaskId, caller: &Caller, profile: String, argv0: String, v: ValidExec) -> RunSpec {
     let mut argv = Vec::with_capacity(v.args.len() + 1);

@@ -38,11 +38,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SandboxError;
 use crate::profile::{Profile, Profiles, is_clean_absolute};
-use crate::run::{self, RunLimits, RunOutcome, Started};
+use crate::run::{self, RunLimits, RunOutcome};
 use crate::sandbox::{RunSpec, Sandbox, cgroup_limits, is_valid_tenant, merged_env};
 use crate::stub::{self, Order, READY, STUB_PATH};
 use crate::sys;
-use crate::workspace::WorkspaceGuard;
 
 /// How long a new pooled sandbox may take to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -136,28 +135,31 @@ struct Slot {
     last_error: Option<String>,
 }
 
-/// One waiting sandbox. Dropped unused, it is killed and reaped.
+/// Tops a pool up when dropped: the refill [`Pool::take`] deferred until
+/// the task that claimed a sandbox is over (or its future is dropped).
+struct RefillOnDrop {
+    pool: Arc<Pool>,
+    sandbox: Sandbox,
+    key: Key,
+}
+
+impl Drop for RefillOnDrop {
+    fn drop(&mut self) {
+        self.pool.refill(&self.sandbox, &self.key);
+    }
+}
+
+/// One waiting sandbox. Dropped unused, it is killed and reaped (its
+/// channel closed first).
 #[derive(Debug)]
 struct Warm {
-    child: Option<Started>,
-    workspace: Option<WorkspaceGuard>,
     control: Option<UnixStream>,
+    held: run::Held,
 }
 
 impl Warm {
     fn alive(&self) -> bool {
-        self.child
-            .as_ref()
-            .is_some_and(|c| !sys::has_exited(c.pid).unwrap_or(true))
-    }
-}
-
-impl Drop for Warm {
-    fn drop(&mut self) {
-        drop(self.control.take());
-        if let (Some(child), Some(ws)) = (self.child.take(), self.workspace.take()) {
-            child.abandon(ws);
-        }
+        !sys::has_exited(self.held.pid()).unwrap_or(true)
     }
 }
 
@@ -168,6 +170,11 @@ impl Pool {
 
     fn size_of(&self, profile: &str) -> usize {
         self.sizes.get(profile).copied().unwrap_or(0)
+    }
+
+    /// Whether tasks of `profile` are offered a pooled sandbox.
+    pub(crate) fn serves(&self, profile: &str) -> bool {
+        self.size_of(profile) > 0
     }
 
     /// Runs `spec` in a pooled sandbox if one fits; `None` means: run it
@@ -185,7 +192,7 @@ impl Pool {
         let profile = sandbox.profiles().get(&spec.profile)?;
         let key = (spec.profile.clone(), spec.tenant.clone());
         let fits = fits(profile, spec);
-        let warm = self.take(sandbox, &key, fits);
+        let (warm, _refill) = self.take(sandbox, &key, fits);
         let Some(mut warm) = warm else {
             self.cold_runs.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -213,9 +220,7 @@ impl Pool {
             self.cold_runs.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let (Some(child), Some(workspace)) = (warm.child.take(), warm.workspace.take()) else {
-            return None;
-        };
+        let (child, workspace) = warm.held.into_parts();
         self.pooled_runs.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pid = child.pid, "running in a pooled sandbox");
         let max_output = sandbox.settings().max_output_bytes;
@@ -234,11 +239,21 @@ impl Pool {
     }
 
     /// Marks `key` used, takes a live sandbox from it if `want`, and tops
-    /// the pool up in the background.
-    fn take(self: &Arc<Self>, sandbox: &Sandbox, key: &Key, want: bool) -> Option<Warm> {
+    /// the pool up in the background: at once when it took none or the
+    /// pool is now empty, else when the returned guard drops, after the
+    /// task. A replacement started at once would compete for the CPU with
+    /// the very task that claimed the sandbox (a bwrap start costs several
+    /// milliseconds of CPU; on two cores that slowed a pooled run by about
+    /// a third), while the sandboxes still waiting serve the next requests.
+    fn take(
+        self: &Arc<Self>,
+        sandbox: &Sandbox,
+        key: &Key,
+        want: bool,
+    ) -> (Option<Warm>, Option<RefillOnDrop>) {
         let mut dead = Vec::new();
         let mut got = None;
-        {
+        let later = {
             let mut st = self.lock();
             let State {
                 slots,
@@ -256,12 +271,21 @@ impl Pool {
                 }
                 dead.push(w);
             }
-        }
+            got.is_some() && !slot.ready.is_empty()
+        };
         self.discarded
             .fetch_add(dead.len() as u64, Ordering::Relaxed);
         drop(dead);
+        if later {
+            let guard = RefillOnDrop {
+                pool: Arc::clone(self),
+                sandbox: sandbox.clone(),
+                key: key.clone(),
+            };
+            return (got, Some(guard));
+        }
         self.refill(sandbox, key);
-        got
+        (got, None)
     }
 
     /// Starts as many sandboxes for `key` as it lacks, within `max_total`
@@ -363,14 +387,13 @@ impl Pool {
         };
         let sb = sandbox.clone();
         let (cmd, workspace, _) =
-            tokio::task::spawn_blocking(move || sb.build_with(&spec, None, Some(parts)))
+            tokio::task::spawn_blocking(move || sb.build_with(&spec, None, Some(parts), None))
                 .await
                 .map_err(|e| spawn_err(io::Error::other(e)))??;
         let child = run::start(cmd).await?;
         let mut warm = Warm {
-            child: Some(child),
-            workspace: Some(workspace),
             control: None,
+            held: run::Held::new(child, workspace),
         };
         let ready = async {
             ours.set_nonblocking(true)?;
@@ -390,10 +413,7 @@ impl Pool {
                 Ok(warm)
             }
             Err(e) => {
-                let stderr = match warm.child.as_mut() {
-                    Some(c) => c.early_stderr().await,
-                    None => String::new(),
-                };
+                let stderr = warm.held.child_mut().early_stderr().await;
                 drop(warm);
                 Err(SandboxError::Spawn {
                     source: io::Error::new(e.kind(), format!("{e}: {}", stderr.trim())),

@@ -247,6 +247,51 @@ impl Started {
     }
 }
 
+/// A started sandbox not yet supervised (a pooled one waiting for its
+/// order, a cold one for its gate): dropped, it is killed and reaped and
+/// its host state removed.
+#[derive(Debug)]
+pub(crate) struct Held {
+    child: Option<Started>,
+    workspace: Option<WorkspaceGuard>,
+}
+
+impl Held {
+    pub(crate) fn new(child: Started, workspace: WorkspaceGuard) -> Self {
+        Held {
+            child: Some(child),
+            workspace: Some(workspace),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.pid)
+    }
+
+    pub(crate) fn child_mut(&mut self) -> &mut Started {
+        match self.child.as_mut() {
+            Some(c) => c,
+            None => unreachable!("a Held is only emptied by into_parts"),
+        }
+    }
+
+    /// Hands the sandbox over to [`supervise`].
+    pub(crate) fn into_parts(mut self) -> (Started, WorkspaceGuard) {
+        match (self.child.take(), self.workspace.take()) {
+            (Some(c), Some(w)) => (c, w),
+            _ => unreachable!("a Held is only emptied here"),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let (Some(child), Some(ws)) = (self.child.take(), self.workspace.take()) {
+            child.abandon(ws);
+        }
+    }
+}
+
 impl Started {
     /// What the sandbox wrote to stderr so far (at most 2 KiB, waiting at
     /// most 100 ms): bubblewrap's reason when a pooled sandbox failed to

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mcp_core::{FILES_MOUNT, NetworkAccess, OutputChunk, ResourceLimits, TaskId, WORKSPACE_MOUNT};
 use tokio_util::sync::CancellationToken;
@@ -492,6 +492,81 @@ impl Sandbox {
         self.run_unchecked(spec, egress, on_output, cancel).await
     }
 
+    /// Like [`Sandbox::run`] (no egress), but the command waits for `gate`:
+    /// the sandbox is set up while the gate is pending (task directory,
+    /// cgroup, namespaces, mounts: bubblewrap stops right before it loads
+    /// the seccomp filter and executes the command), the command runs once
+    /// `gate` yields true, and the sandbox is killed and removed without
+    /// running anything when it yields false (`Ok(None)`). The gateway
+    /// stores a task's approval and its audit record while its sandbox
+    /// starts, instead of before. A profile with a warm pool waits for the
+    /// gate first, then claims a pooled sandbox as `run` does; so does a
+    /// host without cgroups.
+    ///
+    /// A gateway that dies before the gate opens never releases the
+    /// command (see [`sys::gate_pipe`]); the waiting sandbox lives on in
+    /// its task cgroup until the next gateway sweeps it.
+    pub async fn run_gated(
+        &self,
+        spec: RunSpec,
+        gate: impl Future<Output = bool> + Send,
+        on_output: &(dyn Fn(OutputChunk) + Send + Sync),
+        cancel: CancellationToken,
+    ) -> Result<Option<RunOutcome>, SandboxError> {
+        check_tenant(&spec.tenant)?;
+        let pooled = self
+            .inner
+            .pool
+            .get()
+            .is_some_and(|p| p.serves(&spec.profile));
+        // Without a task cgroup, a sandbox left waiting by a gateway that
+        // died could not be found and killed by the next one (bubblewrap
+        // drops its parent-death signal while it sets up), so it starts
+        // only after the gate, as before.
+        let pipe = if pooled || self.inner.cgroups.is_none() {
+            None
+        } else {
+            sys::gate_pipe()
+                .inspect_err(
+                    |e| tracing::debug!(error = %e, "no gate pipe; starting after the gate"),
+                )
+                .ok()
+        };
+        let Some((writer, reader)) = pipe else {
+            if !gate.await {
+                return Ok(None);
+            }
+            return self
+                .run_unchecked(spec, None, on_output, cancel)
+                .await
+                .map(Some);
+        };
+        let span = run_span(&spec);
+        let max_output = self.inner.settings.max_output_bytes;
+        let this = self.clone();
+        let fut = async move {
+            let (cmd, guard, limits) = this.build_off_runtime(spec, None, Some(reader)).await?;
+            let held = run::Held::new(run::start(cmd).await?, guard);
+            if !gate.await {
+                // Killed and reaped; bubblewrap never got past --block-fd.
+                drop(held);
+                return Ok(None);
+            }
+            let started = Instant::now();
+            if let Err(e) = sys::open_gate(&writer) {
+                // bubblewrap is gone (its setup failed): supervising it
+                // reports how it ended, as for a cold start.
+                tracing::debug!(error = %e, "cannot open the gate of a sandbox");
+            }
+            drop(writer);
+            let (child, guard) = held.into_parts();
+            run::supervise(child, guard, limits, max_output, on_output, cancel, started)
+                .await
+                .map(Some)
+        };
+        tracing::Instrument::instrument(fut, span).await
+    }
+
     /// Where the egress proxy socket of task `task` goes on the host: in
     /// the workspaces directory (0711), which the sandbox user can
     /// traverse but not list.
@@ -509,11 +584,7 @@ impl Sandbox {
         on_output: &(dyn Fn(OutputChunk) + Send + Sync),
         cancel: CancellationToken,
     ) -> Result<RunOutcome, SandboxError> {
-        let span = tracing::info_span!(
-            "sandbox.run",
-            task_id = %spec.task_id,
-            profile = %spec.profile
-        );
+        let span = run_span(&spec);
         let max_output = self.inner.settings.max_output_bytes;
         let this = self.clone();
         let fut = async move {
@@ -523,15 +594,25 @@ impl Sandbox {
                     return outcome;
                 }
             }
-            let (cmd, guard, limits) =
-                tokio::task::spawn_blocking(move || this.build(&spec, egress.as_ref()))
-                    .await
-                    .map_err(|e| SandboxError::Spawn {
-                        source: std::io::Error::other(e),
-                    })??;
+            let (cmd, guard, limits) = this.build_off_runtime(spec, egress, None).await?;
             run::execute(cmd, guard, limits, max_output, on_output, cancel).await
         };
         tracing::Instrument::instrument(fut, span).await
+    }
+
+    /// [`Sandbox::build_with`] (no warm parts) on the blocking pool.
+    async fn build_off_runtime(
+        &self,
+        spec: RunSpec,
+        egress: Option<EgressBinding>,
+        block: Option<OwnedFd>,
+    ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.build_with(&spec, egress.as_ref(), None, block))
+            .await
+            .map_err(|e| SandboxError::Spawn {
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// Exactly the bubblewrap command `run` would spawn for `spec` (same
@@ -560,17 +641,19 @@ impl Sandbox {
         spec: &RunSpec,
         egress: Option<&EgressBinding>,
     ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
-        self.build_with(spec, egress, None)
+        self.build_with(spec, egress, None, None)
     }
 
     /// [`Sandbox::build`], or with `warm` the command of a pooled sandbox:
     /// the stub bound at [`crate::stub::STUB_PATH`] and the control channel
-    /// as stdin.
+    /// as stdin; with `block` the command waits for a byte on it
+    /// (bubblewrap's `--block-fd`, see [`sys::gate_pipe`]).
     pub(crate) fn build_with(
         &self,
         spec: &RunSpec,
         egress: Option<&EgressBinding>,
         warm: Option<crate::pool::WarmParts>,
+        block: Option<OwnedFd>,
     ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
         let settings = &self.inner.settings;
         let profile =
@@ -765,6 +848,13 @@ impl Sandbox {
             })?;
         let (options, command) = args.split_at(split);
         let mut blob = Vec::new();
+        if let Some(b) = &block {
+            let fd = b.as_raw_fd().to_string();
+            for a in ["--block-fd", &fd] {
+                blob.extend_from_slice(a.as_bytes());
+                blob.push(0);
+            }
+        }
         if let Some(w) = &warm {
             let fd = w.stub.as_raw_fd().to_string();
             for a in ["--ro-bind-fd", &fd, crate::stub::STUB_PATH] {
@@ -784,6 +874,7 @@ impl Sandbox {
         let args_fd_no = args_fd.as_raw_fd().to_string();
 
         let mut inherit = vec![seccomp, args_fd];
+        inherit.extend(block);
         let mut stdin = None;
         let pooled = warm.is_some();
         if let Some(w) = warm {
@@ -1138,4 +1229,13 @@ pub(crate) fn bwrap_args(a: &BwrapArgs<'_>) -> Vec<OsString> {
         push(&[arg]);
     }
     v
+}
+
+/// The span of one sandbox run.
+fn run_span(spec: &RunSpec) -> tracing::Span {
+    tracing::info_span!(
+        "sandbox.run",
+        task_id = %spec.task_id,
+        profile = %spec.profile
+    )
 }

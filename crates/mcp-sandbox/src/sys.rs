@@ -770,6 +770,50 @@ pub(crate) fn sealed_memfd(name: &CStr, data: &[u8]) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+/// The gate of a sandbox whose command waits for its approval to be
+/// stored: `(writer, reader)`, both close-on-exec. The reader goes to
+/// bubblewrap as `--block-fd`, which it reads after the whole namespace
+/// and mount setup, right before it loads the seccomp filter and executes
+/// the command; one byte on the writer releases it.
+///
+/// The reader is the pipe reopened read-write through `/proc/self/fd`, so
+/// it counts as a writer itself and its read never ends with end-of-file:
+/// a writer that is closed or lost (a gateway that crashed while the
+/// approval was being stored) leaves bubblewrap blocked until it is killed
+/// (its parent-death signal), never running the command. bubblewrap closes
+/// the reader before the exec, so the command does not inherit it.
+pub(crate) fn gate_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors nobody else owns.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let path = CString::new(format!("/proc/self/fd/{}", read.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated path and integer flags.
+    let both = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if both < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open returned a fresh descriptor nobody else owns.
+    let both = unsafe { OwnedFd::from_raw_fd(both) };
+    drop(read);
+    Ok((write, both))
+}
+
+/// Releases a sandbox held by [`gate_pipe`]'s reader.
+pub(crate) fn open_gate(writer: &OwnedFd) -> io::Result<()> {
+    // SAFETY: writes one byte from a static buffer to a descriptor we own.
+    let n = unsafe { libc::write(writer.as_raw_fd(), b"1".as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// An anonymous memfd to export data into (e.g. a BPF program from
 /// libseccomp), close-on-exec.
 pub(crate) fn scratch_memfd(name: &CStr) -> io::Result<File> {

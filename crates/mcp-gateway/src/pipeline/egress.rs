@@ -138,12 +138,22 @@ impl Gateway {
     pub(super) async fn run_sandbox(
         self: &Arc<Self>,
         spec: RunSpec,
+        gate: Option<super::Gate>,
         on_output: &(dyn Fn(OutputChunk) + Send + Sync),
         cancel: CancellationToken,
-    ) -> Result<RunOutcome, SandboxError> {
+    ) -> Result<Option<RunOutcome>, SandboxError> {
         let registered = self.egress.take(spec.task_id);
         if spec.network != NetworkAccess::Restricted {
-            return self.sandbox.run(spec, on_output, cancel).await;
+            return match gate {
+                Some(g) => self.sandbox.run_gated(spec, g, on_output, cancel).await,
+                None => self.sandbox.run(spec, on_output, cancel).await.map(Some),
+            };
+        }
+        // The proxy is bound for a stored task only.
+        if let Some(g) = gate
+            && !g.await
+        {
+            return Ok(None);
         }
         let Some(task) = registered else {
             // Fail closed: without its decision context a task gets no proxy.
@@ -201,7 +211,7 @@ impl Gateway {
         if served.await.is_err() {
             let _ = tokio::fs::remove_file(&socket).await;
         }
-        outcome
+        outcome.map(Some)
     }
 }
 

@@ -332,13 +332,38 @@ async fn a_decision_its_record_and_its_task_are_stored_together() {
         &["CREATE TRIGGER tasks_down BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'tasks down'); END"],
     )
     .await;
-    let (code, msg) = code_of(gw.client.run(cmd("echo", &["refused"])).await);
+    // Its sandbox is set up while the task is being stored; the command
+    // would leave a file behind if it ran.
+    let marker = "refused-ran";
+    let write = format!("open('/files/{marker}', 'w').write('ran')");
+    let refused = cmd("python3", &["-c", &write]);
+    let (code, msg) = code_of(gw.client.run(refused).await);
     assert_eq!(code, Code::Unavailable, "{msg}");
     assert_eq!(count(&db, "decisions").await, decisions);
-    // No task row, so no worker was started.
     assert_eq!(count(&db, "tasks").await, 1);
     // The refused run left no record either.
     assert_eq!(records(&db).await.len(), audited);
+    // Nothing ran, and the discarded sandbox leaves nothing behind.
+    let workspaces = tmp.path().join("data").join("workspaces");
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(&workspaces)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !leftovers().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(leftovers(), Vec::<String>::new());
+    let ran = walkdir(tmp.path())
+        .into_iter()
+        .filter(|p| p.ends_with(marker))
+        .collect::<Vec<_>>();
+    assert_eq!(ran, Vec::<PathBuf>::new(), "the refused command ran");
     sql(&db, &["DROP TRIGGER tasks_down"]).await;
     let again = gw.client.run(cmd("ls", &["no-such-file"])).await.unwrap();
     assert_eq!(state(&again), TaskStatus::TaskCompleted);
@@ -355,4 +380,17 @@ async fn a_decision_its_record_and_its_task_are_stored_together() {
     );
     let (code, out) = verify(&db, None);
     assert_eq!(code, 0, "{out}");
+}
+
+/// Every path under `dir`.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
 }

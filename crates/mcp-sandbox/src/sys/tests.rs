@@ -283,3 +283,45 @@ fn lean_roots_drop_duplicates_nested_paths_and_the_root() {
         .collect();
     assert_eq!(roots, want);
 }
+
+/// `poll` for input on `fd` for `ms`: the revents, 0 on timeout.
+fn poll_in(fd: &OwnedFd, ms: i32) -> i16 {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+    p.revents
+}
+
+#[test]
+fn a_gate_opens_on_its_byte_and_never_on_a_lost_writer() {
+    // Opened: the reader gets exactly the byte.
+    let (writer, reader) = super::gate_pipe().unwrap();
+    assert_eq!(poll_in(&reader, 0), 0, "a fresh gate is closed");
+    super::open_gate(&writer).unwrap();
+    assert_ne!(poll_in(&reader, 1000) & libc::POLLIN, 0);
+    let mut b = [0u8; 2];
+    // SAFETY: reads into a buffer we own.
+    let n = unsafe { libc::read(reader.as_raw_fd(), b.as_mut_ptr().cast(), 2) };
+    assert_eq!((n, b[0]), (1, b'1'));
+
+    // Lost writer (what a crashed gateway leaves): a plain pipe's reader
+    // would see end-of-file at once, and bubblewrap would go on to exec;
+    // this one stays blocked.
+    let (writer, reader) = super::gate_pipe().unwrap();
+    drop(writer);
+    assert_eq!(poll_in(&reader, 200), 0, "the reader saw end-of-file");
+
+    // Both ends are close-on-exec in the gateway; only the spawn's inherit
+    // list passes the reader on.
+    let (writer, reader) = super::gate_pipe().unwrap();
+    for fd in [&writer, &reader] {
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+    }
+}

@@ -34,6 +34,7 @@ fn host_is_root() -> bool {
 }
 
 mod escape;
+mod gated;
 mod pool;
 mod pooled;
 mod uids;

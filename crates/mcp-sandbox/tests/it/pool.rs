@@ -430,3 +430,52 @@ async fn pooled_sandboxes_start_in_a_lean_mount_namespace() {
     );
     assert_eq!(h.sandbox.pool_stats().pooled_runs, 1);
 }
+
+/// A claimed sandbox is replaced after its task, not while it runs (a
+/// bwrap start beside it would compete with it for the CPU), as long as
+/// another one is waiting; a pool left empty by a claim starts its
+/// replacement at once.
+#[tokio::test]
+async fn a_claimed_sandbox_is_replaced_after_its_task_unless_the_pool_ran_dry() {
+    for (size, replaced_during) in [(2usize, false), (1, true)] {
+        let h = Harness::with_profiles(1 << 20, &profiles_dir());
+        enable(&h.sandbox, size);
+        h.sandbox.prewarm("default", "acme").await.unwrap();
+        let spec = h.sh("echo started; sleep 0.6");
+        let sandbox = h.sandbox.clone();
+        let run = tokio::spawn(async move {
+            let ignore = |_: mcp_core::OutputChunk| {};
+            sandbox.run(spec, &ignore, CancellationToken::new()).await
+        });
+        // The claim happened: fewer ready than the size.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.sandbox.pool_stats().pooled_runs == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let during = h.sandbox.pool_stats();
+        assert_eq!(during.pooled_runs, 1, "size {size}: {during:?}");
+        let replacing = during.starting + during.ready >= size;
+        assert_eq!(
+            replacing, replaced_during,
+            "size {size}, during the task: {during:?}"
+        );
+        let out = run.await.unwrap().unwrap();
+        assert_eq!(
+            out.ending,
+            Ending::Exited(0),
+            "{}",
+            text(&out.result.stderr)
+        );
+        // After it, the pool is topped up either way.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h.sandbox.pool_stats().ready < size && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            h.sandbox.pool_stats().ready,
+            size,
+            "size {size}: not refilled"
+        );
+    }
+}
