@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::Shared;
+use futures::future::{BoxFuture, Shared};
 use mcp_core::{
     ChunkKind, Decision, ExecRequest, FileOp, FileRequest, OutputChunk, Principal, RequestLimits,
     TaskId, TaskKind, TaskRecord, TaskResult, TaskState, ValidExec, ValidFile, now, rfc3339,
@@ -1039,10 +1039,7 @@ impl Gateway {
     ) {
         let tenant = spec.tenant.clone();
         let cancel = live.cancel_token();
-        let gate: Option<Gate> = gate.map(|g| {
-            let opened: fn(Result<bool, _>) -> bool = |r| r.unwrap_or(false);
-            g.map(opened).shared()
-        });
+        let gate: Option<Gate> = gate.map(|g| g.map(|r| r.unwrap_or(false)).boxed().shared());
         let shut = || {
             // Not stored: nothing to write, nothing ran.
             debug!("the task's approval was not stored; its sandbox is discarded");
@@ -1457,13 +1454,9 @@ fn decision_record(
     }
 }
 
-/// Opens (`true`) once a task launched while being stored is on disk.
-pub(crate) type Gate = Shared<
-    futures::future::Map<
-        tokio::sync::oneshot::Receiver<bool>,
-        fn(Result<bool, tokio::sync::oneshot::error::RecvError>) -> bool,
-    >,
->;
+/// Opens (`true`) once a task launched while being stored is on disk;
+/// shared by the `running` write and the sandbox.
+pub(crate) type Gate = Shared<BoxFuture<'static, bool>>;
 
 fn run_spec(id: TaskId, caller: &Caller, profile: String, argv0: String, v: ValidExec) -> RunSpec {
     let mut argv = Vec::with_capacity(v.args.len() + 1);

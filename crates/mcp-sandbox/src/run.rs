@@ -265,7 +265,10 @@ impl Held {
     }
 
     pub(crate) fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.pid)
+        match &self.child {
+            Some(c) => c.pid,
+            None => unreachable!("a Held is only emptied by into_parts"),
+        }
     }
 
     pub(crate) fn child_mut(&mut self) -> &mut Started {

@@ -1,15 +1,14 @@
 //! Gated runs: the sandbox is set up while the task's approval is being
 //! stored, and its command runs only once the gate opens.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mcp_core::{NetworkAccess, OutputChunk, ResourceLimits, TaskId};
+use mcp_core::OutputChunk;
 use mcp_sandbox::{Ending, RunSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Harness, processes_matching, sandbox_in, text};
+use crate::{Harness, acme_spec, processes_matching, sandbox_in, text};
 
 /// A command that leaves `marker` in the tenant's files and then sleeps
 /// under a name the test can look for.
@@ -19,7 +18,7 @@ fn marking(h: &Harness, marker: &str) -> RunSpec {
     ))
 }
 
-async fn wait_gone(h: &Harness, spec_ws: &Path, marker: &str) {
+async fn wait_gone(spec_ws: &Path, marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while (spec_ws.exists() || !processes_matching(&format!("sleep 0.{marker}")).is_empty())
         && Instant::now() < deadline
@@ -28,7 +27,6 @@ async fn wait_gone(h: &Harness, spec_ws: &Path, marker: &str) {
     }
     assert!(!spec_ws.exists(), "workspace left behind");
     assert!(processes_matching(&format!("sleep 0.{marker}")).is_empty());
-    let _ = h;
 }
 
 #[tokio::test]
@@ -72,7 +70,7 @@ async fn the_command_runs_only_once_the_gate_opens() {
     );
     assert_eq!(text(&out.result.stdout), "out\n");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "ran\n");
-    wait_gone(&h, &ws, &marker).await;
+    wait_gone(&ws, &marker).await;
 }
 
 #[tokio::test]
@@ -93,7 +91,7 @@ async fn a_closed_gate_runs_nothing_and_leaves_nothing() {
             .await
             .unwrap();
         assert!(out.is_none(), "a closed gate reported a run: {out:?}");
-        wait_gone(&h, &ws, &marker).await;
+        wait_gone(&ws, &marker).await;
         assert!(!h.files_root().join("acme").join(&marker).exists());
     }
 }
@@ -122,22 +120,8 @@ fn a_gateway_that_dies_before_the_gate_opens_runs_nothing() {
         let base = std::path::PathBuf::from(parts.next().unwrap());
         let sandbox = sandbox_in(&base, 1024);
         let argv0 = sandbox.resolve_command("default", "sh").unwrap();
-        let spec = RunSpec {
-            task_id: TaskId::new(),
-            tenant: "acme".into(),
-            profile: "default".into(),
-            argv: vec![
-                argv0,
-                "-c".into(),
-                format!("echo ran > /files/{marker}; sleep 0.{marker}"),
-            ],
-            env: BTreeMap::new(),
-            cwd: String::new(),
-            timeout: Duration::from_secs(60),
-            network: NetworkAccess::None,
-            limits: ResourceLimits::default(),
-            denied_paths: Vec::new(),
-        };
+        let script = format!("echo ran > /files/{marker}; sleep 0.{marker}");
+        let spec = acme_spec(vec![argv0, "-c".into(), script], Duration::from_secs(60));
         let rt = tokio::runtime::Runtime::new().unwrap();
         let gate = async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -147,18 +147,7 @@ impl Harness {
             .unwrap_or_else(|| panic!("{cmd} not found in the default profile"));
         let mut argv = vec![argv0];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
-        RunSpec {
-            task_id: TaskId::new(),
-            tenant: "acme".to_owned(),
-            profile: "default".to_owned(),
-            argv,
-            env: BTreeMap::new(),
-            cwd: String::new(),
-            timeout: Duration::from_secs(30),
-            network: NetworkAccess::None,
-            limits: ResourceLimits::default(),
-            denied_paths: Vec::new(),
-        }
+        acme_spec(argv, Duration::from_secs(30))
     }
 
     fn sh(&self, script: &str) -> RunSpec {
@@ -199,6 +188,22 @@ impl Harness {
             );
         }
         Ok((outcome, chunks.into_inner().unwrap()))
+    }
+}
+
+/// A task of tenant `acme` in the default profile, with nothing else set.
+fn acme_spec(argv: Vec<String>, timeout: Duration) -> RunSpec {
+    RunSpec {
+        task_id: TaskId::new(),
+        tenant: "acme".to_owned(),
+        profile: "default".to_owned(),
+        argv,
+        env: BTreeMap::new(),
+        cwd: String::new(),
+        timeout,
+        network: NetworkAccess::None,
+        limits: ResourceLimits::default(),
+        denied_paths: Vec::new(),
     }
 }
 
@@ -471,18 +476,7 @@ fn gateway_death_kills_its_sandboxes() {
         let sandbox = sandbox_in(&base, 1024);
         let argv0 = sandbox.resolve_command("default", "sh").unwrap();
         let script = format!("echo ready; sleep {marker} & sleep {marker}");
-        let spec = RunSpec {
-            task_id: TaskId::new(),
-            tenant: "acme".into(),
-            profile: "default".into(),
-            argv: vec![argv0, "-c".into(), script],
-            env: BTreeMap::new(),
-            cwd: String::new(),
-            timeout: Duration::from_secs(60),
-            network: NetworkAccess::None,
-            limits: ResourceLimits::default(),
-            denied_paths: Vec::new(),
-        };
+        let spec = acme_spec(vec![argv0, "-c".into(), script], Duration::from_secs(60));
         let rt = tokio::runtime::Runtime::new().unwrap();
         let exit_soon = move |_: OutputChunk| {
             std::thread::spawn(move || {
