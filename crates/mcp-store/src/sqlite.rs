@@ -221,7 +221,7 @@ const CLAIM_KEY_SQL: &str = "INSERT INTO idempotency_keys
 
 /// Connections of a file store: writes take one at a time (the write
 /// gate), reads share the rest.
-const MAX_CONNECTIONS: u32 = 4;
+pub(crate) const MAX_CONNECTIONS: u32 = 4;
 
 /// SQLite page cache per connection, in KiB (the task store's and the
 /// audit log's).
@@ -275,12 +275,27 @@ impl SqliteStore {
             // growing by megabytes over the first 10 000 tasks. Pages not
             // cached here are still in the kernel's page cache.
             .pragma("cache_size", format!("-{CACHE_KIB}"));
+        // Connections are never closed for idleness or age, and all of
+        // them are opened below, once the file is migrated: opened lazily,
+        // the pool grew only under the first concurrent load and idle
+        // connections were closed and reopened later, so the process's
+        // memory and descriptors moved with the traffic instead of staying
+        // flat. (Opening them all at connect raced the first one's switch
+        // to WAL: "database is locked".)
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options)
             .await?;
         // The file exists now, so the gate is keyed by its canonical path.
-        Self::migrated(pool, crate::gate::for_file(path)).await
+        let store = Self::migrated(pool, crate::gate::for_file(path)).await?;
+        let mut all = Vec::with_capacity(MAX_CONNECTIONS as usize);
+        for _ in 0..MAX_CONNECTIONS {
+            all.push(store.pool.acquire().await?);
+        }
+        drop(all);
+        Ok(store)
     }
 
     /// Opens a private in-memory database, for tests and benchmarks. The pool

@@ -315,6 +315,29 @@ async fn migration_0002_keeps_old_decisions_readable() {
     assert_eq!(entry.record.summary, "read x");
 }
 
+/// Descriptors of this process open on `path`.
+fn fds_on(path: &std::path::Path) -> usize {
+    let path = path.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == path)
+        .count()
+}
+
+/// A file store opens every connection of its pool at once and keeps them
+/// (no idle timeout, no maximum age), so its descriptors and memory do not
+/// move with the traffic; each connection holds the database file open.
+#[tokio::test]
+async fn a_file_store_opens_its_whole_pool_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(fds_on(&path), super::sqlite::MAX_CONNECTIONS as usize);
+    store.close().await;
+    assert_eq!(fds_on(&path), 0);
+}
+
 /// Appends queued while a commit is in progress are committed as one
 /// batch; the append whose write is refused gets the store's error, and
 /// those before and after it in the same transaction are stored.

@@ -14,7 +14,9 @@
 //!   (`mcp_policy_eval_duration_seconds`, `mcp_store_write_duration_seconds`,
 //!   sum and count before/after the sequential row) and their share of it;
 //! - RSS and open file descriptors of the gateway process (`/proc/<pid>`):
-//!   idle, after a warm-up, and after N tasks, with the growth.
+//!   idle, after a warm-up, after N tasks and after N more (a leak grows in
+//!   both halves, warm-up only in the first), with the growth and the
+//!   anonymous, file-backed and shared parts of RSS.
 //!
 //! `--quick` (or `MCP_BENCH_QUICK=1`) shrinks every phase so the whole run
 //! takes about a minute; its figures are a smoke test, not results.
@@ -376,6 +378,13 @@ struct Row {
 
 struct Mem {
     rss_kib: u64,
+    /// VmRSS split as the kernel counts it: anonymous memory (the heap,
+    /// stacks: what a leak grows), file-backed pages (the binary's code and
+    /// mapped files, faulted in as code paths are first used) and shared
+    /// memory (SQLite's WAL index).
+    anon_kib: u64,
+    file_kib: u64,
+    shmem_kib: u64,
     fds: usize,
     cpu: Cpu,
 }
@@ -421,6 +430,10 @@ struct Report {
     idle: Mem,
     warm: Mem,
     after: Mem,
+    /// After as many tasks again: a leak grows as much in the second half
+    /// as in the first, bounded warm-up (caches and pools reaching their
+    /// working size) mostly in the first.
+    after2: Mem,
     after_tasks: usize,
     end: Mem,
 }
@@ -525,6 +538,25 @@ impl Report {
             growth(self.warm.fds as f64, self.after.fds as f64),
         );
         println!(
+            "    of which anon {:.1} → {:.1} MiB ({:+.1}%), file {:.1} → {:.1} MiB, shmem {:.1} → {:.1} MiB",
+            self.warm.anon_kib as f64 / 1024.0,
+            self.after.anon_kib as f64 / 1024.0,
+            growth(self.warm.anon_kib as f64, self.after.anon_kib as f64),
+            self.warm.file_kib as f64 / 1024.0,
+            self.after.file_kib as f64 / 1024.0,
+            self.warm.shmem_kib as f64 / 1024.0,
+            self.after.shmem_kib as f64 / 1024.0,
+        );
+        println!(
+            "  after {:>6} more:   RSS {:>7.1} MiB  fds {:>4}   growth RSS {:+.1}%  fds {:+.1}% (anon {:+.1}%)",
+            self.after_tasks,
+            self.after2.rss_kib as f64 / 1024.0,
+            self.after2.fds,
+            growth(self.after.rss_kib as f64, self.after2.rss_kib as f64),
+            growth(self.after.fds as f64, self.after2.fds as f64),
+            growth(self.after.anon_kib as f64, self.after2.anon_kib as f64),
+        );
+        println!(
             "  at the end:          RSS {:>7.1} MiB  fds {:>4}",
             self.end.rss_kib as f64 / 1024.0,
             self.end.fds
@@ -579,6 +611,12 @@ async fn phases(gw: &Gateway, o: &Opts) -> anyhow::Result<Report> {
         eprintln!("  warning: {} errors in the leak run", leak.errors);
     }
     let after = gw.mem()?;
+    eprintln!("  {} more tasks (leak check, second half)…", o.tasks);
+    let leak2 = closed_loop(&clients, 16, o.tasks).await;
+    if leak2.errors > 0 {
+        eprintln!("  warning: {} errors in the leak run", leak2.errors);
+    }
+    let after2 = gw.mem()?;
     // The leak check's sandboxes leave namespace and cgroup teardown to the
     // kernel; without a pause the sequential rows (and the ratio to the raw
     // row, measured on a settled machine) came out up to 30 % slower.
@@ -677,6 +715,7 @@ async fn phases(gw: &Gateway, o: &Opts) -> anyhow::Result<Report> {
         idle,
         warm,
         after,
+        after2,
         after_tasks: o.tasks,
         end,
     })
@@ -958,11 +997,16 @@ impl Gateway {
     fn mem(&self) -> anyhow::Result<Mem> {
         let pid = self.child.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/<pid>/status")?;
+        let kib = |key: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("no {key} in /proc/<pid>/status"))
+        };
+        let rss_kib = kib("VmRSS:")?;
+        let (anon_kib, file_kib, shmem_kib) =
+            (kib("RssAnon:")?, kib("RssFile:")?, kib("RssShmem:")?);
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // Fields after the command name (which may contain spaces): state
@@ -981,7 +1025,14 @@ impl Gateway {
             system: field(15),
             children: field(16) + field(17),
         };
-        Ok(Mem { rss_kib, fds, cpu })
+        Ok(Mem {
+            rss_kib,
+            anon_kib,
+            file_kib,
+            shmem_kib,
+            fds,
+            cpu,
+        })
     }
 
     /// `GET /metrics` over plain HTTP/1.1 (the REST door).
