@@ -105,8 +105,10 @@ pub enum GatewayError {
     RouteNotFound { method: String, path: String },
     #[error("{what} is not implemented yet")]
     Unimplemented { what: &'static str },
-    #[error("the request took longer than {secs}s")]
-    RequestTimeout { secs: u64 },
+    /// No answer within the REST door's time limit or the gRPC client's
+    /// deadline (`grpc-timeout`).
+    #[error("the request took longer than {limit:?}")]
+    RequestTimeout { limit: std::time::Duration },
     #[error("too many requests in flight (limit {limit}); retry later")]
     Busy { limit: usize },
     /// A per-tenant quota (`[quotas]`) is used up; retry after the given time.
@@ -258,7 +260,7 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType { expected, .. } => {
                 json!({ "expected": expected })
             }
-            GatewayError::RequestTimeout { secs } => json!({ "timeout_secs": secs }),
+            GatewayError::RequestTimeout { limit } => json!({ "timeout_secs": limit.as_secs() }),
             GatewayError::Busy { limit } => json!({ "limit": limit }),
             GatewayError::QuotaExceeded {
                 quota,

@@ -476,7 +476,6 @@ impl Gateway {
                 Err(reason) => decision = self.fail_closed(reason),
             }
         }
-        let audit_entry = Self::exec_entry(&decision, id, &valid, argv0.as_deref());
         // Admission (limits, rate, CPU budget, approval, a slot) is decided
         // before anything is stored, so that the decision, its audit record
         // and the task it creates are stored together; a denial or a
@@ -557,32 +556,55 @@ impl Gateway {
             );
             (Some(open), created_at)
         });
-        let stored = self
-            .record_decision_audited(
-                caller,
-                "command",
-                &valid.command,
-                &decision,
-                &details,
-                decision.allow.then_some(id),
-                audit_entry,
-                write,
-            )
-            .await;
-        match launched {
-            Ok((Some(open), created_at)) => {
-                // A dropped sender (this future dropped mid-write) shuts it too.
-                let _ = open.send(stored.is_ok());
-                if stored.is_err() {
-                    self.live.remove(id);
-                }
-                stored.map(|()| Started {
-                    id,
-                    state: TaskState::Created,
-                    created_at,
-                })
+        let (open, launched) = match launched {
+            Ok((open, created_at)) => {
+                let runs = open.is_some();
+                (open, Ok((runs, created_at)))
             }
-            Ok((None, created_at)) => stored.map(|()| {
+            Err(e) => (None, Err(e)),
+        };
+        // The commit, and the gate it opens or shuts, run to their end even
+        // if this request is dropped meanwhile (a client's deadline, a reset
+        // stream): a task stored while its gate stayed shut would stay
+        // created, with no worker, until the next start.
+        let commit = {
+            let gateway = self.clone();
+            let caller = caller.clone();
+            tokio::spawn(async move {
+                let audit_entry = Self::exec_entry(&decision, id, &valid, argv0.as_deref());
+                let stored = gateway
+                    .record_decision_audited(
+                        &caller,
+                        "command",
+                        &valid.command,
+                        &decision,
+                        &details,
+                        decision.allow.then_some(id),
+                        audit_entry,
+                        write,
+                    )
+                    .await;
+                if let Some(open) = open {
+                    let _ = open.send(stored.is_ok());
+                    if stored.is_err() {
+                        gateway.live.remove(id);
+                    }
+                }
+                (stored, decision)
+            })
+        };
+        // Only a panic ends the spawned commit early; its gate's sender is
+        // dropped with it, which shuts the gate.
+        let (stored, decision) = commit.await.map_err(|e| GatewayError::Internal {
+            what: format!("the commit of task {id} failed: {e}"),
+        })?;
+        match launched {
+            Ok((true, created_at)) => stored.map(|()| Started {
+                id,
+                state: TaskState::Created,
+                created_at,
+            }),
+            Ok((false, created_at)) => stored.map(|()| {
                 info!(task_id = %id, request_id = %caller.request_id, "task waits for approval");
                 Started {
                     id,

@@ -349,7 +349,30 @@ pub async fn app(cfg: &Config, gateway: Arc<Gateway>) -> Result<axum::Router, St
                     };
                     req.extensions_mut().insert(info);
                 }
-                grpc.oneshot(req).await?
+                match grpc_deadline(req.headers()) {
+                    None => grpc.oneshot(req).await?,
+                    Some(limit) => {
+                        let method = grpc_method(req.uri().path());
+                        match tokio::time::timeout(limit, grpc.oneshot(req)).await {
+                            Ok(resp) => resp?,
+                            Err(_) => {
+                                // As at the REST door: the answer is given
+                                // up on, not the work; a task the call had
+                                // started goes on and can be followed by id.
+                                let request_id = uuid::Uuid::now_v7().to_string();
+                                let error = GatewayError::RequestTimeout { limit };
+                                info!(request_id, method, ?limit, "gRPC deadline exceeded");
+                                gateway.metrics().observe_api(
+                                    Api::Grpc,
+                                    method,
+                                    code_name(error.code()),
+                                    started.elapsed(),
+                                );
+                                error.to_status(&request_id).into_http()
+                            }
+                        }
+                    }
+                }
             } else {
                 let ready = req.uri().path() == "/ready";
                 let mut resp = rest.oneshot(req).await?;
@@ -367,7 +390,8 @@ pub async fn app(cfg: &Config, gateway: Arc<Gateway>) -> Result<axum::Router, St
     Ok(axum::Router::new().fallback_service(steer))
 }
 
-/// The `method` label of a gRPC call refused before it reached tonic.
+/// The `method` label of a gRPC call refused before it reached tonic, or
+/// answered by the gateway itself when its deadline passed.
 fn grpc_method(path: &str) -> &'static str {
     match path.strip_prefix("/mcp.McpService/").unwrap_or_default() {
         "Health" => "Health",
@@ -386,9 +410,36 @@ fn grpc_method(path: &str) -> &'static str {
     }
 }
 
+/// The deadline a gRPC client sent (`grpc-timeout`: at most eight digits
+/// and a unit, `H` `M` `S` `m` `u` `n`; gRPC over HTTP/2). It bounds the
+/// time to the answer: all of a unary call (`RunCommand` included), the
+/// start of a streamed one, as tonic's own server does. A malformed value
+/// is ignored, also as tonic does.
+pub(crate) fn grpc_deadline(headers: &axum::http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn is_grpc(req: &Request) -> bool {
     req.headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
+
+#[cfg(test)]
+mod tests;

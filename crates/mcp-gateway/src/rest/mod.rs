@@ -265,13 +265,8 @@ async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Res
         };
         match tokio::time::timeout(time_limit, next.run(req)).await {
             Ok(r) => r,
-            Err(_) => ApiError::new(
-                GatewayError::RequestTimeout {
-                    secs: time_limit.as_secs(),
-                },
-                &caller,
-            )
-            .into_response(),
+            Err(_) => ApiError::new(GatewayError::RequestTimeout { limit: time_limit }, &caller)
+                .into_response(),
         }
     }
     .instrument(span.clone())

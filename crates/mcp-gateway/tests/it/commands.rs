@@ -171,6 +171,92 @@ async fn timeout_kills_the_command_and_records_timed_out() {
     gw.stop().await;
 }
 
+/// A gRPC client's deadline (`grpc-timeout`) ends its call with
+/// DEADLINE_EXCEEDED from the gateway (error 5004); the task the call
+/// started goes on and can be followed by id, as at the REST door. The call
+/// is framed by hand: tonic's client enforces the same header itself and
+/// would give up before the gateway answers.
+#[tokio::test]
+async fn a_grpc_deadline_ends_the_call_and_the_task_goes_on() {
+    let mut gw = TestGateway::start().await;
+    let resp = run_command_with_deadline(&gw, cmd("sleep", &["1"]), "200m").await;
+    assert_eq!(resp.status(), 200);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        header("grpc-status").as_deref(),
+        Some("4"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(header("x-error-code").as_deref(), Some("5004"));
+    assert!(header("grpc-message").unwrap().contains("200ms"));
+
+    let listed = gw
+        .client
+        .list_tasks(mcp_client::ListTasksRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.tasks.len(), 1);
+    let r = wait_terminal(&mut gw.client, &listed.tasks[0].task_id).await;
+    assert_eq!(state(&r), TaskStatus::TaskCompleted);
+    assert_eq!(r.result.unwrap().exit_code, 0);
+    gw.stop().await;
+}
+
+/// `RunCommand` framed by hand with `grpc-timeout: deadline`.
+async fn run_command_with_deadline(
+    gw: &TestGateway,
+    req: mcp_client::CommandRequest,
+    deadline: &str,
+) -> reqwest::Response {
+    let msg = prost::Message::encode_to_vec(&req);
+    let mut body = vec![0u8];
+    body.extend(u32::try_from(msg.len()).unwrap().to_be_bytes());
+    body.extend(msg);
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    http.post(format!("{}/mcp.McpService/RunCommand", gw.endpoint()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", deadline)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A deadline that passes while the task is being stored (here: at once)
+/// abandons the answer, not the commit: a task that was stored runs to its
+/// end instead of staying created with no worker until the next start.
+#[tokio::test]
+async fn a_deadline_during_the_commit_leaves_no_task_behind() {
+    let mut gw = TestGateway::start().await;
+    for _ in 0..10 {
+        let resp = run_command_with_deadline(&gw, cmd("echo", &["hi"]), "1n").await;
+        assert_eq!(resp.status(), 200);
+    }
+    let listed = gw
+        .client
+        .list_tasks(mcp_client::ListTasksRequest::default())
+        .await
+        .unwrap();
+    // A request can also be dropped before it is decided (its body not yet
+    // read), but not all of them are: the deadline passes at the first
+    // wait, which is the commit once the body is in.
+    assert!(!listed.tasks.is_empty());
+    for task in &listed.tasks {
+        let r = wait_terminal(&mut gw.client, &task.task_id).await;
+        assert_eq!(state(&r), TaskStatus::TaskCompleted, "{r:?}");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn cancel_kills_the_process_tree_and_cannot_be_repeated() {
     let mut gw = TestGateway::start().await;

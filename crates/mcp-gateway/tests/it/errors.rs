@@ -70,7 +70,9 @@ fn every_variant() -> Vec<GatewayError> {
         GatewayError::Unimplemented {
             what: "listing tasks",
         },
-        GatewayError::RequestTimeout { secs: 30 },
+        GatewayError::RequestTimeout {
+            limit: std::time::Duration::from_secs(30),
+        },
         GatewayError::Busy { limit: 256 },
         GatewayError::Internal {
             what: "secret internal detail".into(),
