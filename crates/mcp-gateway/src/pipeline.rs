@@ -570,28 +570,31 @@ impl Gateway {
         let commit = {
             let gateway = self.clone();
             let caller = caller.clone();
-            tokio::spawn(async move {
-                let audit_entry = Self::exec_entry(&decision, id, &valid, argv0.as_deref());
-                let stored = gateway
-                    .record_decision_audited(
-                        &caller,
-                        "command",
-                        &valid.command,
-                        &decision,
-                        &details,
-                        decision.allow.then_some(id),
-                        audit_entry,
-                        write,
-                    )
-                    .await;
-                if let Some(open) = open {
-                    let _ = open.send(stored.is_ok());
-                    if stored.is_err() {
-                        gateway.live.remove(id);
+            tokio::spawn(
+                async move {
+                    let audit_entry = Self::exec_entry(&decision, id, &valid, argv0.as_deref());
+                    let stored = gateway
+                        .record_decision_audited(
+                            &caller,
+                            "command",
+                            &valid.command,
+                            &decision,
+                            &details,
+                            decision.allow.then_some(id),
+                            audit_entry,
+                            write,
+                        )
+                        .await;
+                    if let Some(open) = open {
+                        let _ = open.send(stored.is_ok());
+                        if stored.is_err() {
+                            gateway.live.remove(id);
+                        }
                     }
+                    (stored, decision)
                 }
-                (stored, decision)
-            })
+                .in_current_span(),
+            )
         };
         // Only a panic ends the spawned commit early; its gate's sender is
         // dropped with it, which shuts the gate.
