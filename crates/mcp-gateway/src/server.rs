@@ -325,21 +325,19 @@ pub async fn app(cfg: &Config, gateway: Arc<Gateway>) -> Result<axum::Router, St
                 if let Some(failure) = refused
                     && !auth::grpc_is_public(req.uri().path())
                 {
-                    let method = grpc_method(req.uri().path());
                     let request_id = uuid::Uuid::now_v7().to_string();
                     auth::log_failure(
                         &failure,
                         &request_id,
                         peer.map(|p| p.addr.to_string()).as_deref(),
                     );
-                    let error = GatewayError::Unauthenticated;
-                    gateway.metrics().observe_api(
-                        Api::Grpc,
-                        method,
-                        code_name(error.code()),
-                        started.elapsed(),
-                    );
-                    return Ok(error.to_status(&request_id).into_http());
+                    return Ok(steer_answer(
+                        &gateway,
+                        grpc_method(req.uri().path()),
+                        GatewayError::Unauthenticated,
+                        &request_id,
+                        started,
+                    ));
                 }
                 // tonic's `Request::remote_addr` reads its own connect info.
                 if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
@@ -349,29 +347,23 @@ pub async fn app(cfg: &Config, gateway: Arc<Gateway>) -> Result<axum::Router, St
                     };
                     req.extensions_mut().insert(info);
                 }
-                match grpc_deadline(req.headers()) {
-                    None => grpc.oneshot(req).await?,
-                    Some(limit) => {
-                        let method = grpc_method(req.uri().path());
-                        match tokio::time::timeout(limit, grpc.oneshot(req)).await {
-                            Ok(resp) => resp?,
-                            Err(_) => {
-                                // As at the REST door: the answer is given
-                                // up on, not the work; a task the call had
-                                // started goes on and can be followed by id.
-                                let request_id = uuid::Uuid::now_v7().to_string();
-                                let error = GatewayError::RequestTimeout { limit };
-                                info!(request_id, method, ?limit, "gRPC deadline exceeded");
-                                gateway.metrics().observe_api(
-                                    Api::Grpc,
-                                    method,
-                                    code_name(error.code()),
-                                    started.elapsed(),
-                                );
-                                error.to_status(&request_id).into_http()
-                            }
+                let deadline = grpc_deadline(req.headers());
+                let method = grpc_method(req.uri().path());
+                let call = grpc.oneshot(req);
+                match deadline {
+                    None => call.await?,
+                    Some(limit) => match tokio::time::timeout(limit, call).await {
+                        Ok(resp) => resp?,
+                        // As at the REST door: the answer is given up on,
+                        // not the work; a task the call had started goes on
+                        // and can be followed by id.
+                        Err(_) => {
+                            let request_id = uuid::Uuid::now_v7().to_string();
+                            info!(request_id, method, ?limit, "gRPC deadline exceeded");
+                            let error = GatewayError::RequestTimeout { limit };
+                            steer_answer(&gateway, method, error, &request_id, started)
                         }
-                    }
+                    },
                 }
             } else {
                 let ready = req.uri().path() == "/ready";
@@ -388,6 +380,24 @@ pub async fn app(cfg: &Config, gateway: Arc<Gateway>) -> Result<axum::Router, St
         }
     });
     Ok(axum::Router::new().fallback_service(steer))
+}
+
+/// A gRPC call answered here instead of by tonic (refused before it
+/// reached it, or past its deadline): counted like tonic's answers.
+fn steer_answer(
+    gateway: &Gateway,
+    method: &'static str,
+    error: GatewayError,
+    request_id: &str,
+    started: std::time::Instant,
+) -> Response {
+    gateway.metrics().observe_api(
+        Api::Grpc,
+        method,
+        code_name(error.code()),
+        started.elapsed(),
+    );
+    error.to_status(request_id).into_http()
 }
 
 /// The `method` label of a gRPC call refused before it reached tonic, or
@@ -415,7 +425,7 @@ fn grpc_method(path: &str) -> &'static str {
 /// time to the answer: all of a unary call (`RunCommand` included), the
 /// start of a streamed one, as tonic's own server does. A malformed value
 /// is ignored, also as tonic does.
-pub(crate) fn grpc_deadline(headers: &axum::http::HeaderMap) -> Option<std::time::Duration> {
+fn grpc_deadline(headers: &axum::http::HeaderMap) -> Option<std::time::Duration> {
     use std::time::Duration;
     let value = headers.get("grpc-timeout")?.as_bytes();
     let (&unit, digits) = value.split_last()?;

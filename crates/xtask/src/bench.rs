@@ -389,6 +389,39 @@ struct Mem {
     cpu: Cpu,
 }
 
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Growth from `a` to `b`, in per cent.
+fn growth(a: u64, b: u64) -> f64 {
+    100.0 * (b as f64 - a as f64) / a as f64
+}
+
+impl Mem {
+    /// This reading, taken after `label`, and its growth since `from`, with
+    /// RSS split into its anonymous, file-backed and shared parts.
+    fn print_growth(&self, label: &str, from: &Mem) {
+        println!(
+            "  after {label}  RSS {:>7.1} MiB  fds {:>4}   growth RSS {:+.1}%  fds {:+.1}% (target ≤ 5%)",
+            mib(self.rss_kib),
+            self.fds,
+            growth(from.rss_kib, self.rss_kib),
+            growth(from.fds as u64, self.fds as u64),
+        );
+        println!(
+            "    of which anon {:.1} → {:.1} MiB ({:+.1}%), file {:.1} → {:.1} MiB, shmem {:.1} → {:.1} MiB",
+            mib(from.anon_kib),
+            mib(self.anon_kib),
+            growth(from.anon_kib, self.anon_kib),
+            mib(from.file_kib),
+            mib(self.file_kib),
+            mib(from.shmem_kib),
+            mib(self.shmem_kib),
+        );
+    }
+}
+
 /// CPU time of the gateway process (all its threads) and of the children
 /// it reaped (the bwrap processes), in clock ticks of /proc/<pid>/stat.
 #[derive(Clone, Copy)]
@@ -517,48 +550,24 @@ impl Report {
             self.loaded_store.quantile(0.99),
         );
         println!();
-        let growth = |a: f64, b: f64| 100.0 * (b - a) / a;
         println!("gateway process (/proc/<pid>):");
         println!(
             "  idle:                RSS {:>7.1} MiB  fds {:>4}   (target RSS ≤ 30 MiB)",
-            self.idle.rss_kib as f64 / 1024.0,
+            mib(self.idle.rss_kib),
             self.idle.fds
         );
         println!(
             "  after warm-up:       RSS {:>7.1} MiB  fds {:>4}",
-            self.warm.rss_kib as f64 / 1024.0,
+            mib(self.warm.rss_kib),
             self.warm.fds
         );
-        println!(
-            "  after {:>6} tasks:  RSS {:>7.1} MiB  fds {:>4}   growth RSS {:+.1}%  fds {:+.1}% (target ≤ 5%)",
-            self.after_tasks,
-            self.after.rss_kib as f64 / 1024.0,
-            self.after.fds,
-            growth(self.warm.rss_kib as f64, self.after.rss_kib as f64),
-            growth(self.warm.fds as f64, self.after.fds as f64),
-        );
-        println!(
-            "    of which anon {:.1} → {:.1} MiB ({:+.1}%), file {:.1} → {:.1} MiB, shmem {:.1} → {:.1} MiB",
-            self.warm.anon_kib as f64 / 1024.0,
-            self.after.anon_kib as f64 / 1024.0,
-            growth(self.warm.anon_kib as f64, self.after.anon_kib as f64),
-            self.warm.file_kib as f64 / 1024.0,
-            self.after.file_kib as f64 / 1024.0,
-            self.warm.shmem_kib as f64 / 1024.0,
-            self.after.shmem_kib as f64 / 1024.0,
-        );
-        println!(
-            "  after {:>6} more:   RSS {:>7.1} MiB  fds {:>4}   growth RSS {:+.1}%  fds {:+.1}% (anon {:+.1}%)",
-            self.after_tasks,
-            self.after2.rss_kib as f64 / 1024.0,
-            self.after2.fds,
-            growth(self.after.rss_kib as f64, self.after2.rss_kib as f64),
-            growth(self.after.fds as f64, self.after2.fds as f64),
-            growth(self.after.anon_kib as f64, self.after2.anon_kib as f64),
-        );
+        self.after
+            .print_growth(&format!("{:>6} tasks:", self.after_tasks), &self.warm);
+        self.after2
+            .print_growth(&format!("{:>6} more: ", self.after_tasks), &self.after);
         println!(
             "  at the end:          RSS {:>7.1} MiB  fds {:>4}",
-            self.end.rss_kib as f64 / 1024.0,
+            mib(self.end.rss_kib),
             self.end.fds
         );
         let (user, system, children) = self.warm.cpu.per_task_ms(&self.after.cpu, self.after_tasks);
@@ -605,18 +614,8 @@ async fn phases(gw: &Gateway, o: &Opts) -> anyhow::Result<Report> {
     }
     let warm = gw.mem()?;
 
-    eprintln!("  {} tasks at concurrency 16 (leak check)…", o.tasks);
-    let leak = closed_loop(&clients, 16, o.tasks).await;
-    if leak.errors > 0 {
-        eprintln!("  warning: {} errors in the leak run", leak.errors);
-    }
-    let after = gw.mem()?;
-    eprintln!("  {} more tasks (leak check, second half)…", o.tasks);
-    let leak2 = closed_loop(&clients, 16, o.tasks).await;
-    if leak2.errors > 0 {
-        eprintln!("  warning: {} errors in the leak run", leak2.errors);
-    }
-    let after2 = gw.mem()?;
+    let after = leak_run(gw, &clients, o.tasks, "leak check").await?;
+    let after2 = leak_run(gw, &clients, o.tasks, "leak check, second half").await?;
     // The leak check's sandboxes leave namespace and cgroup teardown to the
     // kernel; without a pause the sequential rows (and the ratio to the raw
     // row, measured on a settled machine) came out up to 30 % slower.
@@ -731,6 +730,21 @@ async fn connect(endpoint: &str, n: usize) -> anyhow::Result<Vec<Client>> {
 
 /// `total` calls from `conc` workers, each waiting for its answer before
 /// the next call; workers share `clients` (HTTP/2 connections) round-robin.
+/// `tasks` tasks at concurrency 16, then the gateway's reading.
+async fn leak_run(
+    gw: &Gateway,
+    clients: &[Client],
+    tasks: usize,
+    what: &str,
+) -> anyhow::Result<Mem> {
+    eprintln!("  {tasks} tasks at concurrency 16 ({what})…");
+    let run = closed_loop(clients, 16, tasks).await;
+    if run.errors > 0 {
+        eprintln!("  warning: {} errors in the {what}", run.errors);
+    }
+    gw.mem()
+}
+
 async fn closed_loop(clients: &[Client], conc: usize, total: usize) -> Row {
     let cpu0 = HostCpu::now();
     let t0 = Instant::now();
