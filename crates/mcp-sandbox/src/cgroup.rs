@@ -13,10 +13,11 @@
 //!   bound to v1 hierarchies): one task cgroup per hierarchy at
 //!   `<own path>/mcp-sandbox/gw-<pid>-<start time>/<task id>`.
 //!
-//! The child joins its task cgroup between clone and exec (it writes `0` to
-//! `cgroup.procs` files the gateway opened), so bubblewrap is inside before
-//! it can fork. Task cgroups of a gateway that died (found at the next
-//! start by their `gw-<pid>-<start time>` name) are killed and removed.
+//! The child is inside its task cgroup before bubblewrap can fork: on v2 it
+//! is cloned into it (`clone3` with `CLONE_INTO_CGROUP`), on v1 it writes
+//! `0` to the `tasks` files the gateway opened, between clone and exec.
+//! Task cgroups of a gateway that died (found at the next start by their
+//! `gw-<pid>-<start time>` name) are killed and removed.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::sys;
+use crate::sys::{self, CgroupJoin};
 
 /// Directory (under the gateway's cgroup) holding all task cgroups.
 const PARENT: &str = "mcp-sandbox";
@@ -622,29 +623,43 @@ impl TaskCgroup {
         Ok(())
     }
 
-    /// The files of every hierarchy the child writes `0` to, to join before
-    /// exec. On v1 that is `tasks`: moving only the calling thread (the
-    /// child is single-threaded between clone and exec) skips the kernel's
-    /// global threadgroup lock and its RCU grace period, which made each
-    /// `cgroup.procs` write cost about a millisecond here. v2 domain cgroups
-    /// only take `cgroup.procs`.
-    pub(crate) fn procs_files(&self) -> Result<Vec<OwnedFd>, (PathBuf, io::Error)> {
-        let file = match self.mode {
-            CgroupMode::V1 => "tasks",
-            CgroupMode::V2 => "cgroup.procs",
+    /// How the child joins the task cgroup before exec. On v1 it writes
+    /// `0` to `tasks` of every hierarchy: moving only the calling thread
+    /// (the child is single-threaded between clone and exec) skips the
+    /// kernel's global threadgroup lock and its RCU grace period, which
+    /// made each `cgroup.procs` write cost about a millisecond here. v2
+    /// domain cgroups only take `cgroup.procs`, so there the child is
+    /// cloned into the cgroup instead (see [`CgroupJoin::Into`]).
+    pub(crate) fn join(&self) -> Result<CgroupJoin, (PathBuf, io::Error)> {
+        let open = |p: PathBuf, options: &mut OpenOptions| {
+            options.open(&p).map(OwnedFd::from).map_err(|e| (p, e))
         };
-        self.dirs
-            .iter()
-            .map(|(_, d)| {
-                let p = d.join(file);
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_CLOEXEC)
-                    .open(&p)
-                    .map(OwnedFd::from)
-                    .map_err(|e| (p, e))
-            })
-            .collect()
+        match self.mode {
+            CgroupMode::V1 => self
+                .dirs
+                .iter()
+                .map(|(_, d)| {
+                    open(
+                        d.join("tasks"),
+                        OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC),
+                    )
+                })
+                .collect::<Result<_, _>>()
+                .map(CgroupJoin::Write),
+            CgroupMode::V2 => match self.dirs.as_slice() {
+                [(_, d)] => open(
+                    d.clone(),
+                    OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY),
+                )
+                .map(CgroupJoin::Into),
+                _ => Err((
+                    PathBuf::new(),
+                    io::Error::other("a v2 task cgroup is one directory"),
+                )),
+            },
+        }
     }
 
     /// CPU time used by the whole task so far.

@@ -54,6 +54,7 @@ mod cgroup;
 mod error;
 mod files;
 mod host;
+mod join_bench;
 // Raw mount syscalls, like `sys`; every block carries its SAFETY note.
 #[allow(unsafe_code)]
 mod lean;
@@ -75,6 +76,7 @@ pub use files::FilesRoot;
 pub use host::{
     Feature, HostOptions, HostReport, PoolReport, ProfileReport, UidRangeReport, probe_host,
 };
+pub use join_bench::{JoinLatencies, v2_join_latencies};
 pub use pool::{MAX_POOL_SIZE, PoolSettings, PoolStats};
 pub use profile::{
     FilesystemPolicy, NetworkPolicy, Profile, ProfileLimits, Profiles, SeccompPolicy,

@@ -17,7 +17,7 @@ use crate::error::SandboxError;
 use crate::profile::{Profile, Profiles, is_clean_absolute};
 use crate::run::{self, Ending, RunLimits, RunOutcome};
 use crate::seccomp::{Families, ProfileFilters};
-use crate::sys::{self, ChildSetup, Rlimits, Spawn};
+use crate::sys::{self, CgroupJoin, ChildSetup, Rlimits, Spawn};
 use crate::uids::{UidPool, UidRange};
 use crate::view::{self, Mount, Resolved, View};
 use crate::workspace::{self, WorkspaceGuard};
@@ -735,15 +735,15 @@ impl Sandbox {
         }
 
         let rlimits = self.task_rlimits(profile, spec);
-        let mut cgroup_procs = Vec::new();
+        let mut cgroup = CgroupJoin::None;
         match self.inner.cgroups {
             Some(cgroups) => {
                 let limits = cgroup_limits(profile, &spec.limits);
                 let cgroup_err = |(path, source)| SandboxError::Cgroup { path, source };
                 let cg = TaskCgroup::create(cgroups, &task, &limits).map_err(cgroup_err)?;
-                let opened = cg.procs_files();
+                let joined = cg.join();
                 ws.set_cgroup(cg);
-                cgroup_procs = opened.map_err(cgroup_err)?;
+                cgroup = joined.map_err(cgroup_err)?;
             }
             None if profile.limits.require_cgroup => {
                 return Err(SandboxError::NotEnforceable {
@@ -888,7 +888,7 @@ impl Sandbox {
         };
         let setup = ChildSetup {
             limits: rlimits,
-            cgroup_procs,
+            cgroup,
             inherit,
         };
         let mut bwrap_argv = vec![OsString::from("--args"), args_fd_no.into()];

@@ -1,6 +1,7 @@
 //! The only module with `unsafe`: thin wrappers over the libc calls std does
-//! not offer (starting bubblewrap with `clone(CLONE_VM | CLONE_VFORK)` and
-//! its rlimits and cgroup placement in the child,
+//! not offer (starting bubblewrap with `clone(CLONE_VM | CLONE_VFORK)`, or
+//! `clone3` into its v2 cgroup, and its rlimits and cgroup placement in
+//! the child,
 //! `waitid(WNOWAIT)`, `wait4` with rusage, killing a process group or a
 //! pidfd, sealed memfds for the seccomp program, the landlock ABI probe).
 
@@ -10,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 /// The effective uid of this process.
@@ -43,16 +44,37 @@ pub(crate) struct Rlimits {
 #[derive(Debug)]
 pub(crate) struct ChildSetup {
     pub(crate) limits: Rlimits,
-    /// `cgroup.procs` (v2) or `tasks` (v1) files of the task's cgroup(s),
-    /// opened by the gateway. The child writes `0` (itself) to each before
-    /// exec, so bubblewrap and everything it starts is inside the task
-    /// cgroup before it can fork.
-    /// The kernel checks the opener's credentials, so this works after the
-    /// switch to the unprivileged sandbox user.
-    pub(crate) cgroup_procs: Vec<OwnedFd>,
+    /// How the child enters the task's cgroup(s), before bubblewrap can
+    /// fork.
+    pub(crate) cgroup: CgroupJoin,
     /// Descriptors bubblewrap must inherit (the seccomp program); every
     /// other inherited descriptor above stderr is closed on exec.
     pub(crate) inherit: Vec<OwnedFd>,
+}
+
+/// How a spawned child enters its task cgroup(s).
+#[derive(Debug, Default)]
+pub(crate) enum CgroupJoin {
+    /// It stays in the gateway's.
+    #[default]
+    None,
+    /// It writes `0` (itself) to each of these `tasks` (v1) files before
+    /// exec. The kernel checks the opener's credentials, so this works
+    /// after the switch to the unprivileged sandbox user. Moving only the
+    /// calling thread (the child is single-threaded) skips the kernel's
+    /// global threadgroup lock.
+    Write(Vec<OwnedFd>),
+    /// It is cloned into this v2 cgroup directory (`clone3` with
+    /// `CLONE_INTO_CGROUP`, Linux 5.7): inside from its first instruction,
+    /// with no migration at all. A v2 domain cgroup only takes whole
+    /// processes (`cgroup.procs`), whose migration takes that global lock
+    /// and waits for an RCU grace period unless another write came just
+    /// before: 15.5-16 ms p50 per spawn at 20 ms intervals on the
+    /// reference VM, against 1.3-1.4 ms cloned into the cgroup
+    /// (docs/PERFORMANCE.md). Where `clone3` or the flag is missing (older
+    /// kernels, architectures other than x86_64) the child writes the
+    /// directory's `cgroup.procs` instead, as [`CgroupJoin::Write`].
+    Into(OwnedFd),
 }
 
 /// How to start bubblewrap: an empty environment, `/` as working
@@ -243,12 +265,21 @@ impl Spawn {
             .chain(std::iter::once(std::ptr::null()))
             .collect();
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-        let cgroup_procs: Vec<RawFd> = self
-            .setup
-            .cgroup_procs
-            .iter()
-            .map(AsRawFd::as_raw_fd)
-            .collect();
+        // The v2 task cgroup the child is cloned into; where clone3 cannot
+        // do that, its `cgroup.procs`, which the child writes itself into.
+        let mut fallback = None;
+        let into = match &self.setup.cgroup {
+            CgroupJoin::Into(dir) if clone_into_cgroup_works(dir) => Some(dir.as_raw_fd()),
+            CgroupJoin::Into(dir) => {
+                fallback = Some(procs_file_of(dir)?);
+                None
+            }
+            CgroupJoin::None | CgroupJoin::Write(_) => None,
+        };
+        let cgroup_procs: Vec<RawFd> = match &self.setup.cgroup {
+            CgroupJoin::Write(files) => files.iter().map(AsRawFd::as_raw_fd).collect(),
+            _ => fallback.iter().map(AsRawFd::as_raw_fd).collect(),
+        };
         let inherit: Vec<RawFd> = self.setup.inherit.iter().map(AsRawFd::as_raw_fd).collect();
         // SAFETY: getuid has no preconditions.
         let root = unsafe { libc::getuid() } == 0;
@@ -275,8 +306,19 @@ impl Spawn {
         // (argv, envp, fd lists, C strings) with it, until the clone
         // returned (CLONE_VFORK). It resets the signal handlers before it
         // unblocks signals.
-        let pid =
-            unsafe { clone_vfork(0, child_main, std::ptr::from_ref(&ctx).cast_mut().cast()) }?;
+        let pid = unsafe {
+            clone_vfork(
+                0,
+                into,
+                child_main,
+                std::ptr::from_ref(&ctx).cast_mut().cast(),
+            )
+        }
+        .map_err(|e| match into {
+            // The kernel refused the cgroup (gone, not v2, no permission).
+            Some(_) => io::Error::new(e.kind(), format!("{}: {e}", Step::Cgroup.what())),
+            None => e,
+        })?;
         let failed = Step::from_u32(ctx.failed.load(Ordering::Acquire));
         if failed != Step::None {
             let errno = ctx.errno.load(Ordering::Acquire);
@@ -313,7 +355,7 @@ pub(crate) unsafe fn run_cloned(
     arg: *mut libc::c_void,
 ) -> io::Result<i32> {
     // SAFETY: the caller's contract.
-    let pid = unsafe { clone_vfork(flags, child, arg) }?;
+    let pid = unsafe { clone_vfork(flags, None, child, arg) }?;
     let reaped = reap(pid)?;
     Ok(if libc::WIFEXITED(reaped.status) {
         libc::WEXITSTATUS(reaped.status)
@@ -324,9 +366,12 @@ pub(crate) unsafe fn run_cloned(
 
 /// Clones a child with `CLONE_VM | CLONE_VFORK | SIGCHLD` and `flags` that
 /// runs `child(arg)` on a stack of its own, and records it in [`OWNED`]
-/// (its caller reaps it); answers its pid once it executed or exited. No
-/// signal handler of this process may run in the child, which shares its
-/// memory: every signal is blocked around the clone.
+/// (its caller reaps it); answers its pid once it executed or exited. With
+/// `into`, a v2 cgroup directory, the child is created inside it (`clone3`
+/// with `CLONE_INTO_CGROUP`; the caller checked
+/// [`clone_into_cgroup_works`]). No signal handler of this process may run
+/// in the child, which shares its memory: every signal is blocked around
+/// the clone.
 ///
 /// # Safety
 ///
@@ -337,6 +382,7 @@ pub(crate) unsafe fn run_cloned(
 /// it must not unblock signals before resetting their handlers.
 unsafe fn clone_vfork(
     flags: libc::c_int,
+    into: Option<RawFd>,
     child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     arg: *mut libc::c_void,
 ) -> io::Result<i32> {
@@ -351,18 +397,24 @@ unsafe fn clone_vfork(
     let pid = unsafe {
         libc::sigfillset(all.as_mut_ptr());
         libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
-        let pid = libc::clone(
-            child,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | flags,
-            arg,
-        );
-        let err = io::Error::last_os_error();
+        let cloned = match into {
+            Some(dir) => clone3_into(flags, dir, &stack, child, arg),
+            None => {
+                let pid = libc::clone(
+                    child,
+                    stack.top(),
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD | flags,
+                    arg,
+                );
+                if pid < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(pid)
+                }
+            }
+        };
         libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
-        if pid < 0 {
-            return Err(err);
-        }
-        pid
+        cloned?
     };
     OWNED
         .lock()
@@ -371,6 +423,171 @@ unsafe fn clone_vfork(
     drop(spawning);
     drop(stack);
     Ok(pid)
+}
+
+/// `CLONE_INTO_CGROUP` (linux/sched.h; the libc crate's constant is a
+/// 32-bit `c_int` on this target).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of linux/sched.h up to `cgroup` (its size is
+/// `CLONE_ARGS_SIZE_VER2`, which kernels before 5.7 refuse with `E2BIG`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Whether [`clone3_into`] places children in a cgroup here: 0 not known
+/// yet, 1 yes, 2 no (no `clone3`, a kernel before 5.7 that does not know
+/// `CLONE_INTO_CGROUP`, or not x86_64).
+static CLONE_INTO_CGROUP_STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether children can be cloned into a cgroup, found out once by cloning
+/// a child that exits at once into `dir`. A probe failing for another
+/// reason (the directory is gone, permissions) decides nothing: the spawn
+/// then fails with that error.
+fn clone_into_cgroup_works(dir: &OwnedFd) -> bool {
+    match CLONE_INTO_CGROUP_STATE.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    extern "C" fn exit_at_once(_: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: ends the child at once, running nothing of the parent's.
+        unsafe { libc::_exit(0) }
+    }
+    // SAFETY: the child only calls _exit.
+    match unsafe { clone_vfork(0, Some(dir.as_raw_fd()), exit_at_once, std::ptr::null_mut()) } {
+        Ok(pid) => {
+            let _ = reap(pid);
+            CLONE_INTO_CGROUP_STATE.store(1, Ordering::Relaxed);
+            true
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+            ) =>
+        {
+            CLONE_INTO_CGROUP_STATE.store(2, Ordering::Relaxed);
+            tracing::info!(
+                error = %e,
+                "this kernel cannot clone into a cgroup; sandboxes join theirs through cgroup.procs"
+            );
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// `cgroup.procs` of the cgroup directory `dir`, for writing.
+pub(crate) fn procs_file_of(dir: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: openat on a directory descriptor we borrow, with a constant
+    // relative name; the result is a fresh descriptor or -1.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP | flags)` running
+/// `child(arg)` on `stack`: glibc has no `clone3` wrapper, and a child
+/// sharing this memory must start on a stack of its own, so the syscall
+/// and the child's first call are one block of assembly. `ENOSYS`,
+/// `E2BIG` or `EINVAL` mean a kernel before 5.7 (see
+/// [`clone_into_cgroup_works`]).
+///
+/// # Safety
+///
+/// As for [`clone_vfork`], with every signal blocked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_into(
+    flags: libc::c_int,
+    dir: RawFd,
+    stack: &Stack,
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> io::Result<i32> {
+    let mut args = CloneArgs {
+        // Namespace flags are positive c_ints.
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | flags) as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.base as u64,
+        stack_size: stack.len as u64,
+        cgroup: dir as u64,
+        ..CloneArgs::default()
+    };
+    let ret: i64;
+    // SAFETY: the clone3 syscall with a valid clone_args of the size
+    // passed. The parent continues after `syscall` with the pid (or
+    // -errno) in rax and its own registers and stack untouched (rcx and
+    // r11 are clobbered by `syscall`). The child, with rax = 0, starts at
+    // the same place with the stack pointer at the top of `stack`
+    // (16-byte aligned, so the call below keeps the ABI's alignment),
+    // calls `child(arg)` from r12/r13 (preserved by the kernel), and
+    // exits with its return value should it ever return (it ends with
+    // execve or _exit). Nothing of the parent's stack is touched by the
+    // child, and the parent is suspended (CLONE_VFORK) until the child
+    // executed or exited.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") std::ptr::from_mut(&mut args),
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") child,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(
+            i32::try_from(-ret).unwrap_or(libc::EINVAL),
+        ));
+    }
+    i32::try_from(ret).map_err(|_| io::Error::other("clone3 returned an out-of-range pid"))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_into(
+    _flags: libc::c_int,
+    _dir: RawFd,
+    _stack: &Stack,
+    _child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _arg: *mut libc::c_void,
+) -> io::Result<i32> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
 }
 
 /// An mmapped stack for the clone child, with a guard page below it.
@@ -562,7 +779,7 @@ impl ChildSetup {
                 fsize: u64::MAX,
                 cpu_secs: u64::MAX,
             },
-            cgroup_procs: Vec::new(),
+            cgroup: CgroupJoin::None,
             inherit: Vec::new(),
         }
     }

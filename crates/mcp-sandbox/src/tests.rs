@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -807,6 +808,15 @@ fn v2_task_cgroup_files_on_a_fake_cgroupfs() {
         (s.oom_kills, s.pids_max_hits, s.cpu_throttled_periods),
         (2, 7, 3)
     );
+    // A spawn is cloned into the task cgroup's directory (nothing written
+    // to cgroup.procs; sys's tests clone into a real v2 cgroup).
+    match cg.join().unwrap() {
+        crate::sys::CgroupJoin::Into(dir) => {
+            let at = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).unwrap();
+            assert_eq!(at, d);
+        }
+        other => panic!("a v2 task cgroup is joined by clone3 into it, not {other:?}"),
+    }
     // An empty cgroup is removed (rmdir; a real empty directory here).
     std::fs::remove_dir_all(&d).unwrap();
     std::fs::create_dir(&d).unwrap();
@@ -858,6 +868,25 @@ fn v1_task_cgroup_files_on_a_fake_cgroupfs() {
     assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
     assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "150000");
     assert_eq!(read(&blkio, "blkio.weight"), "500");
+    // A spawn writes itself into every hierarchy's `tasks` (opened here,
+    // so each must exist).
+    for d in [&mem, &pids, &cpu, &acct, &blkio] {
+        std::fs::write(d.join("tasks"), "").unwrap();
+    }
+    match cg.join().unwrap() {
+        crate::sys::CgroupJoin::Write(files) => {
+            let opened: Vec<PathBuf> = files
+                .iter()
+                .map(|f| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap())
+                .collect();
+            let tasks: Vec<PathBuf> = [&mem, &pids, &cpu, &acct, &blkio]
+                .iter()
+                .map(|d| d.join("tasks"))
+                .collect();
+            assert_eq!(opened, tasks);
+        }
+        other => panic!("v1 task cgroups are joined through `tasks`, not {other:?}"),
+    }
 
     std::fs::write(acct.join("cpuacct.usage"), "3000000000\n").unwrap();
     std::fs::write(mem.join("memory.max_usage_in_bytes"), "2097152\n").unwrap();

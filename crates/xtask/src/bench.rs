@@ -5,6 +5,9 @@
 //! - the floor: a bare fork+exec, and the same sandbox spawned directly with
 //!   the exact bwrap argv, seccomp filter and workspace the gateway would use
 //!   (`Sandbox::raw_command`, no gateway);
+//! - what joining a v2 task cgroup adds to a spawn, the old way (the child
+//!   writes `cgroup.procs`) and the new (cloned into it), measured in this
+//!   host's v2 hierarchy even where its sandboxes use v1 ones;
 //! - the gateway (a release `mcp-gateway serve`, a separate process with the
 //!   shipped policies and profiles and a fresh SQLite file), `RunCommand` over
 //!   gRPC: sequential, then closed-loop at each concurrency;
@@ -140,6 +143,10 @@ struct Stats {
     mean: Duration,
 }
 
+/// How far apart the v2 cgroup join spawns are: a `cgroup.procs` write
+/// waits for an RCU grace period unless another write came just before.
+const JOIN_GAP: Duration = Duration::from_millis(20);
+
 fn stats(mut v: Vec<Duration>) -> Stats {
     if v.is_empty() {
         return Stats {
@@ -273,6 +280,14 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
     eprintln!("raw bwrap throughput ({raw_conc} threads)…");
     let raw_tput = raw.throughput(raw_conc, o.n.max(raw_conc))?;
     let raw_tput_steal = cpu2.steal_pct(&HostCpu::now());
+    // This host's sandboxes may use v1 hierarchies (hybrid), production's
+    // are v2: what joining a v2 task cgroup adds to a spawn, measured
+    // apart, spaced as requests at a modest rate would be.
+    let join_n = o.n.min(100);
+    eprintln!("joining a v2 cgroup ({join_n} spawns each way, {JOIN_GAP:?} apart)…");
+    let cpu3 = HostCpu::now();
+    let join = mcp_sandbox::v2_join_latencies(join_n, JOIN_GAP);
+    let join_steal = cpu3.steal_pct(&HostCpu::now());
 
     let mut variants = vec![(bin.clone(), o.gateway_env.clone())];
     if !o.compare_env.is_empty() {
@@ -327,6 +342,43 @@ pub fn main(o: &Opts) -> anyhow::Result<()> {
         "raw bwrap, {raw_conc} threads back to back: {raw_tput:.0} tasks/s (the sandbox's ceiling here; \
          steal {raw_tput_steal:.1}%)"
     );
+    println!();
+    match join {
+        Ok(j) => {
+            println!(
+                "joining a v2 task cgroup: spawn of /bin/true (clone to exec), {JOIN_GAP:?} apart"
+            );
+            let clone_into = stats(j.clone_into);
+            let procs = stats(j.procs_write);
+            row(
+                "  no cgroup (baseline)",
+                &stats(j.none),
+                None,
+                None,
+                join_steal,
+            );
+            row(
+                "  child writes cgroup.procs (before)",
+                &procs,
+                None,
+                None,
+                join_steal,
+            );
+            row(
+                "  clone3 CLONE_INTO_CGROUP (now)",
+                &clone_into,
+                None,
+                None,
+                join_steal,
+            );
+            println!(
+                "  saved per sandbox start on a v2 host: {} ms at p50, {} ms at p99",
+                ms(procs.p50.saturating_sub(clone_into.p50)),
+                ms(procs.p99.saturating_sub(clone_into.p99)),
+            );
+        }
+        Err(e) => println!("joining a v2 task cgroup: not measured here ({e})"),
+    }
     for (name, env, r) in &reports {
         println!();
         println!(

@@ -4,7 +4,9 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::{ChildSetup, Rlimits, Spawn, read_both, reap};
+use crate::join_bench::ScratchV2Cgroup;
+
+use super::{CgroupJoin, ChildSetup, Rlimits, Spawn, read_both, reap};
 
 /// Runs `spawn` to its end: (wait status, stdout, stderr).
 fn run(spawn: Spawn) -> (i32, String, String) {
@@ -55,48 +57,66 @@ fn the_child_starts_with_no_blocked_signals_and_default_sigpipe() {
         libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), old.as_mut_ptr());
     }
-    let spawn = Spawn::new(
-        Path::new("/bin/grep"),
-        ["^Sig", "/proc/self/status"],
-        ChildSetup::none(),
-    )
-    .unwrap();
-    let (status, out, _) = run(spawn);
+    // Both ways of cloning: plain clone, and clone3 into a cgroup.
+    let cg = V2Cgroup::new("signals");
+    let outs: Vec<(i32, String)> = [CgroupJoin::None, CgroupJoin::Into(cg.open())]
+        .into_iter()
+        .map(|cgroup| {
+            let setup = ChildSetup {
+                cgroup,
+                ..ChildSetup::none()
+            };
+            let spawn =
+                Spawn::new(Path::new("/bin/grep"), ["^Sig", "/proc/self/status"], setup).unwrap();
+            let (status, out, _) = run(spawn);
+            (status, out)
+        })
+        .collect();
     // SAFETY: restores the mask saved above.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
     }
-    assert_eq!(status, 0, "{out}");
-    assert_eq!(sig_mask("SigBlk:", &out), 0, "{out}");
-    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
-    assert_eq!(sig_mask("SigIgn:", &out) & sigpipe, 0, "{out}");
+    for (status, out) in outs {
+        assert_eq!(status, 0, "{out}");
+        assert_eq!(sig_mask("SigBlk:", &out), 0, "{out}");
+        let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+        assert_eq!(sig_mask("SigIgn:", &out) & sigpipe, 0, "{out}");
+    }
 }
 
 #[test]
 fn the_child_gets_an_empty_environment_root_cwd_and_only_the_inherited_fds() {
     let leaked = high_fd(900, false);
-    let passed = high_fd(910, true);
-    let setup = ChildSetup {
-        inherit: vec![passed],
-        ..ChildSetup::none()
-    };
-    let script = "wc -c < /proc/$$/environ; pwd; ls /proc/$$/fd";
-    let spawn = Spawn::new(Path::new("/bin/sh"), ["-c", script], setup).unwrap();
-    let (status, out, err) = run(spawn);
-    assert_eq!(status, 0, "{out} {err}");
-    let mut lines = out.lines();
-    assert_eq!(lines.next().map(str::trim), Some("0"), "{out}");
-    assert_eq!(lines.next(), Some("/"), "{out}");
-    let fds: Vec<&str> = lines.collect();
-    assert!(
-        fds.contains(&"910"),
-        "the inherited descriptor is missing: {fds:?}"
-    );
-    let leaked_no = leaked.as_raw_fd().to_string();
-    assert!(
-        !fds.contains(&leaked_no.as_str()),
-        "a descriptor without close-on-exec leaked: {fds:?}"
-    );
+    let cg = V2Cgroup::new("fds");
+    // Both ways of cloning: plain clone, and clone3 into a cgroup.
+    for cgroup in [CgroupJoin::None, CgroupJoin::Into(cg.open())] {
+        let passed = high_fd(910, true);
+        let setup = ChildSetup {
+            inherit: vec![passed],
+            cgroup,
+            ..ChildSetup::none()
+        };
+        let script = "wc -c < /proc/$$/environ; pwd; ls /proc/$$/fd";
+        let spawn = Spawn::new(Path::new("/bin/sh"), ["-c", script], setup).unwrap();
+        let (status, out, err) = run(spawn);
+        assert_eq!(status, 0, "{out} {err}");
+        let mut lines = out.lines();
+        assert_eq!(lines.next().map(str::trim), Some("0"), "{out}");
+        assert_eq!(lines.next(), Some("/"), "{out}");
+        let fds: Vec<&str> = lines.collect();
+        assert!(
+            fds.contains(&"910"),
+            "the inherited descriptor is missing: {fds:?}"
+        );
+        let leaked_no = leaked.as_raw_fd().to_string();
+        assert!(
+            !fds.contains(&leaked_no.as_str()),
+            "a descriptor without close-on-exec leaked: {fds:?}"
+        );
+        // stdio and the inherited one: nothing else (the cgroup
+        // directory included).
+        assert_eq!(fds, ["0", "1", "2", "910"]);
+    }
 }
 
 #[test]
@@ -156,7 +176,7 @@ fn a_failed_step_is_named_and_nothing_runs() {
     let marker = tempfile::tempdir().unwrap();
     let file = marker.path().join("ran");
     let setup = ChildSetup {
-        cgroup_procs: vec![dev_null],
+        cgroup: CgroupJoin::Write(vec![dev_null]),
         ..ChildSetup::none()
     };
     let script = format!("touch {}", file.display());
@@ -164,6 +184,84 @@ fn a_failed_step_is_named_and_nothing_runs() {
     let err = spawn.spawn().unwrap_err();
     assert!(err.to_string().contains("joining the task cgroup"), "{err}");
     assert!(!file.exists(), "the command ran although a step failed");
+}
+
+/// A fresh cgroup in this host's v2 hierarchy (on a hybrid host the
+/// controller-less `unified` mount). Like every sandbox test, this needs
+/// root rather than skipping.
+struct V2Cgroup(ScratchV2Cgroup);
+
+impl V2Cgroup {
+    fn new(name: &str) -> Self {
+        assert_eq!(super::geteuid(), 0, "the sandbox tests run as root");
+        Self(ScratchV2Cgroup::new(&format!("sys-test-{name}")).unwrap())
+    }
+
+    fn open(&self) -> OwnedFd {
+        self.0.open().unwrap()
+    }
+
+    fn path(&self) -> &str {
+        &self.0.path
+    }
+}
+
+/// The v2 cgroup `/proc/self/cgroup` names in a child's output.
+fn v2_line(out: &str) -> Option<&str> {
+    out.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+#[test]
+fn a_child_is_cloned_into_its_v2_cgroup() {
+    let cg = V2Cgroup::new("into");
+    let setup = ChildSetup {
+        cgroup: CgroupJoin::Into(cg.open()),
+        ..ChildSetup::none()
+    };
+    let spawn = Spawn::new(Path::new("/bin/cat"), ["/proc/self/cgroup"], setup).unwrap();
+    let (status, out, err) = run(spawn);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(v2_line(&out), Some(cg.path()), "{out}");
+    // Through clone3, not the cgroup.procs fallback (this kernel is 5.7
+    // or later, on x86_64).
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        super::CLONE_INTO_CGROUP_STATE.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn the_fallback_writes_the_v2_cgroup_procs() {
+    // What a kernel without CLONE_INTO_CGROUP gets instead: the child
+    // writes itself into the directory's cgroup.procs.
+    let cg = V2Cgroup::new("write");
+    let procs = super::procs_file_of(&cg.open()).unwrap();
+    let setup = ChildSetup {
+        cgroup: CgroupJoin::Write(vec![procs]),
+        ..ChildSetup::none()
+    };
+    let spawn = Spawn::new(Path::new("/bin/cat"), ["/proc/self/cgroup"], setup).unwrap();
+    let (status, out, err) = run(spawn);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(v2_line(&out), Some(cg.path()), "{out}");
+}
+
+#[test]
+fn a_directory_that_is_not_a_cgroup_is_refused_and_nothing_runs() {
+    let not_a_cgroup = tempfile::tempdir().unwrap();
+    let file = not_a_cgroup.path().join("ran");
+    let setup = ChildSetup {
+        cgroup: CgroupJoin::Into(OwnedFd::from(
+            std::fs::File::open(not_a_cgroup.path()).unwrap(),
+        )),
+        ..ChildSetup::none()
+    };
+    let script = format!("touch {}", file.display());
+    let spawn = Spawn::new(Path::new("/bin/sh"), ["-c", script.as_str()], setup).unwrap();
+    let err = spawn.spawn().unwrap_err();
+    assert!(err.to_string().contains("joining the task cgroup"), "{err}");
+    assert!(!file.exists(), "the command ran outside its cgroup");
 }
 
 #[test]
