@@ -13,6 +13,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 /// The effective uid of this process.
 pub(crate) fn geteuid() -> u32 {
@@ -1054,6 +1055,31 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
     // SAFETY: the kernel returned a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until one of the processes behind `pidfds` has exited (a pidfd
+/// turns readable once its process is a zombie, after it left its
+/// cgroups), or `timeout` passed. Interrupted waits end early; the caller
+/// looks again either way.
+pub(crate) fn wait_any_exited(pidfds: &[OwnedFd], timeout: Duration) -> io::Result<()> {
+    let mut fds: Vec<libc::pollfd> = pidfds
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let n = libc::nfds_t::try_from(fds.len()).map_err(|_| io::Error::other("too many pidfds"))?;
+    let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of `n` pollfds we own for the call.
+    if unsafe { libc::poll(fds.as_mut_ptr(), n, ms) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// SIGKILLs the process behind `pidfd`. A process that is already gone is

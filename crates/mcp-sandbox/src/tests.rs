@@ -954,3 +954,54 @@ fn restricted_runs_bind_the_proxy_socket_and_forwarder_before_the_root_goes_read
     // Still no host network.
     assert!(!args.iter().any(|a| a == "--share-net"));
 }
+
+/// Destroying a task cgroup kills what is still inside and waits for it to
+/// leave (on pidfds, not sleeps) before removing the directory: a real v2
+/// cgroup (this host's `unified` mount) holding two processes, one of them
+/// in a new session of its own, as a command escaping bwrap's process
+/// group would be. Like every sandbox test, this needs root.
+#[test]
+fn destroying_a_task_cgroup_kills_and_waits_for_everything_inside() {
+    use crate::cgroup::{CgroupMode, TaskCgroup};
+    use crate::join_bench::ScratchV2Cgroup;
+    use crate::sys::{self, CgroupJoin, ChildSetup, Spawn};
+    assert_eq!(sys::geteuid(), 0, "the sandbox tests run as root");
+    let scratch = ScratchV2Cgroup::new("destroy-test").unwrap();
+    let children: Vec<i32> = [vec!["100"], vec!["-c", "setsid sleep 100 & wait"]]
+        .into_iter()
+        .zip(["/bin/sleep", "/bin/sh"])
+        .map(|(args, program)| {
+            let setup = ChildSetup {
+                cgroup: CgroupJoin::Into(scratch.open().unwrap()),
+                ..ChildSetup::none()
+            };
+            Spawn::new(Path::new(program), args, setup)
+                .unwrap()
+                .spawn()
+                .unwrap()
+                .pid
+        })
+        .collect();
+    let procs = scratch.dir.join("cgroup.procs");
+    let listed = || std::fs::read_to_string(&procs).unwrap_or_default();
+    // The shell's setsid child is in there too, once it started.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listed().lines().count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", listed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let task = TaskCgroup::for_test(CgroupMode::V2, vec![(Vec::new(), scratch.dir.clone())]);
+    task.destroy();
+    assert!(
+        !scratch.dir.exists(),
+        "the cgroup was not emptied and removed: {}",
+        listed()
+    );
+    for pid in children {
+        let status = sys::reap(pid).unwrap().status;
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+            "{status}"
+        );
+    }
+}
