@@ -4,7 +4,7 @@
 //! and a [`RunSpec`] into a bubblewrap command with a seccomp filter and a
 //! task cgroup, runs it with rlimits, streams its capped output, enforces
 //! timeout, CPU time and cancellation, reaps it with resource usage and
-//! removes its cgroup and task directory ([`Sandbox`]). It also owns the
+//! removes its cgroup ([`Sandbox`]). It also owns the
 //! gateway's own file operations on tenant files roots ([`FilesRoot`]) and
 //! the host report of `mcp-gateway sandbox check` ([`probe_host`]).
 //! The threat model is `docs/security/THREAT_MODEL.md`; the escape suite
@@ -87,7 +87,7 @@ pub use sandbox::{
 };
 pub use stub::{EXIT_PROTOCOL, STUB_SUBCOMMAND, stub_main};
 pub use uids::UidRange;
-pub use workspace::WorkspaceGuard;
+pub use workspace::TaskGuard;
 
 #[cfg(test)]
 mod tests;

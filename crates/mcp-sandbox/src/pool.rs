@@ -220,14 +220,14 @@ impl Pool {
             self.cold_runs.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let (child, workspace) = warm.held.into_parts();
+        let (child, guard) = warm.held.into_parts();
         self.pooled_runs.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(pid = child.pid, "running in a pooled sandbox");
         let max_output = sandbox.settings().max_output_bytes;
         Some(
             run::supervise(
                 child,
-                workspace,
+                guard,
                 run_limits,
                 max_output,
                 on_output,
@@ -386,14 +386,14 @@ impl Pool {
             stub: stub_fd.into(),
         };
         let sb = sandbox.clone();
-        let (cmd, workspace, _) =
+        let (cmd, guard, _) =
             tokio::task::spawn_blocking(move || sb.build_with(&spec, None, Some(parts), None))
                 .await
                 .map_err(|e| spawn_err(io::Error::other(e)))??;
         let child = run::start(cmd).await?;
         let mut warm = Warm {
             control: None,
-            held: run::Held::new(child, workspace),
+            held: run::Held::new(child, guard),
         };
         let ready = async {
             ours.set_nonblocking(true)?;

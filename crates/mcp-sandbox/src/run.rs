@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cgroup::{CgroupStats, TaskCgroup};
 use crate::error::SandboxError;
 use crate::sys::{self, Spawn, Spawned};
-use crate::workspace::WorkspaceGuard;
+use crate::workspace::TaskGuard;
 
 /// How long output pipes may stay open after bubblewrap was reaped. Every
 /// process of the sandbox dies with it (pid namespace + `--die-with-parent`),
@@ -223,13 +223,13 @@ pub(crate) struct Started {
 
 impl Started {
     /// Kills a sandbox nobody will run a task in (a pooled one that is
-    /// discarded) and reaps it on a thread of its own, then drops
-    /// `workspace` (cgroup and directory).
-    pub(crate) fn abandon(self, workspace: WorkspaceGuard) {
+    /// discarded) and reaps it on a thread of its own, then drops `guard`
+    /// (its cgroup and uid).
+    pub(crate) fn abandon(self, guard: TaskGuard) {
         let proc = Proc {
             pid: self.pid,
             exited: Mutex::new(false),
-            cgroup: workspace.cgroup().cloned(),
+            cgroup: guard.cgroup().cloned(),
         };
         proc.kill();
         drop((self.stdout, self.stderr));
@@ -239,7 +239,7 @@ impl Started {
                 if let Err(e) = proc.wait() {
                     tracing::warn!(error = %e, pid = proc.pid, "cannot reap a discarded sandbox");
                 }
-                drop(workspace);
+                drop(guard);
             });
         if let Err(e) = reaper {
             tracing::warn!(error = %e, "cannot start a thread to reap a discarded sandbox");
@@ -253,14 +253,14 @@ impl Started {
 #[derive(Debug)]
 pub(crate) struct Held {
     child: Option<Started>,
-    workspace: Option<WorkspaceGuard>,
+    guard: Option<TaskGuard>,
 }
 
 impl Held {
-    pub(crate) fn new(child: Started, workspace: WorkspaceGuard) -> Self {
+    pub(crate) fn new(child: Started, guard: TaskGuard) -> Self {
         Held {
             child: Some(child),
-            workspace: Some(workspace),
+            guard: Some(guard),
         }
     }
 
@@ -279,8 +279,8 @@ impl Held {
     }
 
     /// Hands the sandbox over to [`supervise`].
-    pub(crate) fn into_parts(mut self) -> (Started, WorkspaceGuard) {
-        match (self.child.take(), self.workspace.take()) {
+    pub(crate) fn into_parts(mut self) -> (Started, TaskGuard) {
+        match (self.child.take(), self.guard.take()) {
             (Some(c), Some(w)) => (c, w),
             _ => unreachable!("a Held is only emptied here"),
         }
@@ -289,8 +289,8 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let (Some(child), Some(ws)) = (self.child.take(), self.workspace.take()) {
-            child.abandon(ws);
+        if let (Some(child), Some(guard)) = (self.child.take(), self.guard.take()) {
+            child.abandon(guard);
         }
     }
 }
@@ -328,7 +328,7 @@ pub(crate) async fn start(cmd: Spawn) -> Result<Started, SandboxError> {
 }
 
 /// Kills the sandbox if the run future is dropped before it finished; the
-/// detached reaper still reaps it and removes the workspace.
+/// detached reaper still reaps it and releases its cgroup and uid.
 struct KillOnDrop(Arc<Proc>);
 
 impl Drop for KillOnDrop {
@@ -339,10 +339,10 @@ impl Drop for KillOnDrop {
 
 /// Spawns `cmd` (a fully prepared bwrap command), streams its output to
 /// `on_output`, enforces the timeout, the CPU-time limit and `cancel`,
-/// reaps it, empties and removes its cgroup and removes the workspace.
+/// reaps it, and empties and removes its cgroup.
 pub(crate) async fn execute(
     cmd: Spawn,
-    workspace: WorkspaceGuard,
+    guard: TaskGuard,
     limits: RunLimits,
     max_output: usize,
     on_output: &(dyn Fn(OutputChunk) + Send + Sync),
@@ -350,10 +350,7 @@ pub(crate) async fn execute(
 ) -> Result<RunOutcome, SandboxError> {
     let started = Instant::now();
     let child = start(cmd).await?;
-    supervise(
-        child, workspace, limits, max_output, on_output, cancel, started,
-    )
-    .await
+    supervise(child, guard, limits, max_output, on_output, cancel, started).await
 }
 
 /// Everything [`execute`] does once bubblewrap runs: for a cold sandbox
@@ -361,14 +358,14 @@ pub(crate) async fn execute(
 /// `started` is when the task's run began (its execution time).
 pub(crate) async fn supervise(
     child: Started,
-    workspace: WorkspaceGuard,
+    guard: TaskGuard,
     limits: RunLimits,
     max_output: usize,
     on_output: &(dyn Fn(OutputChunk) + Send + Sync),
     cancel: CancellationToken,
     started: Instant,
 ) -> Result<RunOutcome, SandboxError> {
-    let cgroup = workspace.cgroup().cloned();
+    let cgroup = guard.cgroup().cloned();
     let Started {
         pid,
         stdout,
@@ -388,8 +385,8 @@ pub(crate) async fn supervise(
             let r = proc.wait();
             // bwrap's pid-namespace init is gone, so the kernel is killing
             // whatever is left; make sure of it, then measure and remove.
-            let stats = workspace.cgroup().map(|c| c.finish());
-            drop(workspace);
+            let stats = guard.cgroup().map(|c| c.finish());
+            drop(guard);
             r.map(|reaped| (reaped, stats))
         }
     });

@@ -20,7 +20,7 @@ use crate::seccomp::{Families, ProfileFilters};
 use crate::sys::{self, CgroupJoin, ChildSetup, Rlimits, Spawn};
 use crate::uids::{UidPool, UidRange};
 use crate::view::{self, Mount, Resolved, View};
-use crate::workspace::{self, WorkspaceGuard};
+use crate::workspace::{self, TaskGuard};
 
 /// The sandbox user when the gateway runs as root: `nobody`.
 const NOBODY: (u32, u32) = (65534, 65534);
@@ -63,7 +63,9 @@ pub struct SandboxSettings {
     /// root. `None` keeps the gateway's uid, which is only allowed when the
     /// gateway is not root.
     pub run_as: Option<(u32, u32)>,
-    /// Per-task workspaces are created under here.
+    /// Host-side state of running tasks lives here: the egress proxy
+    /// sockets of restricted-network tasks. (A sandbox's `/workspace` is a
+    /// tmpfs of its own, nothing on the host's disk.)
     pub workspaces_dir: PathBuf,
     /// Per-tenant files roots live at `files_root/<tenant>`.
     pub files_root: PathBuf,
@@ -159,7 +161,7 @@ impl Sandbox {
     /// each profile's seccomp filter, sets up this process's cgroups and
     /// checks that every profile can be enforced with them, and creates the
     /// workspaces and files directories (mode 0711: the sandbox user can
-    /// reach its own directory but list none). Fails closed, with a message
+    /// reach its own socket or files directory but list none). Fails closed, with a message
     /// saying what to change, when any profile cannot be enforced here.
     pub fn new(settings: SandboxSettings, profiles: Profiles) -> Result<Sandbox, SandboxError> {
         let executable = std::fs::metadata(&settings.bwrap)
@@ -465,7 +467,7 @@ impl Sandbox {
     /// Runs `spec` to completion: live output goes to `on_output` (capped
     /// per stream, plus one `Event` chunk per truncated stream; no
     /// `ExitCode` chunk), the sandbox is killed on timeout or when `cancel`
-    /// fires, and the workspace is removed afterwards. A non-zero exit,
+    /// fires, and its cgroup is emptied and removed afterwards. A non-zero exit,
     /// timeout or cancellation is an `Ok` outcome.
     pub async fn run(
         &self,
@@ -493,8 +495,8 @@ impl Sandbox {
     }
 
     /// Like [`Sandbox::run`] (no egress), but the command waits for `gate`:
-    /// the sandbox is set up while the gate is pending (task directory,
-    /// cgroup, namespaces, mounts: bubblewrap stops right before it loads
+    /// the sandbox is set up while the gate is pending (task cgroup,
+    /// namespaces, mounts: bubblewrap stops right before it loads
     /// the seccomp filter and executes the command), the command runs once
     /// `gate` yields true, and the sandbox is killed and removed without
     /// running anything when it yields false (`Ok(None)`). The gateway
@@ -606,7 +608,7 @@ impl Sandbox {
         spec: RunSpec,
         egress: Option<EgressBinding>,
         block: Option<OwnedFd>,
-    ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
+    ) -> Result<(Spawn, TaskGuard, RunLimits), SandboxError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.build_with(&spec, egress.as_ref(), None, block))
             .await
@@ -624,23 +626,20 @@ impl Sandbox {
     /// `--die-with-parent` (which fires when the spawning *thread* exits)
     /// cannot cut it short. Limits that need watching (timeout, CPU time)
     /// are the caller's business.
-    pub fn raw_command(
-        &self,
-        spec: &RunSpec,
-    ) -> Result<(RawCommand, WorkspaceGuard), SandboxError> {
+    pub fn raw_command(&self, spec: &RunSpec) -> Result<(RawCommand, TaskGuard), SandboxError> {
         check_tenant(&spec.tenant)?;
         self.build(spec, None)
             .map(|(cmd, guard, _)| (RawCommand(cmd), guard))
     }
 
-    /// Validates `spec`, prepares the task directory, cgroup and tenant
-    /// files dir, and builds the bubblewrap command. Blocking (filesystem
+    /// Validates `spec`, prepares the task cgroup and the tenant's files
+    /// dir, and builds the bubblewrap command. Blocking (filesystem
     /// work).
     fn build(
         &self,
         spec: &RunSpec,
         egress: Option<&EgressBinding>,
-    ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
+    ) -> Result<(Spawn, TaskGuard, RunLimits), SandboxError> {
         self.build_with(spec, egress, None, None)
     }
 
@@ -654,7 +653,7 @@ impl Sandbox {
         egress: Option<&EgressBinding>,
         warm: Option<crate::pool::WarmParts>,
         block: Option<OwnedFd>,
-    ) -> Result<(Spawn, WorkspaceGuard, RunLimits), SandboxError> {
+    ) -> Result<(Spawn, TaskGuard, RunLimits), SandboxError> {
         let settings = &self.inner.settings;
         let profile =
             self.inner
@@ -723,7 +722,7 @@ impl Sandbox {
             _ => self.inner.owner,
         };
         let task = spec.task_id.to_string();
-        let mut ws = workspace::create_workspace(&settings.workspaces_dir, &task, owner)?;
+        let mut guard = TaskGuard::default();
         let files = match (&lease, self.inner.owner) {
             (Some(_), Some(run_as)) => {
                 workspace::ensure_shared_dir(&settings.files_root, &spec.tenant, run_as)?
@@ -731,7 +730,7 @@ impl Sandbox {
             _ => workspace::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?,
         };
         if let Some(l) = lease {
-            ws.set_uid_lease(l);
+            guard.set_uid_lease(l);
         }
 
         let rlimits = self.task_rlimits(profile, spec);
@@ -742,7 +741,7 @@ impl Sandbox {
                 let cgroup_err = |(path, source)| SandboxError::Cgroup { path, source };
                 let cg = TaskCgroup::create(cgroups, &task, &limits).map_err(cgroup_err)?;
                 let joined = cg.join();
-                ws.set_cgroup(cg);
+                guard.set_cgroup(cg);
                 cgroup = joined.map_err(cgroup_err)?;
             }
             None if profile.limits.require_cgroup => {
@@ -913,7 +912,7 @@ impl Sandbox {
             cmd.mnt_ns = Some(ns.mnt);
             cmd.user_ns = ns.user;
         }
-        Ok((cmd, ws, run_limits))
+        Ok((cmd, guard, run_limits))
     }
 }
 

@@ -1,40 +1,30 @@
-//! Per-task workspaces and the directories the sandbox binds.
+//! What the host keeps per task ([`TaskGuard`]) and the directories the
+//! sandbox binds.
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::cgroup::TaskCgroup;
 use crate::error::SandboxError;
 use crate::uids::UidLease;
 
-const REMOVE_ATTEMPTS: u32 = 5;
-
-/// Owns what the host keeps for one task: its private directory and its
-/// cgroup. Dropping it kills whatever is still in the cgroup, removes the
-/// directory with everything in it, and hands the cgroup to a background
-/// thread that removes it (a few milliseconds later).
-#[derive(Debug)]
-pub struct WorkspaceGuard {
-    path: PathBuf,
+/// Owns what the host keeps for one task's sandbox: its cgroup and, when
+/// the gateway leases one uid per sandbox, that uid. Dropping it kills
+/// whatever is still in the cgroup, hands the cgroup to a background
+/// thread that removes it (a few milliseconds later), and then gives the
+/// uid back. The sandbox's `/workspace` is a size-capped tmpfs that dies
+/// with it; nothing of the task is kept on the host's disk.
+#[derive(Debug, Default)]
+pub struct TaskGuard {
     cgroup: Option<Arc<TaskCgroup>>,
-    /// The task's own uid, when the gateway leases one per sandbox;
-    /// dropped after `drop` killed the cgroup and removed the directory.
+    /// Dropped after `drop` killed the cgroup.
     uid_lease: Option<UidLease>,
 }
 
-impl WorkspaceGuard {
-    /// The task's private host directory (0700, owned by the sandbox user).
-    /// The sandbox's `/workspace` is a size-capped tmpfs, not this
-    /// directory; host-side state of the task (such as the egress proxy
-    /// socket of restricted network access, later) lives here.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
+impl TaskGuard {
     pub(crate) fn cgroup(&self) -> Option<&Arc<TaskCgroup>> {
         self.cgroup.as_ref()
     }
@@ -48,28 +38,12 @@ impl WorkspaceGuard {
     }
 }
 
-impl Drop for WorkspaceGuard {
+impl Drop for TaskGuard {
     fn drop(&mut self) {
         if let Some(cg) = self.cgroup.take() {
             // Kill whatever is left now; remove the cgroup in the background.
             cg.kill_all();
             crate::cgroup::destroy_later(cg);
-        }
-        // std's remove_dir_all never follows symlinks, so links the command
-        // planted cannot make the gateway delete anything outside. After a
-        // kill, processes of the sandbox may still be dying for a moment and
-        // create entries concurrently, hence the retries.
-        for attempt in 1..=REMOVE_ATTEMPTS {
-            match fs::remove_dir_all(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(e) if attempt == REMOVE_ATTEMPTS => tracing::warn!(
-                    error = %e,
-                    path = %self.path.display(),
-                    "cannot remove task workspace"
-                ),
-                Err(_) => std::thread::sleep(Duration::from_millis(20 * u64::from(attempt))),
-            }
         }
     }
 }
@@ -83,34 +57,13 @@ fn ws_err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
 
 /// Creates (if needed) a directory the gateway owns and sets its mode, e.g.
 /// the workspaces dir with 0711 so the sandbox user can reach its own
-/// workspace but not list the others.
+/// task's socket there but not list the others.
 pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<PathBuf, SandboxError> {
     fs::create_dir_all(path).map_err(ws_err(path))?;
     fs::set_permissions(path, Permissions::from_mode(mode)).map_err(ws_err(path))?;
     // bubblewrap runs from `/`, so a relative directory (the embedded
     // default `data/files`) would name a different place, or none, to it.
     fs::canonicalize(path).map_err(ws_err(path))
-}
-
-/// Creates a fresh private workspace `dir/name`, mode 0700, owned by `owner`.
-/// Fails if it already exists: a workspace is never shared.
-pub(crate) fn create_workspace(
-    dir: &Path,
-    name: &str,
-    owner: Option<(u32, u32)>,
-) -> Result<WorkspaceGuard, SandboxError> {
-    let path = dir.join(name);
-    DirBuilder::new()
-        .mode(0o700)
-        .create(&path)
-        .map_err(ws_err(&path))?;
-    let guard = WorkspaceGuard {
-        path,
-        cgroup: None,
-        uid_lease: None,
-    };
-    chown_and_mode(&guard.path, owner, 0o700).map_err(ws_err(&guard.path))?;
-    Ok(guard)
 }
 
 /// Makes sure `root/name` exists as a real directory; a new one gets mode

@@ -618,7 +618,7 @@ async fn disk_fill_stops_at_the_caps() {
         "{} bytes reached the host",
         on_host.len()
     );
-    // The task's host directory holds nothing and is gone.
+    // Nothing of the task or of the pooled sandboxes is on the host's disk.
     assert!(!e.h.workspaces().join(task.to_string()).exists());
     for name in e.h.used_pooled() {
         assert!(!e.h.workspaces().join(name).exists());

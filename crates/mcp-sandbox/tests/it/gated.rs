@@ -18,14 +18,14 @@ fn marking(h: &Harness, marker: &str) -> RunSpec {
     ))
 }
 
-async fn wait_gone(spec_ws: &Path, marker: &str) {
+async fn wait_gone(task_cgroup: &Path, marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while (spec_ws.exists() || !processes_matching(&format!("sleep 0.{marker}")).is_empty())
+    while (task_cgroup.exists() || !processes_matching(&format!("sleep 0.{marker}")).is_empty())
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!spec_ws.exists(), "workspace left behind");
+    assert!(!task_cgroup.exists(), "task cgroup left behind");
     assert!(processes_matching(&format!("sleep 0.{marker}")).is_empty());
 }
 
@@ -34,7 +34,7 @@ async fn the_command_runs_only_once_the_gate_opens() {
     let h = Harness::new();
     let marker = format!("41{}", std::process::id());
     let spec = marking(&h, &marker);
-    let ws = h.workspaces().join(spec.task_id.to_string());
+    let ws = h.task_cgroup(spec.task_id);
     let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
     let sandbox = h.sandbox.clone();
     let run = tokio::spawn(async move {
@@ -44,7 +44,7 @@ async fn the_command_runs_only_once_the_gate_opens() {
             .run_gated(spec, gate, &ignore, CancellationToken::new())
             .await
     });
-    // The sandbox is being set up (its task directory exists) but its
+    // The sandbox is being set up (its task cgroup exists) but its
     // command has not run.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !ws.exists() && Instant::now() < deadline {
@@ -79,7 +79,7 @@ async fn a_closed_gate_runs_nothing_and_leaves_nothing() {
     for (i, wait) in [0u64, 100].into_iter().enumerate() {
         let marker = format!("42{}{i}", std::process::id());
         let spec = marking(&h, &marker);
-        let ws = h.workspaces().join(spec.task_id.to_string());
+        let ws = h.task_cgroup(spec.task_id);
         let gate = async move {
             tokio::time::sleep(Duration::from_millis(wait)).await;
             false

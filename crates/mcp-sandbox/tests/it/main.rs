@@ -122,14 +122,27 @@ impl Harness {
         self.used.lock().unwrap().clone()
     }
 
-    fn workspace_names(&self) -> Vec<String> {
-        std::fs::read_dir(self.workspaces())
+    /// The sandboxes that have a task cgroup now: named after their task,
+    /// or a pooled one after the id it was started with. Empty on a host
+    /// without cgroups.
+    fn sandbox_names(&self) -> Vec<String> {
+        let dirs = self.sandbox.enforcement().cgroup_dirs;
+        dirs.first()
+            .and_then(|d| std::fs::read_dir(d).ok())
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| e.file_name().into_string().ok())
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Where the task cgroup of `task` is (in the first hierarchy): it
+    /// exists from the sandbox's set-up until its host state is released.
+    fn task_cgroup(&self, task: TaskId) -> PathBuf {
+        let dirs = self.sandbox.enforcement().cgroup_dirs;
+        let first = dirs.first().expect("the sandbox tests need task cgroups");
+        first.join(task.to_string())
     }
 
     fn workspaces(&self) -> PathBuf {
@@ -173,13 +186,26 @@ impl Harness {
                 .unwrap();
         }
         let before = self.sandbox.pool_stats().pooled_runs;
-        let waiting = self.workspace_names();
+        let waiting = self.sandbox_names();
         let outcome = self.sandbox.run(spec, &on_output, cancel).await?;
-        let now = self.workspace_names();
-        self.used
-            .lock()
-            .unwrap()
-            .extend(waiting.into_iter().filter(|n| !now.contains(n)));
+        if expect_pooled && !waiting.is_empty() {
+            // The pooled sandbox the run used: its cgroup is removed in
+            // the background right after the run.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let now = self.sandbox_names();
+                let gone: Vec<String> = waiting
+                    .iter()
+                    .filter(|n| !now.contains(n))
+                    .cloned()
+                    .collect();
+                if !gone.is_empty() || Instant::now() >= deadline {
+                    self.used.lock().unwrap().extend(gone);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         if expect_pooled {
             assert_eq!(
                 self.sandbox.pool_stats().pooled_runs,
@@ -442,7 +468,7 @@ async fn dropping_the_run_future_kills_reaps_and_cleans_up() {
     let h = Harness::new();
     let marker = format!("33.{}1", std::process::id());
     let spec = h.sh(&format!("sleep {marker}"));
-    let ws = h.workspaces().join(spec.task_id.to_string());
+    let ws = h.task_cgroup(spec.task_id);
     let dropped = tokio::time::timeout(
         Duration::from_millis(500),
         h.run_with(spec, CancellationToken::new()),
@@ -457,7 +483,7 @@ async fn dropping_the_run_future_kills_reaps_and_cleans_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(processes_matching(&format!("sleep {marker}")).is_empty());
-    assert!(!ws.exists(), "workspace left behind");
+    assert!(!ws.exists(), "task cgroup left behind");
 }
 
 const ORPHAN_ENV: &str = "MCP_SANDBOX_IT_DIE_AFTER_MS";
@@ -1154,15 +1180,25 @@ async fn raw_command_is_the_same_sandbox() {
     let h = Harness::new();
     let spec = h.sh("id -u; pwd");
     let (cmd, guard) = h.sandbox.raw_command(&spec).unwrap();
-    assert!(guard.path().is_dir());
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out.stdout);
     assert!(stdout.ends_with("/workspace\n"), "{stdout}");
     assert!(!stdout.starts_with("0\n"), "{stdout}");
-    let ws = guard.path().to_path_buf();
+    // Nothing of the task on the host's disk, and its cgroup goes with
+    // the guard.
+    assert_eq!(std::fs::read_dir(h.workspaces()).unwrap().count(), 0);
+    let task = spec.task_id.to_string();
+    assert!(h.sandbox_names().contains(&task));
     drop(guard);
-    assert!(!ws.exists());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.sandbox_names().contains(&task) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !h.sandbox_names().contains(&task),
+        "task cgroup left behind"
+    );
 }
 
 /// This process's children named bwrap: pid, `/proc/<pid>/stat` and
