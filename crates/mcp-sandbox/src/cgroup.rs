@@ -175,20 +175,11 @@ pub(crate) enum Plan {
 /// when each of them has a v1 hierarchy.
 pub(crate) fn plan(mountinfo: &str, self_cgroup: &str) -> Result<Plan, String> {
     let mounts = parse_mountinfo(mountinfo);
-    let own: Vec<(String, String)> = self_cgroup
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let _id = it.next()?;
-            Some((it.next()?.to_owned(), it.next()?.to_owned()))
-        })
-        .collect();
+    let own = own_cgroups(self_cgroup);
 
     let mut v2_problem = String::from("no cgroup2 filesystem is mounted");
-    if let Some(m) = mounts.iter().find(|m| m.fstype == "cgroup2")
-        && let Some((_, path)) = own.iter().find(|(k, _)| k.is_empty())
-    {
-        match under_mount(&m.mountpoint, &m.root, path) {
+    if let Some((m, path, dir)) = v2_own(&mounts, &own) {
+        match dir {
             Some(dir) => {
                 // Our own cgroup may be the leaf an earlier gateway process
                 // (our parent, re-executing) moved into.
@@ -279,6 +270,46 @@ pub(crate) fn plan(mountinfo: &str, self_cgroup: &str) -> Result<Plan, String> {
         "{v2_problem}, and cgroup v1 has no usable hierarchy for {}",
         missing.join(", ")
     ))
+}
+
+/// `/proc/<pid>/cgroup` as (controllers, path) pairs; v2's has no
+/// controllers.
+fn own_cgroups(self_cgroup: &str) -> Vec<(String, String)> {
+    self_cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            Some((it.next()?.to_owned(), it.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// The cgroup2 mount, our v2 cgroup path, and its directory under that
+/// mount (`None` when our cgroup is outside it). `None` without a cgroup2
+/// mount or a v2 line.
+fn v2_own<'a>(
+    mounts: &'a [MountEntry],
+    own: &'a [(String, String)],
+) -> Option<(&'a MountEntry, &'a str, Option<PathBuf>)> {
+    let m = mounts.iter().find(|m| m.fstype == "cgroup2")?;
+    let (_, path) = own.iter().find(|(k, _)| k.is_empty())?;
+    Some((m, path, under_mount(&m.mountpoint, &m.root, path)))
+}
+
+/// This process's v2 cgroup: its directory, and its path as
+/// `/proc/<pid>/cgroup` shows it. Works on a hybrid host too (the
+/// controller-less `unified` mount).
+pub(crate) fn own_v2_cgroup() -> io::Result<(PathBuf, String)> {
+    let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo")?);
+    let own = own_cgroups(&fs::read_to_string("/proc/self/cgroup")?);
+    match v2_own(&mounts, &own) {
+        Some((_, path, Some(dir))) => Ok((dir, path.to_owned())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "this process has no cgroup in a mounted cgroup2 hierarchy",
+        )),
+    }
 }
 
 #[derive(Debug)]
@@ -631,34 +662,27 @@ impl TaskCgroup {
     /// domain cgroups only take `cgroup.procs`, so there the child is
     /// cloned into the cgroup instead (see [`CgroupJoin::Into`]).
     pub(crate) fn join(&self) -> Result<CgroupJoin, (PathBuf, io::Error)> {
-        let open = |p: PathBuf, options: &mut OpenOptions| {
-            options.open(&p).map(OwnedFd::from).map_err(|e| (p, e))
+        // A file to write, or (v2) the directory itself.
+        let open = |p: PathBuf, write: bool| {
+            let flags = if write { 0 } else { libc::O_DIRECTORY };
+            let opened = OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .custom_flags(libc::O_CLOEXEC | flags)
+                .open(&p);
+            opened.map(OwnedFd::from).map_err(|e| (p, e))
         };
-        match self.mode {
-            CgroupMode::V1 => self
-                .dirs
+        match (self.mode, self.dirs.as_slice()) {
+            (CgroupMode::V1, dirs) => dirs
                 .iter()
-                .map(|(_, d)| {
-                    open(
-                        d.join("tasks"),
-                        OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC),
-                    )
-                })
+                .map(|(_, d)| open(d.join("tasks"), true))
                 .collect::<Result<_, _>>()
                 .map(CgroupJoin::Write),
-            CgroupMode::V2 => match self.dirs.as_slice() {
-                [(_, d)] => open(
-                    d.clone(),
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY),
-                )
-                .map(CgroupJoin::Into),
-                _ => Err((
-                    PathBuf::new(),
-                    io::Error::other("a v2 task cgroup is one directory"),
-                )),
-            },
+            (CgroupMode::V2, [(_, d)]) => open(d.clone(), false).map(CgroupJoin::Into),
+            (CgroupMode::V2, _) => Err((
+                PathBuf::new(),
+                io::Error::other("a v2 task cgroup is one directory"),
+            )),
         }
     }
 
@@ -760,6 +784,12 @@ impl TaskCgroup {
     /// [`finish`]: TaskCgroup::finish
     /// [`destroy`]: TaskCgroup::destroy
     pub(crate) fn kill_all(&self) {
+        self.kill(None);
+    }
+
+    /// [`TaskCgroup::kill_all`], given the pids in the cgroup when the
+    /// caller has just read them (`None`: read them, if needed).
+    fn kill(&self, listed: Option<&[i32]>) {
         if self.removed.load(Ordering::SeqCst) {
             return;
         }
@@ -781,7 +811,8 @@ impl TaskCgroup {
         let Some(ours) = h.cgroup_path(d) else {
             return;
         };
-        for pid in self.pids() {
+        let pids = listed.map_or_else(|| self.pids(), <[i32]>::to_vec);
+        for pid in pids {
             let Ok(fd) = sys::pidfd_open(pid) else {
                 continue;
             };
@@ -825,7 +856,7 @@ impl TaskCgroup {
             if now >= deadline {
                 return false;
             }
-            self.kill_all();
+            self.kill(Some(&pids));
             let wait = ROUND.min(deadline - now);
             let mut gone = true;
             let pidfds: Vec<OwnedFd> = pids
@@ -837,16 +868,19 @@ impl TaskCgroup {
                         .ok()
                 })
                 .collect();
+            // No pidfd because all are gone already: look again at once.
+            // No pidfds on this kernel, no descriptors left, or a failed
+            // poll: sleep a round instead.
             let waited = if pidfds.is_empty() {
-                // All gone already: look again at once. Otherwise (no
-                // pidfds on this kernel, no descriptors left) sleep a round.
-                gone.then_some(()).ok_or(())
+                gone
             } else {
-                sys::wait_any_exited(&pidfds, wait).map_err(|e| {
-                    tracing::debug!(error = %e, "cannot wait on a task's processes");
-                })
+                sys::wait_any_exited(&pidfds, wait)
+                    .inspect_err(
+                        |e| tracing::debug!(error = %e, "cannot wait on a task's processes"),
+                    )
+                    .is_ok()
             };
-            if waited.is_err() {
+            if !waited {
                 std::thread::sleep(wait);
             }
         }

@@ -9,6 +9,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::cgroup;
 use crate::sys::{self, CgroupJoin, ChildSetup, Spawn};
 
 /// A fresh cgroup in this host's v2 hierarchy, under this process's own v2
@@ -22,30 +23,14 @@ pub(crate) struct ScratchV2Cgroup {
 }
 
 impl ScratchV2Cgroup {
-    /// `<v2 mount><own v2 cgroup>/mcp-<name>-<pid>`. Fails without a v2
-    /// hierarchy or the right to create cgroups in it.
+    /// `<own v2 cgroup>/mcp-<name>-<pid>`. Fails without a v2 hierarchy
+    /// or the right to create cgroups in it.
     pub(crate) fn new(name: &str) -> io::Result<Self> {
-        let missing = |what: &str| io::Error::new(io::ErrorKind::NotFound, what.to_owned());
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.split_whitespace().next() == Some("cgroup2"))
-                    .then(|| left.split_whitespace().nth(4).map(str::to_owned))
-                    .flatten()
-            })
-            .ok_or_else(|| missing("no cgroup v2 hierarchy is mounted"))?;
-        let cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
-        let own = cgroup
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .ok_or_else(|| missing("this process has no v2 cgroup"))?
-            .trim_end_matches('/')
-            .to_owned();
-        let path = format!("{own}/mcp-{name}-{}", std::process::id());
-        let dir = PathBuf::from(format!("{mount}{path}"));
+        let (own_dir, own_path) = cgroup::own_v2_cgroup()?;
+        let leaf = format!("mcp-{name}-{}", std::process::id());
+        let dir = own_dir.join(&leaf);
         std::fs::create_dir(&dir)?;
+        let path = format!("{}/{leaf}", own_path.trim_end_matches('/'));
         Ok(Self { dir, path })
     }
 

@@ -59,11 +59,12 @@ pub(crate) enum CgroupJoin {
     /// It stays in the gateway's.
     #[default]
     None,
-    /// It writes `0` (itself) to each of these `tasks` (v1) files before
-    /// exec. The kernel checks the opener's credentials, so this works
-    /// after the switch to the unprivileged sandbox user. Moving only the
-    /// calling thread (the child is single-threaded) skips the kernel's
-    /// global threadgroup lock.
+    /// It writes `0` (itself) to each of these files before exec: v1
+    /// `tasks`, which moves only the calling thread (the child is
+    /// single-threaded) and so skips the kernel's global threadgroup lock;
+    /// or a v2 `cgroup.procs` where [`CgroupJoin::Into`] cannot be used.
+    /// The kernel checks the opener's credentials, so this works after the
+    /// switch to the unprivileged sandbox user.
     Write(Vec<OwnedFd>),
     /// It is cloned into this v2 cgroup directory (`clone3` with
     /// `CLONE_INTO_CGROUP`, Linux 5.7): inside from its first instruction,
@@ -268,18 +269,18 @@ impl Spawn {
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
         // The v2 task cgroup the child is cloned into; where clone3 cannot
         // do that, its `cgroup.procs`, which the child writes itself into.
+        // (Closed when this returns, like the setup's own descriptors.)
         let mut fallback = None;
-        let into = match &self.setup.cgroup {
-            CgroupJoin::Into(dir) if clone_into_cgroup_works(dir) => Some(dir.as_raw_fd()),
-            CgroupJoin::Into(dir) => {
-                fallback = Some(procs_file_of(dir)?);
-                None
+        let (into, cgroup_procs): (Option<RawFd>, Vec<RawFd>) = match &self.setup.cgroup {
+            CgroupJoin::None => (None, Vec::new()),
+            CgroupJoin::Write(files) => (None, files.iter().map(AsRawFd::as_raw_fd).collect()),
+            CgroupJoin::Into(dir) if clone_into_cgroup_works(dir) => {
+                (Some(dir.as_raw_fd()), Vec::new())
             }
-            CgroupJoin::None | CgroupJoin::Write(_) => None,
-        };
-        let cgroup_procs: Vec<RawFd> = match &self.setup.cgroup {
-            CgroupJoin::Write(files) => files.iter().map(AsRawFd::as_raw_fd).collect(),
-            _ => fallback.iter().map(AsRawFd::as_raw_fd).collect(),
+            CgroupJoin::Into(dir) => {
+                let procs = fallback.insert(procs_file_of(dir)?);
+                (None, vec![procs.as_raw_fd()])
+            }
         };
         let inherit: Vec<RawFd> = self.setup.inherit.iter().map(AsRawFd::as_raw_fd).collect();
         // SAFETY: getuid has no preconditions.

@@ -169,14 +169,13 @@ fn a_missing_program_is_not_found() {
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
 }
 
-#[test]
-fn a_failed_step_is_named_and_nothing_runs() {
-    // A read-only descriptor as the cgroup file: the child's write fails.
-    let dev_null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+/// Asserts that a spawn joining its cgroup by `cgroup` fails at that step
+/// and runs nothing.
+fn refused_at_the_cgroup_and_nothing_runs(cgroup: CgroupJoin) {
     let marker = tempfile::tempdir().unwrap();
     let file = marker.path().join("ran");
     let setup = ChildSetup {
-        cgroup: CgroupJoin::Write(vec![dev_null]),
+        cgroup,
         ..ChildSetup::none()
     };
     let script = format!("touch {}", file.display());
@@ -184,6 +183,13 @@ fn a_failed_step_is_named_and_nothing_runs() {
     let err = spawn.spawn().unwrap_err();
     assert!(err.to_string().contains("joining the task cgroup"), "{err}");
     assert!(!file.exists(), "the command ran although a step failed");
+}
+
+#[test]
+fn a_failed_step_is_named_and_nothing_runs() {
+    // A read-only descriptor as the cgroup file: the child's write fails.
+    let dev_null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    refused_at_the_cgroup_and_nothing_runs(CgroupJoin::Write(vec![dev_null]));
 }
 
 /// A fresh cgroup in this host's v2 hierarchy (on a hybrid host the
@@ -206,22 +212,24 @@ impl V2Cgroup {
     }
 }
 
-/// The v2 cgroup `/proc/self/cgroup` names in a child's output.
-fn v2_line(out: &str) -> Option<&str> {
-    out.lines().find_map(|l| l.strip_prefix("0::"))
-}
-
-#[test]
-fn a_child_is_cloned_into_its_v2_cgroup() {
-    let cg = V2Cgroup::new("into");
+/// Asserts that a child joining its cgroup by `cgroup` finds itself in
+/// `cg` (the v2 line of its `/proc/self/cgroup`).
+fn child_lands_in(cg: &V2Cgroup, cgroup: CgroupJoin) {
     let setup = ChildSetup {
-        cgroup: CgroupJoin::Into(cg.open()),
+        cgroup,
         ..ChildSetup::none()
     };
     let spawn = Spawn::new(Path::new("/bin/cat"), ["/proc/self/cgroup"], setup).unwrap();
     let (status, out, err) = run(spawn);
     assert_eq!(status, 0, "{err}");
-    assert_eq!(v2_line(&out), Some(cg.path()), "{out}");
+    let v2 = out.lines().find_map(|l| l.strip_prefix("0::"));
+    assert_eq!(v2, Some(cg.path()), "{out}");
+}
+
+#[test]
+fn a_child_is_cloned_into_its_v2_cgroup() {
+    let cg = V2Cgroup::new("into");
+    child_lands_in(&cg, CgroupJoin::Into(cg.open()));
     // Through clone3, not the cgroup.procs fallback (this kernel is 5.7
     // or later, on x86_64).
     #[cfg(target_arch = "x86_64")]
@@ -237,31 +245,14 @@ fn the_fallback_writes_the_v2_cgroup_procs() {
     // writes itself into the directory's cgroup.procs.
     let cg = V2Cgroup::new("write");
     let procs = super::procs_file_of(&cg.open()).unwrap();
-    let setup = ChildSetup {
-        cgroup: CgroupJoin::Write(vec![procs]),
-        ..ChildSetup::none()
-    };
-    let spawn = Spawn::new(Path::new("/bin/cat"), ["/proc/self/cgroup"], setup).unwrap();
-    let (status, out, err) = run(spawn);
-    assert_eq!(status, 0, "{err}");
-    assert_eq!(v2_line(&out), Some(cg.path()), "{out}");
+    child_lands_in(&cg, CgroupJoin::Write(vec![procs]));
 }
 
 #[test]
 fn a_directory_that_is_not_a_cgroup_is_refused_and_nothing_runs() {
     let not_a_cgroup = tempfile::tempdir().unwrap();
-    let file = not_a_cgroup.path().join("ran");
-    let setup = ChildSetup {
-        cgroup: CgroupJoin::Into(OwnedFd::from(
-            std::fs::File::open(not_a_cgroup.path()).unwrap(),
-        )),
-        ..ChildSetup::none()
-    };
-    let script = format!("touch {}", file.display());
-    let spawn = Spawn::new(Path::new("/bin/sh"), ["-c", script.as_str()], setup).unwrap();
-    let err = spawn.spawn().unwrap_err();
-    assert!(err.to_string().contains("joining the task cgroup"), "{err}");
-    assert!(!file.exists(), "the command ran outside its cgroup");
+    let dir = OwnedFd::from(std::fs::File::open(not_a_cgroup.path()).unwrap());
+    refused_at_the_cgroup_and_nothing_runs(CgroupJoin::Into(dir));
 }
 
 #[test]

@@ -199,10 +199,14 @@ impl Harness {
                     .filter(|n| !now.contains(n))
                     .cloned()
                     .collect();
-                if !gone.is_empty() || Instant::now() >= deadline {
+                if !gone.is_empty() {
                     self.used.lock().unwrap().extend(gone);
                     break;
                 }
+                assert!(
+                    Instant::now() < deadline,
+                    "no pooled sandbox's cgroup went with the run: {waiting:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
