@@ -37,3 +37,18 @@ test_unknown_action_is_refused if {
 test_no_input_is_refused if {
 	not data.mcp.approve with input as {}
 }
+
+two_requirements := object.union(approval_input, {"obligation": {
+	"roles": ["ops", "security"],
+	"reason": "a; b",
+	"requirements": [
+		{"roles": ["ops"], "reason": "a"},
+		{"roles": ["security"], "reason": "b"},
+	],
+}})
+
+test_approver_must_meet_every_requirement if {
+	not data.mcp.approve with input as object.union(two_requirements, {"approver": {"id": "bob", "tenant": "acme", "roles": ["ops"]}})
+	not data.mcp.approve with input as object.union(two_requirements, {"approver": {"id": "bob", "tenant": "acme", "roles": ["security"]}})
+	data.mcp.approve with input as object.union(two_requirements, {"approver": {"id": "bob", "tenant": "acme", "roles": ["ops", "security"]}})
+}

@@ -12,10 +12,10 @@
 #   5. environment  one of those grants applies to the deployment's
 #                 environment tags (input.context.environment)
 #   6. approval   not a denial: when the tenant lists the needed scope in
-#                 approval.scopes, the decision carries the obligation
-#                 require_approval {roles, reason}
+#                 approval.scopes, an entry of `approvals` (main.rego turns
+#                 them into the obligation require_approval)
 #
-# data.json layout (see docs/policy/gates.md):
+# data.json layout (see docs/policy/README.md):
 #   tenants.<tenant>.enabled, .projects.<project>.enabled,
 #   .principals.<id>.active, .principals.<id>.grants[] =
 #     {"tools": [glob], "scope": "read|write|admin", "expires": RFC 3339|null,
@@ -188,9 +188,10 @@ first_gate_failure := sprintf("gate tenant: tenant %q is not known", [input.prin
 deny contains gate_failure if request_kind in handled_kinds
 
 # Gate 6: approval. Not a denial: the gateway must obtain it before running.
-# A tenant that lists scopes but no roles gets an empty role list, which
-# the gateway refuses as a malformed obligation: it fails closed.
-approval := {
+# A requirement among the others (main.rego merges them). A tenant that
+# lists scopes but no roles gets an empty role list, which the gateway
+# refuses as a malformed obligation: it fails closed.
+approvals contains {
 	"roles": object.get(gate_tenant.approval, "roles", []),
 	"reason": sprintf("%q with scope %q needs approval in tenant %q", [request_tool, required_scope, input.principal.tenant]),
 } if {

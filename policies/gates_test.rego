@@ -127,9 +127,11 @@ test_write_scope_needs_approval if {
 	d := decide(cmd_input("alice", "acme", "python3", {"env": "dev"}))
 	d.allow == true
 	d.obligations.profile == "default"
+	reason := `"command:python3" with scope "write" needs approval in tenant "acme"`
 	d.obligations.require_approval == {
 		"roles": ["security-lead"],
-		"reason": `"command:python3" with scope "write" needs approval in tenant "acme"`,
+		"reason": reason,
+		"requirements": [{"roles": ["security-lead"], "reason": reason}],
 	}
 	f := decide(file_input("alice", "reports/q1.csv", "write"))
 	f.obligations.require_approval.roles == ["security-lead"]

@@ -29,13 +29,64 @@ deny contains "mcp_tool request has no tool" if {
 	not is_object(input.request.mcp_tool)
 }
 
-# Every allowed request runs in the default sandbox profile; gates.rego adds
-# require_approval when the tenant wants a human to approve.
-obligations := object.union({"profile": "default"}, approval_obligation) if allow
+# Obligations compose. Any file of package mcp may add to these partial
+# sets, and the merge below lets the strictest win; no file sets an
+# obligation as a complete rule, which would conflict (and fail the decision
+# closed) as soon as two files set it differently. See policies/README.md,
+# "Extending the policies".
+#
+#   approvals contains {"roles": [...], "reason": "..."}
+#       a human must approve; the approver must hold one role of EVERY
+#       entry (require_approval.requirements), so one team's approval
+#       requirement cannot be met by another team's approver alone
+#   redactions contains "<regex>"     every pattern is redacted
+#   limit_caps contains {"cpu_limit"?, "memory_bytes"?, "pids"?, "timeout_secs"?}
+#       each field is capped at the lowest value any entry gives
+#
+# gates.rego adds the tenant's approval requirement (gate 6). The empty
+# definitions below only declare the sets, so that main.rego compiles when
+# no file adds to one of them.
+approvals contains a if some a in []
+
+redactions contains r if some r in []
+
+limit_caps contains c if some c in []
+
+obligations := object.union_n([
+	{"profile": "default"},
+	approval_obligation,
+	redact_obligation,
+	limits_obligation,
+]) if allow
 
 else := {}
 
-approval_obligation := {"require_approval": approval} if approval
+approval_obligation := {"require_approval": {
+	"roles": sort({role | some a in approvals; some role in a.roles}),
+	"reason": concat("; ", sort({a.reason | some a in approvals})),
+	"requirements": [{"roles": sort(a.roles), "reason": a.reason} | some a in approvals],
+}} if count(approvals) > 0
+
+else := {}
+
+# A file written for the older single-rule form (`approval := {...}`)
+# still takes effect, as one more requirement; two such files conflict and
+# fail the decision closed.
+approvals contains approval if approval
+
+approval := a if some a in []
+
+redact_obligation := {"redact": sort(redactions)} if count(redactions) > 0
+
+else := {}
+
+limit_fields := {"cpu_limit", "memory_bytes", "pids", "timeout_secs"}
+
+limits_obligation := {"limits": {field: min(values) |
+	some field in limit_fields
+	values := [cap[field] | some cap in limit_caps; is_number(cap[field])]
+	count(values) > 0
+}} if count(limit_caps) > 0
 
 else := {}
 

@@ -43,3 +43,42 @@ test_decision_has_the_documented_shape if {
 	is_array(d.warnings)
 	is_object(d.obligations)
 }
+
+# Obligations merged from the partial sets other files add to (see
+# "Extending the policies" in policies/README.md).
+
+test_approval_requirements_are_all_kept if {
+	a := data.mcp.approval_obligation with data.mcp.approvals as {
+		{"roles": ["ops"], "reason": "b: ops"},
+		{"roles": ["lead", "security"], "reason": "a: security"},
+	}
+	a.require_approval.roles == ["lead", "ops", "security"]
+	a.require_approval.reason == "a: security; b: ops"
+	count(a.require_approval.requirements) == 2
+	{"roles": ["ops"], "reason": "b: ops"} in a.require_approval.requirements
+}
+
+test_no_approval_requirement_no_obligation if {
+	data.mcp.approval_obligation == {} with data.mcp.approvals as set()
+}
+
+test_limit_caps_keep_the_lowest_of_each_field if {
+	l := data.mcp.limits_obligation with data.mcp.limit_caps as {
+		{"timeout_secs": 60, "memory_bytes": 1024},
+		{"timeout_secs": 30, "pids": 8},
+	}
+	l == {"limits": {"timeout_secs": 30, "memory_bytes": 1024, "pids": 8}}
+}
+
+test_redactions_are_all_kept if {
+	r := data.mcp.redact_obligation with data.mcp.redactions as {"b[0-9]+", "a[0-9]+"}
+	r == {"redact": ["a[0-9]+", "b[0-9]+"]}
+}
+
+test_allowed_decision_carries_the_merged_obligations if {
+	d := data.mcp.decision with input as {"request": {"kind": "file", "file": {"path": "a.txt", "op": "read"}}, "principal": {"id": "anonymous", "tenant": "default"}, "context": {"time": "2025-06-01T12:00:00Z"}}
+		with data.mcp.limit_caps as {{"timeout_secs": 5}}
+		with data.mcp.redactions as {"tok-[a-z]+"}
+	d.allow == true
+	d.obligations == {"profile": "default", "limits": {"timeout_secs": 5}, "redact": ["tok-[a-z]+"]}
+}

@@ -645,7 +645,17 @@ fn approve_input(
         "action": verdict.as_str(),
         "approver": approver,
         "task": task,
-        "obligation": {"roles": run.roles, "reason": run.reason},
+        "obligation": {
+            "roles": run.roles,
+            "reason": run.reason,
+            // Each policy's demand; approve.rego wants one role of each.
+            "requirements": run
+                .obligations
+                .get("require_approval")
+                .and_then(|o| o.get("requirements"))
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!([])),
+        },
     })
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use mcp_policy::{
-    EngineOptions, MASKED, PolicyEngine, PolicyError, PolicyInput, TestOptions, TestReport,
+    EngineOptions, FailureKind, MASKED, PolicyEngine, PolicyError, PolicyInput, TestOptions,
+    TestReport,
 };
 use mcp_store::{DecisionLogEntry, DecisionQuery, StoreError, TaskStore};
 use serde_json::json;
@@ -344,8 +345,18 @@ fn eval(args: &EvalArgs) -> Result<ExitCode, PolicyCliError> {
         "revision": evaluated.revision,
         "latency_us": u64::try_from(evaluated.latency.as_micros()).unwrap_or(u64::MAX),
     });
+    // Like `opa eval`: an evaluation that could not be computed (a conflict
+    // between rules, a builtin error, a time-out) is an error and a
+    // non-zero exit, even though the gateway would answer it with a denial.
+    let mut code = ExitCode::SUCCESS;
     if let Some(why) = &evaluated.failure {
-        out["error"] = json!(why);
+        out["error"] = json!({"kind": why.kind.as_str(), "message": why.detail});
+        if matches!(
+            why.kind,
+            FailureKind::Conflict | FailureKind::Error | FailureKind::Timeout
+        ) {
+            code = ExitCode::from(2);
+        }
     }
     if let Some(x) = explanation {
         out["explain"] = json!({
@@ -355,7 +366,7 @@ fn eval(args: &EvalArgs) -> Result<ExitCode, PolicyCliError> {
         });
     }
     out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `1,2,3,5,7,8` → `1-3,5,7-8`.
@@ -383,6 +394,13 @@ fn check(dir: &Path) -> ExitCode {
     let found = mcp_policy::check(dir);
     for d in &found {
         out!("{d}");
+    }
+    // Warnings (rules that may conflict) do not fail the check: whether
+    // both definitions can apply at once is often more than a lint can tell.
+    if found.is_empty() {
+        for w in mcp_policy::lint(dir) {
+            out!("{w}");
+        }
     }
     if found.is_empty() {
         match PolicyEngine::load(dir) {

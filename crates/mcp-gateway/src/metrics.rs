@@ -83,6 +83,12 @@ struct ReloadLabels {
     outcome: &'static str,
 }
 
+/// Why a policy evaluation failed closed (`mcp_policy::FailureKind`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FailureLabels {
+    kind: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RevisionLabels {
     revision: String,
@@ -159,6 +165,7 @@ pub struct Metrics {
     task_queue_capacity: Gauge,
     policy_revision: Family<RevisionLabels, Gauge>,
     policy_reloads: Family<ReloadLabels, Counter>,
+    policy_eval_failures: Family<FailureLabels, Counter>,
     shadow_disagreements: Counter,
     pool_runs: Family<PoolRunLabels, Counter>,
     pool_ready: Gauge,
@@ -264,6 +271,12 @@ impl Metrics {
             "Policy reloads by outcome; on `failed` the previous revision kept serving",
             policy_reloads.clone(),
         );
+        let policy_eval_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "mcp_policy_eval_failures",
+            "Policy evaluations that failed closed (denied), by kind: conflict (rules disagreed), error (a builtin failed), timeout, undefined, malformed (decision shape), input (refused before evaluation)",
+            policy_eval_failures.clone(),
+        );
         let shadow_disagreements = Counter::default();
         registry.register(
             "mcp_policy_shadow_disagreements",
@@ -317,6 +330,7 @@ impl Metrics {
             task_queue_capacity,
             policy_revision,
             policy_reloads,
+            policy_eval_failures,
             shadow_disagreements,
             pool_runs,
             pool_ready,
@@ -404,15 +418,26 @@ impl Metrics {
                 &self
                     .policy_reloads
                     .get_or_create(&ReloadLabels { outcome: "ok" }),
-                snapshot.policy_reloads,
+                snapshot.policy.reloads,
             );
             catch_up(
                 &self
                     .policy_reloads
                     .get_or_create(&ReloadLabels { outcome: "failed" }),
-                snapshot.policy_reload_failures,
+                snapshot.policy.reload_failures,
             );
-            catch_up(&self.shadow_disagreements, snapshot.shadow_disagreements);
+            for kind in mcp_policy::FailureKind::ALL {
+                catch_up(
+                    &self.policy_eval_failures.get_or_create(&FailureLabels {
+                        kind: kind.as_str(),
+                    }),
+                    snapshot.policy.eval_failures_of(kind),
+                );
+            }
+            catch_up(
+                &self.shadow_disagreements,
+                snapshot.policy.shadow_disagreements,
+            );
             catch_up(
                 &self
                     .pool_runs
@@ -444,10 +469,9 @@ pub struct Snapshot<'a> {
     pub slots: usize,
     pub queue_capacity: usize,
     pub policy_revision: &'a str,
-    /// Totals of the policy service since start.
-    pub policy_reloads: u64,
-    pub policy_reload_failures: u64,
-    pub shadow_disagreements: u64,
+    /// Totals of the policy service since start: reloads, shadow
+    /// disagreements, evaluations that failed closed by kind.
+    pub policy: mcp_policy::ServiceStats,
     /// Warm pool totals since start, and sandboxes waiting now.
     pub pool_runs: u64,
     pub pool_cold_runs: u64,

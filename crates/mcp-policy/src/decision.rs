@@ -17,7 +17,7 @@ const NO_REASON: &str = "denied by policy";
 
 /// The shape `data.mcp.decision` must have; quoted in every shape error so
 /// that the policy author sees what is expected, not only what is wrong.
-pub const DECISION_SHAPE: &str = r#"{"allow": bool, "deny_reasons": [string], "warnings": [string], "obligations": {"profile"?: string, "limits"?: {"cpu_limit"?: number, "memory_bytes"?: int, "pids"?: int, "timeout_secs"?: int}, "require_approval"?: {"roles": [string], "reason": string}, "redact"?: [regex string], "network"?: [{"host": string, "port"?: int, "protocol"?: "tcp"|"udp"}]}}"#;
+pub const DECISION_SHAPE: &str = r#"{"allow": bool, "deny_reasons": [string], "warnings": [string], "obligations": {"profile"?: string, "limits"?: {"cpu_limit"?: number, "memory_bytes"?: int, "pids"?: int, "timeout_secs"?: int}, "require_approval"?: {"roles": [string], "reason": string, "requirements"?: [{"roles": [string], "reason": string}]}, "redact"?: [regex string], "network"?: [{"host": string, "port"?: int, "protocol"?: "tcp"|"udp"}]}}"#;
 
 /// The obligations a policy may attach to an allow. The gateway enforces the
 /// ones it was built for (see [`crate::EngineOptions::enforced`]); a known
@@ -85,9 +85,23 @@ pub struct LimitsObligation {
 /// `obligations.require_approval`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalObligation {
-    /// Any one of these roles may approve.
+    /// Every role that appears in a requirement (without requirements: any
+    /// one of these roles may approve).
     pub roles: Vec<String>,
     /// Shown to the approver.
+    pub reason: String,
+    /// Each policy's demand, merged by `main.rego`: the approver must hold
+    /// one role of every requirement (`approve.rego` decides). Empty for an
+    /// obligation written before requirements existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<ApprovalRequirement>,
+}
+
+/// One policy's approval demand within [`ApprovalObligation`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequirement {
+    /// Any one of these roles meets this requirement; never empty.
+    pub roles: Vec<String>,
     pub reason: String,
 }
 
@@ -284,7 +298,7 @@ fn obligations(value: Option<&Value>) -> Result<ObligationSet, DecisionError> {
 }
 
 const LIMITS_SHAPE: &str = r#"an object {"cpu_limit"?: number, "memory_bytes"?: int, "pids"?: int, "timeout_secs"?: int} of non-negative numbers"#;
-const APPROVAL_SHAPE: &str = r#"an object {"roles": [string, at least one], "reason": string}"#;
+const APPROVAL_SHAPE: &str = r#"an object {"roles": [string, at least one], "reason": string, "requirements"?: [{"roles": [string, at least one], "reason": string}]}"#;
 const NETWORK_SHAPE: &str =
     r#"an array of {"host": string, "port"?: 1-65535, "protocol"?: "tcp"|"udp"}"#;
 
@@ -308,15 +322,52 @@ fn limits(v: &Value) -> Option<LimitsObligation> {
 
 fn approval(v: &Value) -> Option<ApprovalObligation> {
     let obj = v.as_object()?;
-    if obj.keys().any(|k| k != "roles" && k != "reason") {
+    if obj
+        .keys()
+        .any(|k| !matches!(k.as_str(), "roles" | "reason" | "requirements"))
+    {
         return None;
     }
+    let (roles, reason) = roles_and_reason(obj)?;
+    let requirements = match obj.get("requirements") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(list) => list
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let r = r.as_object()?;
+                if r.keys().any(|k| k != "roles" && k != "reason") {
+                    return None;
+                }
+                let (roles, reason) = roles_and_reason(r)?;
+                Some(ApprovalRequirement { roles, reason })
+            })
+            .collect::<Option<Vec<_>>>()?,
+    };
+    // Every role of a requirement must be among the obligation's roles, so
+    // that what the approver is shown and what is checked agree.
+    if requirements
+        .iter()
+        .any(|r| r.roles.iter().any(|role| !roles.contains(role)))
+    {
+        return None;
+    }
+    Some(ApprovalObligation {
+        roles,
+        reason,
+        requirements,
+    })
+}
+
+/// `roles` (at least one: an approval nobody can give fails closed) and
+/// `reason` of an approval object.
+fn roles_and_reason(obj: &Map<String, Value>) -> Option<(Vec<String>, String)> {
     let roles = string_list(obj.get("roles")?)?;
     if roles.is_empty() {
         return None;
     }
     let reason = obj.get("reason")?.as_str()?.to_owned();
-    Some(ApprovalObligation { roles, reason })
+    Some((roles, reason))
 }
 
 fn destinations(v: &Value) -> Option<Vec<Destination>> {

@@ -9,7 +9,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 use sha2::{Digest, Sha256};
 
 use crate::decision::{self, Decoded, ObligationKind, ObligationSet};
-use crate::error::{DecisionError, PolicyError};
+use crate::error::{DecisionError, FailureKind, PolicyError};
 use crate::input::PolicyInput;
 use crate::vm::{Compiled, Run};
 
@@ -108,9 +108,23 @@ pub struct Evaluated {
     /// The decision of the shadow (candidate) policy set, when one is
     /// configured ([`crate::PolicyService`]); never enforced.
     pub shadow: Option<Decision>,
-    /// Why the decision failed closed, in full. It may quote input values
+    /// Why the decision failed closed. Its detail may quote input values
     /// (argv), so it is for `policy eval` and debug logs only.
-    pub failure: Option<String>,
+    pub failure: Option<Failure>,
+}
+
+/// Why an evaluation failed closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The whole message; may quote input values.
+    pub detail: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 impl Evaluated {
@@ -457,11 +471,15 @@ impl PolicyEngine {
             Ok(v) => to_json(&v)
                 .map(Some)
                 .map_err(|_| format!("{path} cannot be decoded")),
-            Err(e) => match describe(&e) {
-                m if m == NO_SUCH_RULE => Ok(None),
-                m => Err(format!(
+            Err(e) => match interpreter_error(&e) {
+                DecisionError::Undefined => Ok(None),
+                DecisionError::Conflict(m) => Err(format!(
+                    "evaluation of {path} failed: eval_conflict_error: {}",
+                    crate::error::short_locations(&m)
+                )),
+                other => Err(format!(
                     "evaluation of {path} failed at {}",
-                    crate::error::eval_location(&m)
+                    crate::error::eval_location(&other.to_string())
                 )),
             },
         }
@@ -477,7 +495,7 @@ impl PolicyEngine {
             );
         }
         let run = match &self.compiled {
-            Some(compiled) => compiled.run(input).map_err(DecisionError::Eval),
+            Some(compiled) => compiled.run(input),
             None => self.interpret(input),
         };
         self.finished(started, run.and_then(|run| self.decode(run)))
@@ -524,14 +542,9 @@ impl PolicyEngine {
         // only per-evaluation state, so concurrent requests never contend.
         let mut engine = self.engine.clone();
         engine.set_input(input);
-        let decision =
-            engine
-                .eval_rule(DECISION_RULE.to_owned())
-                .map_err(|e| match describe(&e) {
-                    // regorus' answer when no rule of that path exists at all.
-                    m if m == NO_SUCH_RULE => DecisionError::Undefined,
-                    m => DecisionError::Eval(m),
-                })?;
+        let decision = engine
+            .eval_rule(DECISION_RULE.to_owned())
+            .map_err(|e| interpreter_error(&e))?;
         let mask = self.has_mask.then(|| {
             engine
                 .eval_rule(MASK_RULE.to_owned())
@@ -588,22 +601,34 @@ impl PolicyEngine {
     }
 
     fn failed(&self, started: Instant, err: DecisionError) -> Evaluated {
+        let kind = err.kind();
         tracing::error!(
             error = %err.redacted(),
+            kind = %kind,
             revision = %self.revision,
             "policy evaluation failed, denying"
         );
         // The full message may quote input values (argv), so it only goes
         // out at debug level.
         tracing::debug!(error = %err, revision = %self.revision, "policy evaluation error detail");
+        // A conflict's message names rules and places only, so the client
+        // and the decision log get it: "two rules disagree" must be visible
+        // as such, never look like "no rule applies".
+        let reason = match kind {
+            FailureKind::Conflict => format!("{EVAL_FAILED}: {}", err.redacted()),
+            _ => EVAL_FAILED.to_owned(),
+        };
         Evaluated {
-            decision: Decision::fail_closed(EVAL_FAILED, self.revision.clone()),
+            decision: Decision::fail_closed(reason, self.revision.clone()),
             obligations: ObligationSet::default(),
             mask: vec![String::new()],
             revision: self.revision.clone(),
             latency: started.elapsed(),
             shadow: None,
-            failure: Some(err.to_string()),
+            failure: Some(Failure {
+                kind,
+                detail: err.to_string(),
+            }),
         }
     }
 
@@ -618,9 +643,87 @@ impl PolicyEngine {
             revision: self.revision.clone(),
             latency: started.elapsed(),
             shadow: None,
-            failure: Some(reason),
+            failure: Some(Failure {
+                kind: FailureKind::Input,
+                detail: reason,
+            }),
         }
     }
+}
+
+/// An interpreter error as the engine reports it. regorus' interpreter has
+/// no typed errors: conflicts are told by their messages (OPA's wording and
+/// regorus' own), time-outs by their [`regorus::LimitError`].
+pub(crate) fn interpreter_error<E>(e: &E) -> DecisionError
+where
+    E: fmt::Display + AsRef<dyn std::error::Error + Send + Sync>,
+{
+    let message = describe(e);
+    if message == NO_SUCH_RULE {
+        // regorus' answer when no rule of that path exists at all.
+        return DecisionError::Undefined;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(c) = cause {
+        if c.downcast_ref::<regorus::LimitError>().is_some() {
+            return DecisionError::Timeout(message);
+        }
+        cause = c.source();
+    }
+    const CONFLICTS: [&str; 4] = [
+        "multiple outputs",
+        "object keys must be unique",
+        "rule conflicts with rule",
+        "generated multiple times",
+    ];
+    if CONFLICTS.iter().any(|c| message.contains(c)) {
+        return DecisionError::Conflict(conflict_summary(&message));
+    }
+    DecisionError::Eval(message)
+}
+
+/// An interpreter conflict in the VM's words: what conflicted, the rule
+/// (its name as written in the policy) and both places. Built from the
+/// policy's text and locations only: the interpreter's own message may quote
+/// values, which may come from the input.
+fn conflict_summary(message: &str) -> String {
+    let what = if message.contains("keys must be unique") || message.contains("multiple times") {
+        "object keys must be unique"
+    } else if message.contains("function") {
+        "functions must not produce multiple outputs for same inputs"
+    } else {
+        "complete rules must not produce multiple outputs"
+    };
+    let at = crate::error::eval_location(message);
+    let mut places = vec![at.to_owned()];
+    if let Some(other) = message
+        .split("conflicts with rule at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+    {
+        places.push(other.to_owned());
+    }
+    // The excerpt regorus prints under the location: `LINE | text`.
+    let line = at.rsplit(':').nth(1).unwrap_or_default();
+    let rule: String = message
+        .lines()
+        .find_map(|l| {
+            l.trim_start()
+                .strip_prefix(line)?
+                .trim_start()
+                .strip_prefix('|')
+        })
+        .map(str::trim_start)
+        .unwrap_or_default()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+        .collect();
+    let rule = if rule.is_empty() {
+        String::new()
+    } else {
+        format!(" rule {rule}")
+    };
+    format!("{what}:{rule} ({})", places.join(", "))
 }
 
 fn too_deep(limits: InputLimits) -> String {

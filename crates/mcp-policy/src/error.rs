@@ -65,6 +65,14 @@ pub(crate) enum DecisionError {
     Input(String),
     #[error("evaluation of data.mcp.decision failed: {0}")]
     Eval(String),
+    /// Two rule bodies (or two iterations of one) gave a complete rule, a
+    /// function or a partial object key different values: OPA's
+    /// `eval_conflict_error`. The message names the rule and where, never
+    /// values, so it may be shown.
+    #[error("eval_conflict_error: {0}")]
+    Conflict(String),
+    #[error("evaluation of data.mcp.decision ran out of time: {0}")]
+    Timeout(String),
     #[error("data.mcp.decision is undefined: define it in package mcp as {shape}", shape = crate::DECISION_SHAPE)]
     Undefined,
     #[error("data.mcp.decision cannot be decoded: {0}")]
@@ -99,6 +107,9 @@ impl DecisionError {
         match self {
             DecisionError::Input(_) => "input document cannot be encoded".to_owned(),
             DecisionError::Decode(_) => "data.mcp.decision cannot be decoded".to_owned(),
+            DecisionError::Conflict(message) => {
+                format!("eval_conflict_error: {}", short_locations(message))
+            }
             DecisionError::Eval(detail) => {
                 format!(
                     "evaluation of data.mcp.decision failed at {}",
@@ -108,6 +119,94 @@ impl DecisionError {
             other => other.to_string(),
         }
     }
+}
+
+impl DecisionError {
+    /// What kind of failure this is, for metrics and callers.
+    pub(crate) fn kind(&self) -> FailureKind {
+        match self {
+            DecisionError::Conflict(_) => FailureKind::Conflict,
+            DecisionError::Eval(_) => FailureKind::Error,
+            DecisionError::Timeout(_) => FailureKind::Timeout,
+            DecisionError::Undefined => FailureKind::Undefined,
+            DecisionError::Input(_) => FailureKind::Input,
+            DecisionError::Decode(_)
+            | DecisionError::NotObject
+            | DecisionError::UnknownKey(_)
+            | DecisionError::AllowNotBool(_)
+            | DecisionError::NotStrings { .. }
+            | DecisionError::ObligationsNotObject
+            | DecisionError::Obligation { .. }
+            | DecisionError::AllowWithReasons(_) => FailureKind::Malformed,
+        }
+    }
+}
+
+/// Why an evaluation failed closed, by kind: what
+/// `mcp_policy_eval_failures_total` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// Rules disagreed (`eval_conflict_error`).
+    Conflict,
+    /// A builtin or the evaluator failed (strict builtin errors).
+    Error,
+    /// The evaluation ran past its time limit.
+    Timeout,
+    /// `data.mcp.decision` was undefined.
+    Undefined,
+    /// The decision had a shape the gateway does not understand.
+    Malformed,
+    /// The input was refused before evaluation (too large, too deep, not
+    /// encodable).
+    Input,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::Conflict,
+        FailureKind::Error,
+        FailureKind::Timeout,
+        FailureKind::Undefined,
+        FailureKind::Malformed,
+        FailureKind::Input,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Conflict => "conflict",
+            FailureKind::Error => "error",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Undefined => "undefined",
+            FailureKind::Malformed => "malformed",
+            FailureKind::Input => "input",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `message` with every `…/dir/file.rego:line:col` shortened to
+/// `file.rego:line:col`: the policy directory's path is the host's business.
+pub(crate) fn short_locations(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(".rego:") {
+        let (head, tail) = rest.split_at(at);
+        let start = head
+            .rfind(|c: char| c.is_whitespace() || c == '(' || c == ',')
+            .map_or(0, |i| i + 1);
+        let token = &head[start..];
+        out.push_str(&head[..start]);
+        out.push_str(token.rsplit('/').next().unwrap_or(token));
+        out.push_str(".rego:");
+        rest = &tail[".rego:".len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The policy location (`file:line:col`) a regorus evaluation error points

@@ -17,7 +17,10 @@
 //! - policies are parsed and analysed once, at load: a policy that does not
 //!   compile is a load error with its file and position, never a surprise at
 //!   the first request, and requests never re-parse;
-//! - `decide` fails closed: an evaluation error, a time-out, an undefined
+//! - `decide` fails closed: an evaluation error (every builtin error is
+//!   one: strict builtin errors, in every rule), a conflict between rule
+//!   outputs (OPA's `eval_conflict_error`; regorus would leave the rule
+//!   undefined, see docs/upstream/regorus.md), a time-out, an undefined
 //!   decision or a decision of the wrong shape is a denial, never an allow;
 //!   an obligation the caller does not enforce
 //!   ([`EngineOptions::enforced`]) turns an allow into a denial;
@@ -46,18 +49,18 @@ pub use bundle::{
     BuiltBundle, MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES, Manifest, build as build_bundle,
     read_signing_key, read_verifying_key,
 };
-pub use check::{Diagnostic, check};
+pub use check::{Diagnostic, check, lint};
 pub use decision::{
-    ApprovalObligation, DECISION_SHAPE, Destination, LimitsObligation, ObligationKind,
-    ObligationSet,
+    ApprovalObligation, ApprovalRequirement, DECISION_SHAPE, Destination, LimitsObligation,
+    ObligationKind, ObligationSet,
 };
 /// The public key bundles are verified with ([`EngineOptions::bundle_key`]).
 pub use ed25519_dalek::VerifyingKey as BundleKey;
 pub use engine::{
-    DEFAULT_EVAL_TIME_LIMIT, EngineOptions, Evaluated, Explanation, InputLimits, MASK_RULE,
-    PolicyEngine,
+    DEFAULT_EVAL_TIME_LIMIT, EngineOptions, Evaluated, Explanation, Failure, InputLimits,
+    MASK_RULE, PolicyEngine,
 };
-pub use error::PolicyError;
+pub use error::{FailureKind, PolicyError};
 pub use input::{
     CommandInput, ContextInput, FileInput, INPUT_VERSION, LimitsInput, McpToolInput, NetworkInput,
     PolicyInput, RequestContext, RequestInput, SandboxInput,

@@ -13,7 +13,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use notify::{RecursiveMode, Watcher};
 
 use crate::engine::{EngineOptions, Evaluated, PolicyEngine};
-use crate::error::PolicyError;
+use crate::error::{FailureKind, PolicyError};
 use crate::input::PolicyInput;
 
 /// How long the directory must stay quiet after a change before the
@@ -43,6 +43,21 @@ pub struct ServiceStats {
     /// Requests on which the shadow set's outcome (allow, or profile)
     /// differed from the active one's.
     pub shadow_disagreements: u64,
+    /// Decisions of the active set that failed closed, by kind, in the
+    /// order of [`FailureKind::ALL`].
+    pub eval_failures: [u64; FailureKind::ALL.len()],
+}
+
+impl ServiceStats {
+    /// The failures of one kind.
+    pub fn eval_failures_of(&self, kind: FailureKind) -> u64 {
+        FailureKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.eval_failures.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// The policy set the gateway decides with, replaceable while requests run.
@@ -63,6 +78,7 @@ pub struct PolicyService {
     reloads: AtomicU64,
     reload_failures: AtomicU64,
     disagreements: AtomicU64,
+    eval_failures: [AtomicU64; FailureKind::ALL.len()],
 }
 
 impl PolicyService {
@@ -87,6 +103,7 @@ impl PolicyService {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             disagreements: AtomicU64::new(0),
+            eval_failures: Default::default(),
         })
     }
 
@@ -94,6 +111,12 @@ impl PolicyService {
     /// configured, evaluates it too and counts and logs a disagreement.
     pub fn decide(&self, input: &PolicyInput) -> Evaluated {
         let mut evaluated = self.active.load().evaluate(input);
+        if let Some(failure) = &evaluated.failure
+            && let Some(i) = FailureKind::ALL.iter().position(|k| *k == failure.kind)
+            && let Some(counter) = self.eval_failures.get(i)
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(shadow) = &*self.shadow.load() {
             let candidate = shadow.evaluate(input);
             let active = &evaluated.decision;
@@ -150,6 +173,11 @@ impl PolicyService {
             reloads: self.reloads.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
             shadow_disagreements: self.disagreements.load(Ordering::Relaxed),
+            eval_failures: std::array::from_fn(|i| {
+                self.eval_failures
+                    .get(i)
+                    .map_or(0, |c| c.load(Ordering::Relaxed))
+            }),
         }
     }
 

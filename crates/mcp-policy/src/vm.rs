@@ -14,10 +14,12 @@
 use std::sync::Arc;
 
 use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::VmError;
 use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use crate::engine::{DECISION_RULE, MASK_RULE, describe};
+use crate::error::DecisionError;
 
 /// No instruction budget: evaluations are bounded by the wall-clock timer
 /// (`EngineOptions::eval_time_limit`), like on the interpreter. The VM's own
@@ -79,24 +81,37 @@ impl Compiled {
     }
 
     /// Runs the decision (and the mask) for `input` on a fresh VM.
-    pub(crate) fn run(&self, input: regorus::Value) -> Result<Run, String> {
+    pub(crate) fn run(&self, input: regorus::Value) -> Result<Run, DecisionError> {
         let mut vm = RegoVM::new();
         vm.load_program(Arc::clone(&self.program));
-        vm.set_data(self.data.clone()).map_err(|e| describe(&e))?;
+        vm.set_data(self.data.clone()).map_err(|e| vm_error(&e))?;
         vm.set_input(input);
         // As on the interpreter: a builtin error (sprintf of a wrong type,
-        // a bad regex) fails the evaluation, and so the request, closed,
-        // rather than silently leaving a deny rule undefined.
+        // a bad regex, to_number("abc")) anywhere, in any rule, fails the
+        // whole evaluation, and so the request, closed, rather than leaving
+        // a deny rule undefined. The patched regorus (docs/upstream/
+        // regorus.md) makes this hold inside rule bodies too, and reports
+        // conflicting rule outputs as errors.
         vm.set_strict_builtin_errors(true);
         vm.set_max_instructions(MAX_INSTRUCTIONS);
         vm.set_execution_timer_config(Some(self.timer));
         let decision = vm
             .execute_entry_point_by_name(DECISION_RULE)
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| vm_error(&e))?;
         let mask = self.has_mask.then(|| {
             vm.execute_entry_point_by_name(MASK_RULE)
                 .map_err(|e| describe(&e))
         });
         Ok(Run { decision, mask })
+    }
+}
+
+/// A VM error as the engine reports it: conflicts and time-outs by kind,
+/// the rest as evaluation errors.
+fn vm_error(e: &VmError) -> DecisionError {
+    match e {
+        VmError::RuleConflict { message, .. } => DecisionError::Conflict(message.clone()),
+        VmError::TimeLimitExceeded { .. } => DecisionError::Timeout(describe(e)),
+        other => DecisionError::Eval(describe(other)),
     }
 }

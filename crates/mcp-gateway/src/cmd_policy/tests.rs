@@ -134,8 +134,8 @@ async fn replay_sorts_stored_requests_by_how_the_candidate_changes_them() {
         // File requests move to another profile.
         (
             "main.rego",
-            "object.union({\"profile\": \"default\"}, approval_obligation)",
-            "object.union({\"profile\": profile_for_kind}, approval_obligation)",
+            "{\"profile\": \"default\"},\n\tapproval_obligation,",
+            "{\"profile\": profile_for_kind},\n\tapproval_obligation,",
         ),
     ]);
     std::fs::write(

@@ -9,9 +9,7 @@ fn snapshot() -> Snapshot<'static> {
         slots: 4,
         queue_capacity: 8,
         policy_revision: "abc123",
-        policy_reloads: 0,
-        policy_reload_failures: 0,
-        shadow_disagreements: 0,
+        policy: mcp_policy::ServiceStats::default(),
         pool_runs: 0,
         pool_cold_runs: 0,
         pool_ready: 0,
@@ -45,6 +43,7 @@ fn every_documented_metric_is_exported() {
         "mcp_task_slots",
         "mcp_task_queue_capacity",
         "mcp_policy_revision_info",
+        "mcp_policy_eval_failures_total",
         "mcp_audit_records_total",
         "mcp_audit_commits_total",
         "mcp_build_info",
@@ -140,9 +139,12 @@ fn policy_reload_and_shadow_counters_follow_the_service_totals() {
     let m = Metrics::new();
     let scrape = |ok, failed, shadow| {
         m.encode(&Snapshot {
-            policy_reloads: ok,
-            policy_reload_failures: failed,
-            shadow_disagreements: shadow,
+            policy: mcp_policy::ServiceStats {
+                reloads: ok,
+                reload_failures: failed,
+                shadow_disagreements: shadow,
+                ..Default::default()
+            },
             ..snapshot()
         })
         .unwrap()
@@ -216,4 +218,32 @@ fn pool_metrics_show_where_tasks_ran_and_what_waits() {
         "{text}"
     );
     assert!(text.contains("mcp_sandbox_pool_ready 2"), "{text}");
+}
+
+#[test]
+fn policy_eval_failures_are_counted_by_kind() {
+    let m = Metrics::new();
+    let mut stats = mcp_policy::ServiceStats::default();
+    for (i, kind) in mcp_policy::FailureKind::ALL.into_iter().enumerate() {
+        if kind == mcp_policy::FailureKind::Conflict {
+            stats.eval_failures[i] = 3;
+        }
+    }
+    let text = m
+        .encode(&Snapshot {
+            policy: stats,
+            ..snapshot()
+        })
+        .unwrap();
+    assert!(
+        text.contains("mcp_policy_eval_failures_total{kind=\"conflict\"} 3"),
+        "{text}"
+    );
+    // Every kind is exported from the start, so a rate() has a baseline.
+    for kind in mcp_policy::FailureKind::ALL {
+        if kind != mcp_policy::FailureKind::Conflict {
+            let line = format!("mcp_policy_eval_failures_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "{line} missing: {text}");
+        }
+    }
 }

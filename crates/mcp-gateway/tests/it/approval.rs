@@ -125,6 +125,34 @@ async fn the_requester_and_approvers_without_the_role_are_refused() {
     gw.stop().await;
 }
 
+/// Two policies each asked for an approval (the obligation's
+/// `requirements`): an approver who meets only one of them is refused,
+/// one who meets both approves and the task runs.
+#[tokio::test]
+async fn an_approver_must_meet_every_approval_requirement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(config(tmp.path())).await;
+    let mut alice = client_as(&gw, "alice").await;
+    let mut bob = client_as(&gw, "bob").await;
+    let mut dave = client_as(&gw, "dave").await;
+
+    let mut req = cmd("echo", &["both", "teams"]);
+    req.metadata
+        .insert("needs_approval".into(), "two-teams".into());
+    let id = pending(&mut alice, req).await;
+    // bob holds ops only: the security requirement is not met.
+    let (code, _) = code_of(bob.approve(&id, None, "ops says yes").await);
+    assert_eq!(code, tonic::Code::PermissionDenied);
+    let r = alice.status(&id).await.unwrap();
+    assert_eq!(state(&r), TaskStatus::TaskPendingApproval);
+    // dave holds ops and security.
+    dave.approve(&id, None, "both say yes").await.unwrap();
+    let done = wait_terminal(&mut alice, &id).await;
+    assert_eq!(state(&done), TaskStatus::TaskCompleted);
+    assert_eq!(done.result.unwrap().stdout, "both teams\n");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn pending_tasks_expire_after_the_ttl() {
     let tmp = tempfile::tempdir().unwrap();

@@ -314,6 +314,15 @@ base := {"profile": "default"}
 
 approval := {"require_approval": {"roles": ["ops"], "reason": "needs an operator"}} if {
 	input.request.metadata.needs_approval == "yes"
+} else := {"require_approval": {
+	"roles": ["ops", "security"],
+	"reason": "needs ops; needs security",
+	"requirements": [
+		{"roles": ["ops"], "reason": "needs ops"},
+		{"roles": ["security"], "reason": "needs security"},
+	],
+}} if {
+	input.request.metadata.needs_approval == "two-teams"
 } else := {}
 
 limits := {"limits": {"timeout_secs": 1, "pids": 16}} if {
@@ -332,6 +341,7 @@ pub const PRINCIPALS: &[(&str, &str, &[&str], &str)] = &[
     ("carol", "acme", &["dev"], "key-carol-0003"),
     ("bot", "acme", &[], "key-bot-0004"),
     ("mallory", "other", &["ops"], "key-mallory-0005"),
+    ("dave", "acme", &["ops", "security"], "key-dave-0006"),
 ];
 
 /// A policy directory with [`TEST_POLICY`] and the shipped approve.rego.

@@ -11,13 +11,14 @@ use mcp_core::{
     Decision, ExecRequest, FileOp, FileRequest, NetworkAccess, Principal, RequestLimits,
 };
 use mcp_policy::{
-    EngineOptions, InputLimits, MASKED, McpToolInput, ObligationKind, PolicyEngine, PolicyError,
-    PolicyInput, PolicyService, RequestContext, ServiceOptions, TestOptions,
+    EngineOptions, FailureKind, InputLimits, MASKED, McpToolInput, ObligationKind, PolicyEngine,
+    PolicyError, PolicyInput, PolicyService, RequestContext, ServiceOptions, TestOptions,
 };
 use serde::Deserialize;
 use tempfile::TempDir;
 
 mod bundle;
+mod conflicts;
 
 fn policies_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
@@ -674,7 +675,9 @@ fn wrong_decision_shape_fails_closed_and_tells_the_author_what_is_expected() -> 
     let (_dir, engine) = load(&[("main.rego", "package mcp\n\ndecision := true\n")])?;
     let e = engine.evaluate(&ls_input()?);
     assert_failed_closed(&e.decision, &engine);
-    let why = e.failure.unwrap_or_default();
+    let failure = e.failure.context("no failure reported")?;
+    assert_eq!(failure.kind, FailureKind::Malformed);
+    let why = failure.detail;
     assert!(why.contains("not an object"), "{why}");
     assert!(
         why.contains(r#"{"allow": bool, "deny_reasons": [string]"#),
@@ -682,8 +685,17 @@ fn wrong_decision_shape_fails_closed_and_tells_the_author_what_is_expected() -> 
     );
 
     let (_dir, engine) = load(&[("main.rego", "package mcp\n\nallow := true\n")])?;
-    let why = engine.evaluate(&ls_input()?).failure.unwrap_or_default();
-    assert!(why.contains("undefined: define it in package mcp"), "{why}");
+    let failure = engine
+        .evaluate(&ls_input()?)
+        .failure
+        .context("no failure reported")?;
+    assert_eq!(failure.kind, FailureKind::Undefined);
+    assert!(
+        failure
+            .detail
+            .contains("undefined: define it in package mcp"),
+        "{failure}"
+    );
     Ok(())
 }
 
