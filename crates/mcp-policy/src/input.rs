@@ -150,6 +150,31 @@ pub struct NetworkInput {
     /// private or link-local ranges whatever the name says (DNS rebinding).
     #[serde(default)]
     pub resolved_ips: Vec<String>,
+    /// The same addresses as the egress proxy classified them: its
+    /// classifier is the only judge of "internal", for the policy and for
+    /// the proxy's own guard. An address of `resolved_ips` missing here is
+    /// unclassified (an input written by hand, or logged before this field
+    /// existed).
+    #[serde(default)]
+    pub addresses: Vec<AddressInput>,
+}
+
+/// One entry of `input.request.network.addresses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressInput {
+    pub ip: String,
+    /// `public`, `loopback`, `private`, `cgnat`, `link-local`, `metadata`,
+    /// `unique-local`, `multicast`, `broadcast`, `unspecified` or
+    /// `reserved`.
+    pub class: String,
+    /// Anything but `public`: the proxy refuses it unless the decision
+    /// grants exactly this address.
+    pub internal: bool,
+    /// For an IPv6 address that carries an IPv4 one, the form and that
+    /// address (`nat64 of 127.0.0.1`); `null` otherwise.
+    #[serde(default)]
+    pub form: Option<String>,
 }
 
 /// `input.request.mcp_tool`: a call of a tool of an MCP server.

@@ -62,7 +62,7 @@ pub use engine::{
 };
 pub use error::{FailureKind, PolicyError};
 pub use input::{
-    CommandInput, ContextInput, FileInput, INPUT_VERSION, LimitsInput, McpToolInput, NetworkInput,
+    AddressInput, CommandInput, ContextInput, FileInput, INPUT_VERSION, LimitsInput, McpToolInput, NetworkInput,
     PolicyInput, RequestContext, RequestInput, SandboxInput,
 };
 pub use mask::{MASKED, masked_value};

@@ -347,6 +347,7 @@ fn input_serialised_into_a_rego_value_equals_the_json_route() {
                 port: 443,
                 protocol: "tcp".to_owned(),
                 resolved_ips: vec!["93.184.216.34".to_owned()],
+                addresses: Vec::new(),
             },
             &ctx,
         ),

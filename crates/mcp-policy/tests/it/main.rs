@@ -1140,6 +1140,12 @@ fn every_input_the_gateway_builds_matches_the_documented_schema() -> Result<()> 
                 port: 443,
                 protocol: "tcp".into(),
                 resolved_ips: vec!["140.82.112.6".into()],
+                addresses: vec![mcp_policy::AddressInput {
+                    ip: "140.82.112.6".into(),
+                    class: "public".into(),
+                    internal: false,
+                    form: None,
+                }],
             },
             &ctx(),
         ),
