@@ -42,6 +42,10 @@ deny contains "mcp_tool request has no tool" if {
 #   redactions contains "<regex>"     every pattern is redacted
 #   limit_caps contains {"cpu_limit"?, "memory_bytes"?, "pids"?, "timeout_secs"?}
 #       each field is capped at the lowest value any entry gives
+#   network_obligations contains {"profile": ...} or {"network": [...]}
+#       restricted network: command.rego picks the network-restricted
+#       profile, network.rego a connection's private grant (the addresses
+#       the egress proxy may open although they are internal)
 #
 # gates.rego adds the tenant's approval requirement (gate 6). The empty
 # definitions below only declare the sets, so that main.rego compiles when
@@ -52,11 +56,14 @@ redactions contains r if some r in []
 
 limit_caps contains c if some c in []
 
+network_obligations contains o if some o in []
+
 obligations := object.union_n([
 	{"profile": "default"},
 	approval_obligation,
 	redact_obligation,
 	limits_obligation,
+	object.union_n([o | some o in network_obligations]),
 ]) if allow
 
 else := {}

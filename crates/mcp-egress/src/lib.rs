@@ -15,15 +15,22 @@
 //!   anything is opened; what is not allowed is refused (HTTP 403, SOCKS
 //!   reply `0x02`);
 //! - an address that is not public (loopback, private, link-local,
-//!   metadata, CGNAT, unique-local, multicast, embedded IPv4 of those, ...)
-//!   is refused unless the verdict allows internal addresses explicitly;
+//!   metadata, CGNAT, unique-local, multicast, broadcast, reserved, and the
+//!   mapped, compatible, SIIT, NAT64, 6to4 and Teredo forms of those) is
+//!   refused unless the verdict grants exactly that address
+//!   ([`Verdict::private`]); `allow` alone never opens one
+//!   ([`ungranted_internal`], the guard). [`classify`] is the only judge of
+//!   "internal", for the gateway's policy input and for the guard;
 //! - the proxy connects only to an address it vetted, never resolves again
 //!   (no DNS rebinding between the check and the connect);
 //! - headers and greetings are bounded in size and time; one HTTP request
-//!   per forwarded connection (`Connection: close`);
+//!   per forwarded connection: the upstream gets that request's head and
+//!   body as framed, never what the client sends after it;
 //! - every decision is logged (`tracing`, target `mcp_egress`) and handed
-//!   back to the decider ([`Decider::record`]).
+//!   back to the decider ([`Decider::record`]), and so is every request
+//!   refused before it could be decided ([`Decider::reject`]).
 
+mod body;
 mod classify;
 mod decide;
 mod error;
@@ -31,10 +38,10 @@ pub mod forward;
 mod host;
 mod proxy;
 
-pub use classify::{AddrClass, classify};
+pub use classify::{AddrClass, Classification, Embedding, classify};
 pub use decide::{
-    ConnectRequest, Decider, Outcome, Protocol, ProxyKind, Resolver, StaticResolver,
-    SystemResolver, Verdict,
+    ConnectRequest, Connector, Decider, Outcome, Protocol, ProxyKind, Rejected, Resolver,
+    StaticResolver, SystemResolver, TcpConnector, Verdict, ungranted_internal,
 };
 pub use error::EgressError;
 pub use host::{Host, parse_host};

@@ -12,8 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::body::{self, Framing, send_body};
 use crate::classify::classify;
-use crate::decide::{ConnectRequest, Decider, Outcome, Protocol, ProxyKind, Resolver};
+use crate::decide::{
+    ConnectRequest, Connector, Decider, Outcome, Protocol, ProxyKind, Rejected, Resolver,
+    ungranted_internal,
+};
 use crate::error::EgressError;
 use crate::host::{Host, parse_host};
 
@@ -70,6 +74,7 @@ pub struct EgressProxy {
 struct Shared {
     decider: Arc<dyn Decider>,
     resolver: Arc<dyn Resolver>,
+    connector: Arc<dyn Connector>,
     ctx: ProxyContext,
     settings: ProxySettings,
 }
@@ -77,11 +82,13 @@ struct Shared {
 impl EgressProxy {
     /// Listens on a new unix socket at `path` (mode 0666: the sandbox user
     /// connects; the directory holding it is what keeps others out). Must
-    /// be called inside a tokio runtime.
+    /// be called inside a tokio runtime. `connector` opens the upstream
+    /// connections ([`crate::TcpConnector`] but in tests).
     pub fn bind(
         path: &Path,
         decider: Arc<dyn Decider>,
         resolver: Arc<dyn Resolver>,
+        connector: Arc<dyn Connector>,
         ctx: ProxyContext,
         settings: ProxySettings,
     ) -> Result<EgressProxy, EgressError> {
@@ -97,6 +104,7 @@ impl EgressProxy {
             shared: Arc::new(Shared {
                 decider,
                 resolver,
+                connector,
                 ctx,
                 settings,
             }),
@@ -169,7 +177,7 @@ impl Conn {
 /// Why a connection was not made.
 #[derive(Debug)]
 enum Refusal {
-    /// The policy, the obligation or the address check said no.
+    /// The policy, the obligation or the address guard said no.
     Denied(Vec<String>),
     /// The name does not resolve.
     Unresolved(String),
@@ -187,6 +195,7 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) | Ok(Err(_)) => return,
         Err(_) => {
+            // Nothing was sent: no request to record.
             let _ = conn
                 .stream
                 .write_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
@@ -205,9 +214,41 @@ async fn handle(shared: Arc<Shared>, stream: UnixStream) {
 struct HttpAsk {
     host: Host,
     port: u16,
-    /// `None` for CONNECT; for forwarding, the rewritten request head.
-    forward: Option<Vec<u8>>,
+    /// `None` for CONNECT; for forwarding, the rewritten request head and
+    /// how long the body after it is.
+    forward: Option<(Vec<u8>, Framing)>,
     via: ProxyKind,
+}
+
+/// An HTTP request refused before it could be decided.
+struct BadRequest {
+    code: u16,
+    reason: String,
+    via: Option<ProxyKind>,
+    /// The authority, when it was read (see [`Rejected::target`]).
+    target: Option<String>,
+}
+
+impl BadRequest {
+    fn new(code: u16, reason: impl Into<String>) -> BadRequest {
+        BadRequest {
+            code,
+            reason: reason.into(),
+            via: None,
+            target: None,
+        }
+    }
+
+    /// Notes what was asked; user info (`user:password@`) is not kept.
+    fn asked(mut self, via: ProxyKind, authority: &str) -> BadRequest {
+        let shown = match authority.rsplit_once('@') {
+            Some((_, host)) => format!("<userinfo>@{host}"),
+            None => authority.to_owned(),
+        };
+        self.via = Some(via);
+        self.target = Some(Rejected::target_of(&shown));
+        self
+    }
 }
 
 async fn http(shared: &Shared, mut conn: Conn) {
@@ -215,36 +256,40 @@ async fn http(shared: &Shared, mut conn: Conn) {
     let parsed = tokio::time::timeout(shared.settings.header_timeout, async {
         loop {
             match parse_http(&conn.buf) {
-                Ok(Some((ask, used))) => return Ok((ask, used)),
+                Ok(Some(v)) => return Ok(v),
                 Ok(None) if conn.buf.len() > limit => {
-                    return Err((431, "request header fields too large".to_owned()));
+                    return Err(BadRequest::new(431, "request header fields too large"));
                 }
                 Ok(None) => match conn.read_more().await {
                     Ok(true) => {}
-                    _ => return Err((400, "connection closed inside the request head".to_owned())),
+                    _ => {
+                        return Err(BadRequest::new(
+                            400,
+                            "connection closed inside the request head",
+                        ));
+                    }
                 },
                 Err(e) => return Err(e),
             }
         }
     })
     .await;
-    let (ask, used) = match parsed {
-        Ok(Ok(v)) => v,
-        Ok(Err((code, why))) => {
-            debug!(reason = %why, "egress: bad HTTP request");
-            http_reply(&mut conn.stream, code, &why).await;
-            return;
+    let parsed = match parsed {
+        Ok(Ok((_, used))) if used > limit => {
+            Err(BadRequest::new(431, "request header fields too large"))
         }
-        Err(_) => {
-            http_reply(&mut conn.stream, 408, "request head not received in time").await;
+        Ok(v) => v,
+        Err(_) => Err(BadRequest::new(408, "request head not received in time")),
+    };
+    let (ask, used) = match parsed {
+        Ok(v) => v,
+        Err(bad) => {
+            reject(shared, bad.via, bad.target, &bad.reason).await;
+            http_reply(&mut conn.stream, bad.code, &bad.reason).await;
             return;
         }
     };
-    if used > limit {
-        http_reply(&mut conn.stream, 431, "request header fields too large").await;
-        return;
-    }
-    let body_start = conn.buf.split_off(used);
+    let mut rest = conn.buf.split_off(used);
     let mut upstream = match vet_and_connect(shared, ask.host, ask.port, ask.via).await {
         Ok(s) => s,
         Err(r) => {
@@ -256,37 +301,78 @@ async fn http(shared: &Shared, mut conn: Conn) {
             return;
         }
     };
-    let sent = match &ask.forward {
+    match ask.forward {
         None => {
-            conn.stream
+            // A tunnel to the vetted destination: whatever the client sends
+            // in it goes there, unparsed.
+            let established = conn
+                .stream
                 .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await
+                .await;
+            if established.is_err() || upstream.write_all(&rest).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut conn.stream, &mut upstream).await;
         }
-        Some(head) => upstream.write_all(head).await,
-    };
-    if sent.is_err() || upstream.write_all(&body_start).await.is_err() {
-        return;
+        Some((head, framing)) => {
+            if upstream.write_all(&head).await.is_err() {
+                return;
+            }
+            forward_one(conn.stream, &mut rest, upstream, framing, limit).await;
+        }
     }
-    let _ = tokio::io::copy_bidirectional(&mut conn.stream, &mut upstream).await;
+}
+
+/// Relays one forwarded request's body and the response to it. Only the
+/// body as its head framed it reaches the upstream: whatever the client
+/// sends after it (a pipelined request to any host) is never read into
+/// the upstream connection, and the client connection is closed once the
+/// upstream has answered and closed (it was sent `Connection: close`).
+async fn forward_one(
+    mut client: UnixStream,
+    rest: &mut Vec<u8>,
+    mut upstream: TcpStream,
+    framing: Framing,
+    limit: usize,
+) {
+    let (mut client_r, mut client_w) = client.split();
+    let (mut up_r, mut up_w) = upstream.split();
+    let body = send_body(&mut client_r, rest, &mut up_w, framing, limit);
+    let response = tokio::io::copy(&mut up_r, &mut client_w);
+    tokio::pin!(body, response);
+    let mut body_sent = false;
+    loop {
+        tokio::select! {
+            sent = &mut body, if !body_sent => match sent {
+                Ok(()) => body_sent = true,
+                Err(e) => {
+                    debug!(error = %e, "egress: request body not relayed; closing");
+                    return;
+                }
+            },
+            _ = &mut response => return,
+        }
+    }
 }
 
 /// Parses a complete request head: `Ok(None)` when more bytes are needed.
-fn parse_http(buf: &[u8]) -> Result<Option<(HttpAsk, usize)>, (u16, String)> {
+fn parse_http(buf: &[u8]) -> Result<Option<(HttpAsk, usize)>, BadRequest> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err((431, "too many request header fields".to_owned()));
+            return Err(BadRequest::new(431, "too many request header fields"));
         }
-        Err(e) => return Err((400, format!("malformed HTTP request: {e}"))),
+        Err(e) => return Err(BadRequest::new(400, format!("malformed HTTP request: {e}"))),
     };
     let (Some(method), Some(target)) = (req.method, req.path) else {
-        return Err((400, "malformed HTTP request".to_owned()));
+        return Err(BadRequest::new(400, "malformed HTTP request"));
     };
     if method == "CONNECT" {
-        let (host, port) = authority(target, None)?;
+        let (host, port) = authority(target, None)
+            .map_err(|why| BadRequest::new(400, why).asked(ProxyKind::HttpConnect, target))?;
         return Ok(Some((
             HttpAsk {
                 host,
@@ -297,25 +383,32 @@ fn parse_http(buf: &[u8]) -> Result<Option<(HttpAsk, usize)>, (u16, String)> {
             used,
         )));
     }
+    let via = ProxyKind::HttpForward;
     let lower = target.get(..8).map(str::to_ascii_lowercase);
     let rest = match lower.as_deref() {
         Some(p) if p.starts_with("http://") => target.get(7..).unwrap_or_default(),
         Some("https://") => {
-            return Err((
+            let auth = target.get(8..).unwrap_or_default();
+            let auth = auth.split(['/', '?', '#']).next().unwrap_or_default();
+            return Err(BadRequest::new(
                 400,
-                "https URLs go through CONNECT (set HTTPS_PROXY), not plain forwarding".to_owned(),
-            ));
+                "https URLs go through CONNECT (set HTTPS_PROXY), not plain forwarding",
+            )
+            .asked(via, auth));
         }
         _ => {
-            return Err((
+            return Err(BadRequest::new(
                 400,
-                "only absolute http:// URLs and CONNECT are proxied".to_owned(),
+                "only absolute http:// URLs and CONNECT are proxied",
             ));
         }
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (auth, path) = rest.split_at(end);
-    let (host, port) = authority(auth, Some(80))?;
+    let (host, port) =
+        authority(auth, Some(80)).map_err(|why| BadRequest::new(400, why).asked(via, auth))?;
+    let framing =
+        body::framing(req.headers).map_err(|why| BadRequest::new(400, why).asked(via, auth))?;
     let path = match path {
         "" => "/".to_owned(),
         p if p.starts_with('/') => p.split('#').next().unwrap_or("/").to_owned(),
@@ -350,22 +443,19 @@ fn parse_http(buf: &[u8]) -> Result<Option<(HttpAsk, usize)>, (u16, String)> {
         HttpAsk {
             host,
             port,
-            forward: Some(head),
-            via: ProxyKind::HttpForward,
+            forward: Some((head, framing)),
+            via,
         },
         used,
     )))
 }
 
 /// `host:port` (or `[v6]:port`); `default_port` when the port is absent
-/// and allowed to be.
-fn authority(auth: &str, default_port: Option<u16>) -> Result<(Host, u16), (u16, String)> {
-    let bad = || (400, format!("malformed destination {auth:?}"));
+/// and allowed to be. `Err` is why not.
+fn authority(auth: &str, default_port: Option<u16>) -> Result<(Host, u16), String> {
+    let bad = || format!("malformed destination {auth:?}");
     if auth.contains('@') {
-        return Err((
-            400,
-            "user info in the destination is not accepted".to_owned(),
-        ));
+        return Err("user info in the destination is not accepted".to_owned());
     }
     let (host, port) = match auth.rfind(':') {
         // A bare IPv6 literal without brackets has colons but no port.
@@ -402,15 +492,44 @@ async fn http_reply(stream: &mut UnixStream, code: u16, msg: &str) {
     let _ = stream.shutdown().await;
 }
 
+/// A SOCKS5 request refused before it could be decided.
+struct SocksRefusal {
+    /// The reply code to send; `None` when the refusal was already sent
+    /// (no acceptable authentication method).
+    reply: Option<u8>,
+    reason: String,
+    target: Option<String>,
+}
+
+impl SocksRefusal {
+    fn new(reply: u8, reason: impl Into<String>, target: Option<String>) -> SocksRefusal {
+        SocksRefusal {
+            reply: Some(reply),
+            reason: reason.into(),
+            target,
+        }
+    }
+}
+
 async fn socks5(shared: &Shared, mut conn: Conn) {
     let asked =
         tokio::time::timeout(shared.settings.header_timeout, socks_handshake(&mut conn)).await;
     let (host, port) = match asked {
         Ok(Ok(Ok(v))) => v,
-        Ok(Ok(Err(code))) => {
-            socks_reply(&mut conn.stream, code).await;
+        Ok(Ok(Err(refusal))) => {
+            reject(
+                shared,
+                Some(ProxyKind::Socks5),
+                refusal.target,
+                &refusal.reason,
+            )
+            .await;
+            if let Some(code) = refusal.reply {
+                socks_reply(&mut conn.stream, code).await;
+            }
             return;
         }
+        // The client went away mid-handshake, or was too slow to finish it.
         Ok(Err(_)) | Err(_) => return,
     };
     let mut upstream = match vet_and_connect(shared, host, port, ProxyKind::Socks5).await {
@@ -440,9 +559,8 @@ async fn socks5(shared: &Shared, mut conn: Conn) {
     let _ = tokio::io::copy_bidirectional(&mut conn.stream, &mut upstream).await;
 }
 
-/// The SOCKS5 greeting and request; the inner `Err` is the reply code to
-/// refuse with.
-async fn socks_handshake(conn: &mut Conn) -> std::io::Result<Result<(Host, u16), u8>> {
+/// The SOCKS5 greeting and request; the inner `Err` is the refusal.
+async fn socks_handshake(conn: &mut Conn) -> std::io::Result<Result<(Host, u16), SocksRefusal>> {
     let hello = conn.take(2).await?;
     let nmethods = usize::from(hello.get(1).copied().unwrap_or(0));
     let methods = conn.take(nmethods).await?;
@@ -450,13 +568,22 @@ async fn socks_handshake(conn: &mut Conn) -> std::io::Result<Result<(Host, u16),
         // No acceptable method (only "no authentication" is offered).
         conn.stream.write_all(&[5, 0xff]).await?;
         let _ = conn.stream.shutdown().await;
-        return Err(std::io::Error::other("no acceptable SOCKS5 method"));
+        return Ok(Err(SocksRefusal {
+            reply: None,
+            reason: "no acceptable SOCKS5 authentication method (only \"none\" is offered)"
+                .to_owned(),
+            target: None,
+        }));
     }
     conn.stream.write_all(&[5, 0]).await?;
     let head = conn.take(4).await?;
     let (ver, cmd, atyp) = (head[0], head[1], head[3]);
     if ver != 5 {
-        return Ok(Err(SOCKS_GENERAL_FAILURE));
+        return Ok(Err(SocksRefusal::new(
+            SOCKS_GENERAL_FAILURE,
+            format!("SOCKS version {ver} in the request; only 5 is spoken"),
+            None,
+        )));
     }
     let host = match atyp {
         1 => {
@@ -470,7 +597,12 @@ async fn socks_handshake(conn: &mut Conn) -> std::io::Result<Result<(Host, u16),
                 Some(h) => h,
                 None => {
                     conn.take(2).await?;
-                    return Ok(Err(SOCKS_GENERAL_FAILURE));
+                    let raw = String::from_utf8_lossy(&name);
+                    return Ok(Err(SocksRefusal::new(
+                        SOCKS_GENERAL_FAILURE,
+                        "malformed destination name",
+                        Some(Rejected::target_of(&raw)),
+                    )));
                 }
             }
         }
@@ -480,16 +612,34 @@ async fn socks_handshake(conn: &mut Conn) -> std::io::Result<Result<(Host, u16),
             o.copy_from_slice(&a);
             Host::Ip(IpAddr::from(o))
         }
-        _ => return Ok(Err(SOCKS_ADDRESS_NOT_SUPPORTED)),
+        _ => {
+            return Ok(Err(SocksRefusal::new(
+                SOCKS_ADDRESS_NOT_SUPPORTED,
+                format!("SOCKS5 address type {atyp} is not supported"),
+                None,
+            )));
+        }
     };
     let p = conn.take(2).await?;
     let port = u16::from_be_bytes([p[0], p[1]]);
+    let target = Some(Rejected::target_of(&match &host {
+        Host::Ip(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        h => format!("{h}:{port}"),
+    }));
     if cmd != 1 {
         // BIND and UDP ASSOCIATE are not offered.
-        return Ok(Err(SOCKS_COMMAND_NOT_SUPPORTED));
+        return Ok(Err(SocksRefusal::new(
+            SOCKS_COMMAND_NOT_SUPPORTED,
+            format!("SOCKS5 command {cmd} is not supported (only CONNECT)"),
+            target,
+        )));
     }
     if port == 0 {
-        return Ok(Err(SOCKS_GENERAL_FAILURE));
+        return Ok(Err(SocksRefusal::new(
+            SOCKS_GENERAL_FAILURE,
+            "destination port 0",
+            target,
+        )));
     }
     Ok(Ok((host, port)))
 }
@@ -499,7 +649,7 @@ async fn socks_reply(stream: &mut UnixStream, code: u8) {
     let _ = stream.shutdown().await;
 }
 
-/// Resolves, classifies, asks the decider, enforces the address check and
+/// Resolves, classifies, asks the decider, applies the address guard and
 /// connects to a vetted address; logs and records the outcome.
 async fn vet_and_connect(
     shared: &Shared,
@@ -533,7 +683,7 @@ async fn vet_and_connect(
     let ips = match resolved {
         Ok(ips) => ips,
         Err(why) => {
-            finish(shared, &req, false, None, vec![why.clone()], false).await;
+            finish(shared, &req, Outcome::Unresolved(why.clone())).await;
             return Err(Refusal::Unresolved(why));
         }
     };
@@ -545,29 +695,23 @@ async fn vet_and_connect(
         } else {
             verdict.reasons
         };
-        finish(shared, &req, false, None, reasons.clone(), true).await;
+        finish(shared, &req, Outcome::Denied(reasons.clone())).await;
         return Err(Refusal::Denied(reasons));
     }
-    if !verdict.allow_internal {
-        let internal: Vec<String> = req
-            .resolved
-            .iter()
-            .filter(|(_, c)| c.is_internal())
-            .map(|(ip, c)| format!("destination {:?} resolves to {c} address {ip}", req.host))
-            .collect();
-        if !internal.is_empty() {
-            finish(shared, &req, false, None, internal.clone(), true).await;
-            return Err(Refusal::Denied(internal));
-        }
+    // The guard: an allow alone never opens an internal address.
+    let ungranted = ungranted_internal(&req, &verdict.private);
+    if !ungranted.is_empty() {
+        finish(shared, &req, Outcome::Guarded(ungranted.clone())).await;
+        return Err(Refusal::Denied(ungranted));
     }
     // Only the vetted addresses, in order; never a fresh lookup.
     let mut last = String::from("no address to connect to");
     let deadline = tokio::time::Instant::now() + budget;
     for (ip, _) in &req.resolved {
         let addr = SocketAddr::new(*ip, port);
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        match tokio::time::timeout_at(deadline, shared.connector.connect(addr)).await {
             Ok(Ok(s)) => {
-                finish(shared, &req, true, Some(*ip), Vec::new(), true).await;
+                finish(shared, &req, Outcome::Connected(*ip)).await;
                 return Ok(s);
             }
             Ok(Err(e)) => last = format!("cannot connect to {addr}: {e}"),
@@ -577,50 +721,54 @@ async fn vet_and_connect(
             }
         }
     }
-    // Allowed, but no vetted address answered.
-    finish(shared, &req, true, None, vec![last.clone()], true).await;
+    finish(shared, &req, Outcome::Unreachable(last.clone())).await;
     Err(Refusal::Unreachable(last))
 }
 
-async fn finish(
-    shared: &Shared,
-    req: &ConnectRequest,
-    allowed: bool,
-    connected_to: Option<IpAddr>,
-    reasons: Vec<String>,
-    decided: bool,
-) {
+async fn finish(shared: &Shared, req: &ConnectRequest, outcome: Outcome) {
     let ips: Vec<String> = req
         .resolved
         .iter()
-        .map(|(ip, c)| format!("{ip}/{c}"))
+        .map(|(ip, c)| format!("{ip} ({c})"))
         .collect();
-    if allowed {
-        info!(
+    match &outcome {
+        Outcome::Connected(ip) => info!(
             host = %req.host,
             port = req.port,
             via = req.via.as_str(),
             resolved = ?ips,
-            connected_to = ?connected_to,
+            connected_to = %ip,
             decision = "allow",
             "egress connection"
-        );
-    } else {
-        info!(
+        ),
+        other => info!(
             host = %req.host,
             port = req.port,
             via = req.via.as_str(),
             resolved = ?ips,
-            decision = "deny",
-            reasons = ?reasons,
+            decision = if other.allowed() { "allow" } else { "deny" },
+            reasons = ?other.reasons(),
             "egress connection"
-        );
+        ),
     }
-    let outcome = Outcome {
-        allowed,
-        connected_to,
-        reasons,
-        decided,
-    };
     shared.decider.record(req, &outcome).await;
+}
+
+/// Logs and records a request refused before it could be decided.
+async fn reject(shared: &Shared, via: Option<ProxyKind>, target: Option<String>, reason: &str) {
+    info!(
+        via = via.map_or("http", ProxyKind::as_str),
+        target = target.as_deref().unwrap_or_default(),
+        reason,
+        decision = "deny",
+        "egress request rejected"
+    );
+    let rejected = Rejected {
+        via,
+        target,
+        reason: reason.to_owned(),
+        task_id: shared.ctx.task_id.clone(),
+        principal: shared.ctx.principal.clone(),
+    };
+    shared.decider.reject(&rejected).await;
 }

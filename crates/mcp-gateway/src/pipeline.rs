@@ -19,7 +19,7 @@ use mcp_core::{
     ChunkKind, Decision, ExecRequest, FileOp, FileRequest, OutputChunk, Principal, RequestLimits,
     TaskId, TaskKind, TaskRecord, TaskResult, TaskState, ValidExec, ValidFile, now, rfc3339,
 };
-use mcp_policy::{PolicyInput, PolicyService, RequestContext};
+use mcp_policy::{ObligationSet, PolicyInput, PolicyService, RequestContext};
 use mcp_sandbox::{Ending, FileError, FilesRoot, RunSpec, Sandbox};
 use mcp_store::{DecisionDetails, DecisionRecord, StoreWrite, TaskStore};
 use time::OffsetDateTime;
@@ -928,6 +928,14 @@ impl Gateway {
     /// if configured) and returns the decision with what the decision log
     /// keeps of it: the masked input, latency, profile, obligations.
     fn decide(&self, input: PolicyInput) -> (Decision, DecisionDetails) {
+        let (decision, details, _) = self.decide_typed(input);
+        (decision, details)
+    }
+
+    /// [`Gateway::decide`], with the decision's obligations typed as well
+    /// (the egress proxy reads a connection's private grants from them);
+    /// empty when the decision failed closed.
+    fn decide_typed(&self, input: PolicyInput) -> (Decision, DecisionDetails, ObligationSet) {
         let span = info_span!("policy.eval", revision = tracing::field::Empty);
         let _entered = span.enter();
         let input = input
@@ -955,9 +963,10 @@ impl Gateway {
                     decision.obligations.unknown.join(", ")
                 )),
                 details,
+                ObligationSet::default(),
             );
         }
-        (decision, details)
+        (decision, details, ev.obligations)
     }
 
     fn fail_closed(&self, reason: String) -> Decision {

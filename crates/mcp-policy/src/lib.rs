@@ -62,8 +62,8 @@ pub use engine::{
 };
 pub use error::{FailureKind, PolicyError};
 pub use input::{
-    AddressInput, CommandInput, ContextInput, FileInput, INPUT_VERSION, LimitsInput, McpToolInput, NetworkInput,
-    PolicyInput, RequestContext, RequestInput, SandboxInput,
+    AddressInput, CommandInput, ContextInput, FileInput, INPUT_VERSION, LimitsInput, McpToolInput,
+    NetworkInput, PolicyInput, RequestContext, RequestInput, SandboxInput,
 };
 pub use mask::{MASKED, masked_value};
 pub use service::{PolicyService, PolicyWatcher, ServiceOptions, ServiceStats, WATCH_DEBOUNCE};

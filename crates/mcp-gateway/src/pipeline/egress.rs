@@ -3,26 +3,32 @@
 //! `mcp-sandbox` binds into the sandbox, and every connection through it is
 //! decided here: the command decision's `network` obligation (when the
 //! policy set one) must list the destination, and the Rego network policy
-//! (`kind: network`, with the resolved addresses) must allow it. Each
-//! decision goes to the decision log like any other.
+//! (`kind: network`, with the resolved addresses as the proxy classified
+//! them) must allow it. Each decision goes to the decision log like any
+//! other, and so does every request the proxy refused before it could be
+//! decided (malformed, unsupported).
 //!
-//! Internal addresses (loopback, private, link-local, metadata, ...) are
-//! refused by the proxy unless the network policy allowed the connection
-//! after seeing them (the shipped `network.rego` does so only for
-//! allowlist entries marked `"private": true`) and the obligation, if any,
-//! lists the destination.
+//! Internal addresses (loopback, private, link-local, metadata, the IPv6
+//! forms that carry them, ...) are refused by the proxy's guard unless the
+//! connection's decision grants exactly that address: its `network`
+//! obligation names the addresses the connection may reach (the shipped
+//! `network.rego` names them for allowlist entries marked
+//! `"private": true`). An allow without that grant opens no internal
+//! address; the guard is applied here too, before the decision is stored,
+//! so the log says what the proxy does.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use mcp_core::{NetworkAccess, OutputChunk, TaskId};
 use mcp_egress::{
-    ConnectRequest, Decider, EgressProxy, Outcome, ProxyContext, ProxySettings, Resolver,
-    SystemResolver, Verdict,
+    ConnectRequest, Connector, Decider, EgressProxy, Outcome, ProxyContext, ProxySettings,
+    Rejected, Resolver, SystemResolver, TcpConnector, Verdict, ungranted_internal,
 };
-use mcp_policy::{Destination, NetworkInput, PolicyInput};
+use mcp_policy::{AddressInput, Destination, NetworkInput, PolicyInput};
 use mcp_sandbox::{EgressBinding, RunOutcome, RunSpec, SandboxError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -36,6 +42,8 @@ pub(crate) struct EgressState {
     forwarder: RwLock<PathBuf>,
     /// Resolves destination names (the system resolver unless replaced).
     resolver: RwLock<Arc<dyn Resolver>>,
+    /// Opens upstream connections (plain TCP unless replaced).
+    connector: RwLock<Arc<dyn Connector>>,
     /// Restricted tasks accepted but not yet started.
     pending: Mutex<HashMap<TaskId, TaskEgress>>,
 }
@@ -75,6 +83,7 @@ impl Default for EgressState {
         EgressState {
             forwarder: RwLock::new(std::env::current_exe().unwrap_or_default()),
             resolver: RwLock::new(Arc::new(SystemResolver)),
+            connector: RwLock::new(Arc::new(TcpConnector)),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -132,6 +141,17 @@ impl Gateway {
             .unwrap_or_else(|e| e.into_inner()) = resolver;
     }
 
+    /// Replaces what opens the egress proxy's upstream connections
+    /// (default: TCP to the vetted address). Tests send every vetted
+    /// address to a local server, so that no connection leaves the host.
+    pub fn set_egress_connector(&self, connector: Arc<dyn Connector>) {
+        *self
+            .egress
+            .connector
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = connector;
+    }
+
     /// Runs `spec` in the sandbox; a restricted task first gets its egress
     /// proxy, which is stopped (its connections dropped, its socket
     /// removed) when the run ends.
@@ -177,6 +197,12 @@ impl Gateway {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let connector = self
+            .egress
+            .connector
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let decider = Arc::new(GatewayDecider {
             gateway: self.clone(),
             task_id: spec.task_id,
@@ -186,6 +212,7 @@ impl Gateway {
             &socket,
             decider,
             resolver,
+            connector,
             ProxyContext {
                 task_id: spec.task_id.to_string(),
                 principal: task.caller.principal.id.clone(),
@@ -277,6 +304,43 @@ impl GatewayDecider {
     }
 }
 
+/// The addresses a network decision's `network` obligation names for this
+/// port and protocol: entries whose `host` is an address literal (a name
+/// names no address).
+pub(crate) fn granted_addresses(list: &[Destination], port: u16, protocol: &str) -> Vec<IpAddr> {
+    list.iter()
+        .filter(|d| d.port.is_none_or(|p| p == port) && d.protocol == protocol)
+        .filter_map(|d| {
+            let host = d.host.as_str();
+            let bare = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            bare.parse::<IpAddr>().ok()
+        })
+        .collect()
+}
+
+/// The policy input for `req`: its addresses as the proxy classified them.
+fn network_input(req: &ConnectRequest) -> NetworkInput {
+    NetworkInput {
+        host: req.host.clone(),
+        port: req.port,
+        protocol: req.protocol.as_str().to_owned(),
+        resolved_ips: req.resolved.iter().map(|(ip, _)| ip.to_string()).collect(),
+        addresses: req
+            .resolved
+            .iter()
+            .map(|(ip, c)| AddressInput {
+                ip: ip.to_string(),
+                class: c.class.as_str().to_owned(),
+                internal: c.is_internal(),
+                form: c.form(),
+            })
+            .collect(),
+    }
+}
+
 #[async_trait]
 impl Decider for GatewayDecider {
     async fn decide(&self, req: &ConnectRequest) -> Verdict {
@@ -284,35 +348,48 @@ impl Decider for GatewayDecider {
         let protocol = req.protocol.as_str();
         let input = PolicyInput::network(
             &caller.principal,
-            NetworkInput {
-                host: req.host.clone(),
-                port: req.port,
-                protocol: protocol.to_owned(),
-                resolved_ips: req.resolved.iter().map(|(ip, _)| ip.to_string()).collect(),
-            },
+            network_input(req),
             &self.gateway.context(&caller),
         );
-        let (mut decision, details) = self.gateway.decide(input);
-        if decision.allow
-            && let Some(list) = &self.task.destinations
-            && !list
-                .iter()
-                .any(|d| destination_matches(d, &req.host, req.port, protocol))
-        {
-            decision.allow = false;
-            decision.deny_reasons.push(format!(
-                "destination {}:{}/{protocol} is not in the task's network obligation",
-                req.host, req.port
-            ));
+        let (mut decision, details, obligations) = self.gateway.decide_typed(input);
+        // This connection's own `network` obligation names the addresses it
+        // may reach; an internal one is reached only through it.
+        let named = obligations
+            .network
+            .as_deref()
+            .map(|list| granted_addresses(list, req.port, protocol));
+        let private = named.clone().unwrap_or_default();
+        if decision.allow {
+            let mut refused = Vec::new();
+            if let Some(list) = &self.task.destinations
+                && !list
+                    .iter()
+                    .any(|d| destination_matches(d, &req.host, req.port, protocol))
+            {
+                refused.push(format!(
+                    "destination {}:{}/{protocol} is not in the task's network obligation",
+                    req.host, req.port
+                ));
+            }
+            if let Some(named) = &named {
+                refused.extend(req.resolved.iter().filter(|(ip, _)| !named.contains(ip)).map(
+                    |(ip, _)| {
+                        format!(
+                            "address {ip} of destination {:?} is not in the decision's network obligation",
+                            req.host
+                        )
+                    },
+                ));
+            }
+            // The proxy's guard, applied before storing so that the log
+            // says what the proxy will do.
+            refused.extend(ungranted_internal(req, &private));
+            if !refused.is_empty() {
+                decision.allow = false;
+                decision.deny_reasons = refused;
+            }
         }
-        // The network policy saw the resolved addresses; its allow is the
-        // explicit allowance for internal ones.
-        let internal: Vec<String> = req
-            .resolved
-            .iter()
-            .filter(|(_, c)| c.is_internal())
-            .map(|(ip, c)| format!("{ip} ({c})"))
-            .collect();
+        let allowed = decision.allow;
         if let Err(e) = self.store(&caller, req, &decision, &details).await {
             // Nothing is opened without a stored decision.
             warn!(error = %e, task_id = %self.task_id, "cannot store network decision; refusing");
@@ -323,34 +400,68 @@ impl Decider for GatewayDecider {
             request_id = %caller.request_id,
             host = %req.host,
             port = req.port,
-            allow = decision.allow,
-            internal = ?internal,
+            allow = allowed,
+            private = ?private,
             "network decision"
         );
         Verdict {
-            allow: decision.allow,
-            allow_internal: decision.allow,
+            allow: allowed,
+            private: if allowed { private } else { Vec::new() },
             reasons: decision.deny_reasons,
         }
     }
 
     async fn record(&self, req: &ConnectRequest, outcome: &Outcome) {
-        if outcome.decided {
+        if outcome.decided() {
             // Already in the decision log (decide stores before answering).
             return;
         }
-        // Nothing to decide (the name did not resolve): logged as a denial.
+        // Nothing was decided (the name did not resolve), or the proxy's
+        // guard overruled the stored decision: logged as a denial.
         let caller = self.caller();
-        let decision = mcp_core::Decision {
-            allow: false,
-            deny_reasons: outcome.reasons.clone(),
-            warnings: Vec::new(),
-            obligations: mcp_core::Obligations::default(),
-            policy_revision: self.gateway.policy_revision(),
-        };
+        let decision = self.denial(outcome.reasons());
         let details = mcp_store::DecisionDetails::default();
         if let Err(e) = self.store(&caller, req, &decision, &details).await {
             warn!(error = %e, task_id = %self.task_id, "cannot store network refusal");
+        }
+    }
+
+    async fn reject(&self, rejected: &Rejected) {
+        let caller = self.caller();
+        let via = rejected.via.map_or("http", |v| v.as_str());
+        let summary = match &rejected.target {
+            Some(t) => format!("rejected {via} request for {t}"),
+            None => format!("rejected {via} request"),
+        };
+        let decision = self.denial(vec![rejected.reason.clone()]);
+        let details = mcp_store::DecisionDetails::default();
+        if let Err(e) = self
+            .gateway
+            .record_decision(
+                &caller,
+                "network",
+                &summary,
+                &decision,
+                &details,
+                Some(self.task_id),
+            )
+            .await
+        {
+            warn!(error = %e, task_id = %self.task_id, "cannot store rejected egress request");
+        }
+    }
+}
+
+impl GatewayDecider {
+    /// A denial for the decision log with `reasons`, under the current
+    /// policy revision.
+    fn denial(&self, reasons: Vec<String>) -> mcp_core::Decision {
+        mcp_core::Decision {
+            allow: false,
+            deny_reasons: reasons,
+            warnings: Vec::new(),
+            obligations: mcp_core::Obligations::default(),
+            policy_revision: self.gateway.policy_revision(),
         }
     }
 }
