@@ -1,9 +1,10 @@
 # Which commands may run, with which arguments, environment and sandbox.
 #
 # A command is allowed only when the gateway resolved it to a binary directly
-# in /usr/bin or /bin whose name is on the list below. Everything the sandbox
-# could grant beyond the default profile (network, extra host paths) is
-# refused here.
+# in /usr/bin or /bin whose name is on the list below. What the sandbox could
+# grant beyond the default profile is refused here (host network, extra host
+# paths), except restricted network for a principal granted network tools:
+# its connections are each decided by network.rego.
 package mcp
 
 # Everyday commands that read and print. python3 is on the list although it
@@ -106,7 +107,38 @@ denied_env_name(name) if startswith(name, "LD_")
 sandbox := input.request.sandbox if input.request.kind == "command"
 
 deny contains sprintf("network access %q is not granted", [sandbox.network]) if {
-	sandbox.network != "none"
+	not sandbox.network in {"none", "restricted"}
+}
+
+# Restricted network (an empty network namespace whose only way out is the
+# gateway's egress proxy) is granted by data alone: the principal needs a
+# live grant of scope write or more for network tools ("network:*", or
+# "network:<host>:<port>"), applying in this environment. Each connection is
+# then decided by network.rego against the tenant's network allowlist.
+deny contains `network access "restricted" is not granted` if {
+	sandbox.network == "restricted"
+	not restricted_network_granted
+}
+
+restricted_network_granted if {
+	some grant in gate_principal.grants
+	some pattern in grant.tools
+	network_tool_pattern(pattern)
+	grant_live(grant)
+	scope_rank[grant.scope] >= scope_rank.write
+	environment_matches(object.get(grant, "environment", {}))
+}
+
+network_tool_pattern(pattern) if startswith(pattern, "network:")
+
+# "*", "net*" and the like match network tools as well.
+network_tool_pattern(pattern) if tool_matches(pattern, "network:")
+
+# Such a command runs in the profile that allows restricted network
+# (sandbox-profiles/network-restricted.toml); main.rego adds
+# network_obligations to an allowed decision's obligations.
+network_obligations contains {"profile": "network-restricted"} if {
+	sandbox.network == "restricted"
 }
 
 # denied_paths only tighten the sandbox, so they need no grant.

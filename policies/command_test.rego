@@ -136,6 +136,48 @@ test_network_access_is_denied if {
 		command_request({"request": {"sandbox": {"network": "restricted"}}}),
 		`network access "restricted" is not granted`,
 	)
+	denied_with(
+		command_request({"request": {"sandbox": {"network": "bridge"}}}),
+		`network access "bridge" is not granted`,
+	)
+}
+
+# The shipped default tenant with grants replaced by `grants`.
+tenants_granting(grants) := {"default": object.union(
+	data.tenants["default"],
+	{"principals": {"anonymous": {"active": true, "grants": grants}}},
+)}
+
+restricted := command_request({"request": {"sandbox": {"network": "restricted"}}})
+
+command_grant := {"tools": ["command:*"], "scope": "write", "expires": null}
+
+test_restricted_network_is_granted_by_data_alone if {
+	every tools in [["network:*"], ["network:api.example.com:443"], ["*"]] {
+		grants := [command_grant, {"tools": tools, "scope": "write", "expires": null}]
+		d := data.mcp.decision with input as restricted with data.tenants as tenants_granting(grants)
+		d.allow == true
+		d.obligations == {"profile": "network-restricted"}
+	}
+}
+
+test_restricted_network_needs_a_live_writing_network_grant if {
+	every grant in [
+		{"tools": ["network:*"], "scope": "read", "expires": null},
+		{"tools": ["network:*"], "scope": "write", "expires": "2024-01-01T00:00:00Z"},
+		{"tools": ["network:*"], "scope": "write", "expires": null, "environment": {"env": ["prod"]}},
+		{"tools": ["file:*"], "scope": "write", "expires": null},
+	] {
+		denied_with(restricted, `network access "restricted" is not granted`) with data.tenants as tenants_granting([command_grant, grant])
+	}
+}
+
+test_a_network_grant_does_not_open_host_network if {
+	grants := [command_grant, {"tools": ["network:*"], "scope": "write", "expires": null}]
+	inp := command_request({"request": {"sandbox": {"network": "host"}}})
+	d := data.mcp.decision with input as inp with data.tenants as tenants_granting(grants)
+	d.allow == false
+	`network access "host" is not granted` in d.deny_reasons
 }
 
 test_extra_host_paths_are_denied if {

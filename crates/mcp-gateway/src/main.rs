@@ -146,9 +146,34 @@ struct ExecArgs {
     /// Environment variable for the command, NAME=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Network access of the sandbox: `restricted` reaches what the network
+    /// policy allows, through the gateway's egress proxy.
+    #[arg(long, value_enum, default_value_t = Network::None)]
+    network: Network,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     argv: Vec<String>,
+}
+
+/// `exec --network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Network {
+    /// No network (only the sandbox's own loopback).
+    None,
+    /// Egress through the gateway's proxy, each connection decided by policy.
+    Restricted,
+    /// The host's network (profiles with `allow_host` only).
+    Host,
+}
+
+impl Network {
+    fn access(self) -> mcp_proto::NetworkAccess {
+        match self {
+            Network::None => mcp_proto::NetworkAccess::NetworkNone,
+            Network::Restricted => mcp_proto::NetworkAccess::NetworkRestricted,
+            Network::Host => mcp_proto::NetworkAccess::NetworkHost,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +411,12 @@ async fn run_exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     req.timeout = args.timeout.unwrap_or(0);
     req.cwd = args.cwd;
     req.env = args.env.into_iter().collect();
+    if args.network != Network::None {
+        req.sandbox_config = Some(mcp_client::SandboxConfig {
+            network_access: args.network.access().into(),
+            ..Default::default()
+        });
+    }
 
     let created = match client.execute(req).await {
         Ok(c) => c,
