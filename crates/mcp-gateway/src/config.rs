@@ -29,13 +29,13 @@ pub struct RawConfig {
     pub log: RawLog,
     pub http: RawHttp,
     pub telemetry: RawTelemetry,
-    pub audit: RawAudit,
+    pub audit: mcp_pipeline::audit::RawAudit,
     pub redaction: RawRedaction,
-    pub secrets: RawSecrets,
+    pub secrets: mcp_pipeline::secrets::RawSecrets,
     pub auth: crate::auth::RawAuth,
     pub tls: crate::auth::RawTls,
-    pub approval: crate::approval::RawApproval,
-    pub quotas: crate::quota::RawQuotas,
+    pub approval: mcp_pipeline::approval::RawApproval,
+    pub quotas: mcp_pipeline::quota::RawQuotas,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,52 +167,6 @@ pub struct RawHttp {
     pub request_timeout_secs: u64,
     /// REST requests handled at once; more are refused with 503.
     pub max_concurrent_requests: usize,
-}
-
-/// The audit trail (`[audit]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawAudit {
-    /// Record every request; off only for throwaway setups.
-    pub enabled: bool,
-    /// PKCS#8 PEM Ed25519 private key that signs checkpoints
-    /// (`openssl genpkey -algorithm ed25519 -out audit.pem`); empty = none.
-    pub signing_key: PathBuf,
-    /// A signed checkpoint every this many records; 0 = not by count.
-    pub checkpoint_every: u64,
-    /// A signed checkpoint at least this often while records arrive; 0 = not by time.
-    pub checkpoint_interval_secs: u64,
-}
-
-impl Default for RawAudit {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            signing_key: PathBuf::new(),
-            checkpoint_every: 1000,
-            checkpoint_interval_secs: 60,
-        }
-    }
-}
-
-/// Secrets by reference (`[secrets]`): `env` values `secret://NAME`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawSecrets {
-    /// Directory holding one file per secret (e.g. a Kubernetes secret
-    /// mount); empty = secret references are refused.
-    pub dir: PathBuf,
-    /// Largest secret file, in bytes.
-    pub max_bytes: u64,
-}
-
-impl Default for RawSecrets {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::new(),
-            max_bytes: 64 * 1024,
-        }
-    }
 }
 
 /// Redaction of output and audit excerpts (`[redaction]`), beside the
@@ -389,18 +343,18 @@ pub struct Config {
     pub log_level: String,
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
-    pub audit: crate::audit::AuditSettings,
+    pub audit: mcp_pipeline::audit::AuditSettings,
     /// `[redaction] patterns`, compiled (built-in rules included).
     pub redactor: mcp_core::redact::Redactor,
-    pub secrets: crate::secrets::SecretsSettings,
+    pub secrets: mcp_pipeline::secrets::SecretsSettings,
     /// Validated `[auth]` (holds secrets; shared, never cloned).
     pub auth: std::sync::Arc<crate::auth::AuthSettings>,
     /// `[tls]`; `None` = plain TCP.
     pub tls: Option<crate::auth::TlsSettings>,
     /// `[approval]`.
-    pub approval: crate::approval::ApprovalSettings,
+    pub approval: mcp_pipeline::approval::ApprovalSettings,
     /// `[quotas]`.
-    pub quotas: crate::quota::QuotaSettings,
+    pub quotas: mcp_pipeline::quota::QuotaSettings,
 }
 
 /// Limits of the REST front door.
@@ -637,8 +591,8 @@ impl RawConfig {
             problems.push("telemetry.service_name must not be empty".to_owned());
         }
 
-        let audit = crate::audit::validate(&self.audit, &mut problems);
-        let secrets = crate::secrets::validate(&self.secrets, &mut problems);
+        let audit = mcp_pipeline::audit::validate(&self.audit, &mut problems);
+        let secrets = mcp_pipeline::secrets::validate(&self.secrets, &mut problems);
         let redactor = match mcp_core::redact::Redactor::new(&self.redaction.patterns) {
             Ok(r) => r,
             Err(e) => {

@@ -20,10 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
-use crate::error::{GatewayError, code_name};
-use crate::metrics::Api;
-use crate::pipeline::{Caller, Gateway};
+use crate::error::{ErrorStatus, GatewayError, code_name};
+use crate::server::Api;
 use crate::telemetry;
+use mcp_pipeline::{Caller, Gateway};
 
 #[derive(Debug, Clone)]
 pub struct GrpcService {
@@ -84,9 +84,12 @@ impl GrpcService {
             Ok(_) => "OK",
             Err(e) => code_name(e.code()),
         };
-        self.gateway
-            .metrics()
-            .observe_api(Api::Grpc, call.method, status, call.started.elapsed());
+        self.gateway.metrics().observe_api(
+            Api::Grpc.as_str(),
+            call.method,
+            status,
+            call.started.elapsed(),
+        );
         result.map_err(|e| e.to_status(&call.caller.request_id.to_string()))
     }
 
@@ -95,10 +98,10 @@ impl GrpcService {
     async fn verdict(
         &self,
         call: Call,
-        verdict: crate::approval::Verdict,
-        req: crate::approval::VerdictRequest,
+        verdict: mcp_pipeline::approval::Verdict,
+        req: mcp_pipeline::approval::VerdictRequest,
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
-        let result = crate::approval::decide(&self.gateway, &call.caller, verdict, req)
+        let result = mcp_pipeline::approval::decide(&self.gateway, &call.caller, verdict, req)
             .instrument(call.span.clone())
             .await;
         let rec = self.end(&call, result)?;
@@ -193,7 +196,7 @@ pub fn status_response(t: TaskRecord) -> pb::TaskStatusResponse {
 /// [`status_response`] with the approval's reason and expiry while the
 /// task waits for one: every answer that shows a task goes through here.
 async fn task_answer(gw: &Gateway, t: TaskRecord) -> pb::TaskStatusResponse {
-    let approval = crate::approval::shown(gw, &t).await;
+    let approval = mcp_pipeline::approval::shown(gw, &t).await;
     let mut resp = status_response(t);
     if let Some(info) = resp.task_info.as_mut() {
         (info.approval_reason, info.approval_expires_at) = approval.unzip();
@@ -393,12 +396,12 @@ impl McpService for GrpcService {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         let call = self.begin("ApproveTask", &req);
         let r = req.into_inner();
-        let req = crate::approval::VerdictRequest {
+        let req = mcp_pipeline::approval::VerdictRequest {
             task_id: r.task_id,
             token: r.token,
             text: r.comment,
         };
-        self.verdict(call, crate::approval::Verdict::Approve, req)
+        self.verdict(call, mcp_pipeline::approval::Verdict::Approve, req)
             .await
     }
 
@@ -408,12 +411,12 @@ impl McpService for GrpcService {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         let call = self.begin("RejectTask", &req);
         let r = req.into_inner();
-        let req = crate::approval::VerdictRequest {
+        let req = mcp_pipeline::approval::VerdictRequest {
             task_id: r.task_id,
             token: r.token,
             text: r.reason,
         };
-        self.verdict(call, crate::approval::Verdict::Reject, req)
+        self.verdict(call, mcp_pipeline::approval::Verdict::Reject, req)
             .await
     }
 
@@ -436,7 +439,7 @@ impl McpService for GrpcService {
                 self.gateway
                     .list(
                         &call.caller,
-                        crate::pipeline::ListFilter {
+                        mcp_pipeline::ListFilter {
                             state,
                             since: Some(r.since),
                             until: Some(r.until),

@@ -1,16 +1,15 @@
-//! The mcp-security-gateway server: front doors, the request pipeline,
-//! configuration and telemetry. The `mcp-gateway` binary is a thin CLI over
+//! The mcp-security-gateway server: front doors, authentication, the
+//! listener, configuration and telemetry, over the request pipeline
+//! (`mcp-pipeline`). The `mcp-gateway` binary is a thin CLI over
 //! this library.
 //!
 //! Invariants:
-//! - the pipeline ([`pipeline::Gateway`]) is the only path from a request to
+//! - the pipeline ([`mcp_pipeline::Gateway`]) is the only path from a request to
 //!   a sandbox; front doors ([`grpc`], [`rest`]) only translate;
 //! - nothing runs unless the policy allowed it and the decision was stored;
 //! - errors become error numbers, gRPC statuses and HTTP statuses in exactly
-//!   one place, [`error::GatewayError::mapping`].
+//!   one place, [`error::mapping`].
 
-pub mod approval;
-pub mod audit;
 pub mod auth;
 pub mod bundle_fetch;
 pub mod cmd_audit;
@@ -19,12 +18,7 @@ pub mod cmd_sandbox;
 pub mod config;
 pub mod error;
 pub mod grpc;
-pub mod live;
-pub mod metrics;
-pub mod pipeline;
-pub mod quota;
 pub mod rest;
 pub mod sandbox_pool;
-pub mod secrets;
 pub mod server;
 pub mod telemetry;

@@ -32,12 +32,26 @@ use tracing::{info, warn};
 use crate::auth::tls::{PlainListener, TlsListener};
 use crate::auth::{self, Authenticator, Peer};
 use crate::config::Config;
-use crate::error::{GatewayError, StartError, code_name};
+use crate::error::{ErrorStatus, GatewayError, StartError, code_name};
 use crate::grpc::GrpcService;
-use crate::metrics::Api;
-use crate::pipeline::{Gateway, PipelineSettings};
 use crate::rest::{self, RestSettings};
+use mcp_pipeline::{Gateway, PipelineSettings};
 
+/// Which front door served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    Grpc,
+    Rest,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Grpc => "grpc",
+            Api::Rest => "rest",
+        }
+    }
+}
 /// Largest gRPC message accepted or sent (file contents travel in one message).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -145,7 +159,7 @@ pub async fn build(cfg: &Config) -> Result<Arc<Gateway>, StartError> {
     }
     gateway.set_redactor(cfg.redactor.clone());
     gateway.set_secrets(cfg.secrets.clone());
-    gateway.set_audit_log(crate::audit::open(&cfg.audit, &cfg.database_url).await?);
+    gateway.set_audit_log(mcp_pipeline::audit::open(&cfg.audit, &cfg.database_url).await?);
     gateway
         .recover()
         .await
@@ -392,7 +406,7 @@ fn steer_answer(
     started: std::time::Instant,
 ) -> Response {
     gateway.metrics().observe_api(
-        Api::Grpc,
+        Api::Grpc.as_str(),
         method,
         code_name(error.code()),
         started.elapsed(),

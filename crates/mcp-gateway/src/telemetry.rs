@@ -240,21 +240,6 @@ pub fn request_span(api: &'static str, method: &'static str, parent: Context) ->
     span
 }
 
-/// The W3C `traceparent` of the current span, when it has a trace id.
-pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
-}
-
 /// Span data kept by [`IdsLayer`].
 #[derive(Debug, Clone, Default)]
 struct RequestId(Option<String>);
@@ -377,7 +362,7 @@ where
         let Some(start) = span.extensions_mut().remove::<SpawnStart>() else {
             return;
         };
-        crate::metrics::observe_sandbox_spawn(&start.profile, start.at.elapsed());
+        mcp_pipeline::metrics::observe_sandbox_spawn(&start.profile, start.at.elapsed());
         let id = span.id();
         drop(span);
         if let Some(parent) = self.otel_context(&id)

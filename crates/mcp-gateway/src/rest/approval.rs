@@ -1,6 +1,6 @@
 //! REST twins of `ApproveTask` and `RejectTask`:
 //! `POST /v1/tasks/{id}/approve` and `POST /v1/tasks/{id}/reject`. The
-//! logic is [`crate::approval::decide`], shared with gRPC.
+//! logic is [`mcp_pipeline::approval::decide`], shared with gRPC.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,8 +11,8 @@ use super::AppState;
 use super::extract::{ApiCaller, ApiError, ApiJson, ApiPath, ApiQuery};
 use super::handlers::{detached, task_view};
 use super::types::{ErrorBody, NoQuery, Task};
-use crate::approval::{Verdict, VerdictRequest, decide};
-use crate::pipeline::Caller;
+use mcp_pipeline::Caller;
+use mcp_pipeline::approval::{Verdict, VerdictRequest, decide};
 
 /// Approves a task waiting for approval.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -11,9 +11,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use crate::error::{GatewayError, code_name};
-use crate::pipeline::Caller;
+use crate::error::{ErrorStatus, GatewayError, code_name};
 use crate::rest::types::{ErrorBody, ErrorDetail};
+use mcp_pipeline::Caller;
 
 /// Marks a response as an API error and carries its gRPC code, for the
 /// `status` label of `mcp_api_requests_total` and so the front middleware

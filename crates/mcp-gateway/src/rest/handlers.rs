@@ -1,5 +1,5 @@
 //! One handler per REST operation. Each turns JSON into a domain request,
-//! calls the same [`Gateway`](crate::pipeline::Gateway) method the gRPC door
+//! calls the same [`Gateway`](mcp_pipeline::Gateway) method the gRPC door
 //! calls, and turns the answer back into JSON. No decisions are made here.
 
 use std::convert::Infallible;
@@ -25,12 +25,12 @@ use super::types::{
     OutputEvent, Ready, Task, TaskCreated, TaskList, WriteQuery,
 };
 use crate::error::GatewayError;
-use crate::pipeline::Gateway;
+use mcp_pipeline::Gateway;
 
 /// A task's JSON, with its approval's reason and expiry while it waits
 /// for one (every REST answer that shows a task goes through here).
 pub(crate) async fn task_view(gw: &Gateway, rec: mcp_core::TaskRecord) -> Task {
-    let approval = crate::approval::shown(gw, &rec).await;
+    let approval = mcp_pipeline::approval::shown(gw, &rec).await;
     Task::from(rec).with_approval(approval)
 }
 
@@ -145,7 +145,7 @@ pub(crate) async fn list_tasks(
     ApiCaller(caller): ApiCaller,
     ApiListQuery(q): ApiListQuery,
 ) -> Result<Json<TaskList>, ApiError> {
-    let filter = crate::pipeline::ListFilter {
+    let filter = mcp_pipeline::ListFilter {
         metadata: metadata_filter(&q.metadata).map_err(|e| ApiError::new(e, &caller))?,
         state: q.status,
         since: q.since,
@@ -457,7 +457,11 @@ pub(crate) async fn metrics(
         .gateway
         .metrics_text()
         .map_err(|e| ApiError::new(e, &caller))?;
-    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, mcp_pipeline::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
 }
 
 /// This document.

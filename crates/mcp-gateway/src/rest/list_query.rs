@@ -46,7 +46,7 @@ pub(crate) fn split_metadata(query: &str) -> (Vec<String>, String) {
     (metadata, rest.finish())
 }
 
-/// The `key:value` pairs as the filter of [`crate::pipeline::ListFilter`]:
+/// The `key:value` pairs as the filter of [`mcp_pipeline::ListFilter`]:
 /// split at the first `:` (so a value may hold `:`, a key may not); the key
 /// must not be empty, the value may; a key given twice is refused.
 pub(crate) fn metadata_filter(values: &[String]) -> Result<BTreeMap<String, String>, GatewayError> {

@@ -43,9 +43,9 @@ use extract::{BodyLimit, ErrorCode};
 
 use crate::config::HttpSettings;
 use crate::error::{GatewayError, code_name};
-use crate::metrics::Api;
-use crate::pipeline::{Caller, Gateway};
+use crate::server::Api;
 use crate::telemetry;
+use mcp_pipeline::{Caller, Gateway};
 
 /// What the REST door needs from the configuration.
 #[derive(Debug, Clone)]
@@ -279,7 +279,7 @@ async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Res
     };
     app.gateway
         .metrics()
-        .observe_api(Api::Rest, op, status, started.elapsed());
+        .observe_api(Api::Rest.as_str(), op, status, started.elapsed());
     if let Ok(v) = HeaderValue::from_str(&caller.request_id.to_string()) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -11,7 +11,7 @@ use mcp_core::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::pipeline::{Readiness, Started};
+use mcp_pipeline::{Readiness, Started};
 
 /// A command to run; the JSON twin of the gRPC `CommandRequest`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -191,7 +191,7 @@ pub struct Task {
 }
 
 impl Task {
-    /// The task with what [`crate::approval::shown`] found: the approval's
+    /// The task with what [`mcp_pipeline::approval::shown`] found: the approval's
     /// reason and expiry.
     pub fn with_approval(mut self, approval: Option<(String, String)>) -> Self {
         (self.approval_reason, self.approval_expires_at) = approval.unzip();

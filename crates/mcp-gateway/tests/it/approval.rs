@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mcp_client::{Client, CommandRequest, TaskStatus};
-use mcp_gateway::approval::{ApprovalClaims, mint_token, new_claims};
+use mcp_pipeline::approval::{ApprovalClaims, mint_token, new_claims};
 
 use crate::harness::{
     PRINCIPALS, SECRET, TestGateway, client_as, cmd, code_of, config, needing_approval, repo,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use axum::response::IntoResponse;
 use mcp_core::{TaskId, TaskIdError, TaskState, ValidationError};
-use mcp_gateway::error::{GatewayError, code_name};
+use mcp_gateway::error::{ErrorStatus, GatewayError, code_name};
 use mcp_gateway::rest::ApiError;
 use serde_json::Value;
 

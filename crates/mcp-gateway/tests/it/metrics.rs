@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use mcp_gateway::config::LogFormat;
-use mcp_gateway::metrics::exported_names;
 use mcp_gateway::telemetry::TelemetrySettings;
+use mcp_pipeline::metrics::exported_names;
 use serde_json::{Value, json};
 
 use crate::harness::{TestGateway, cmd, repo};

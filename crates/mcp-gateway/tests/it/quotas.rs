@@ -24,7 +24,7 @@ fn error_number(r: Result<impl std::fmt::Debug, mcp_client::ClientError>) -> (Co
 /// [`config`] with `quota` for tenant `acme`.
 fn with_quota(
     data: &std::path::Path,
-    quota: mcp_gateway::quota::RawTenantQuota,
+    quota: mcp_pipeline::quota::RawTenantQuota,
 ) -> mcp_gateway::config::RawConfig {
     let mut raw = config(data);
     raw.quotas.tenants.insert("acme".into(), quota);
@@ -146,7 +146,7 @@ async fn concurrent_task_quota_is_enforced_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = with_quota(
         tmp.path(),
-        mcp_gateway::quota::RawTenantQuota {
+        mcp_pipeline::quota::RawTenantQuota {
             max_concurrent_tasks: 1,
             ..Default::default()
         },
@@ -272,7 +272,7 @@ async fn a_tenant_over_its_cpu_budget_is_refused_and_its_running_work_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = with_quota(
         tmp.path(),
-        mcp_gateway::quota::RawTenantQuota {
+        mcp_pipeline::quota::RawTenantQuota {
             cpu_seconds_per_hour: 60,
             ..Default::default()
         },

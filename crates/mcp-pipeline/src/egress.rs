@@ -33,7 +33,7 @@ use mcp_sandbox::{EgressBinding, RunOutcome, RunSpec, SandboxError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Caller, Gateway};
+use crate::gateway::{Caller, Gateway};
 
 /// The gateway-wide egress settings.
 #[derive(Debug)]
@@ -155,10 +155,10 @@ impl Gateway {
     /// Runs `spec` in the sandbox; a restricted task first gets its egress
     /// proxy, which is stopped (its connections dropped, its socket
     /// removed) when the run ends.
-    pub(super) async fn run_sandbox(
+    pub(crate) async fn run_sandbox(
         self: &Arc<Self>,
         spec: RunSpec,
-        gate: Option<super::Gate>,
+        gate: Option<crate::gateway::Gate>,
         on_output: &(dyn Fn(OutputChunk) + Send + Sync),
         cancel: CancellationToken,
     ) -> Result<Option<RunOutcome>, SandboxError> {

@@ -44,7 +44,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::error::GatewayError;
-use crate::pipeline::{Caller, Gateway};
+use crate::gateway::{Caller, Gateway};
 
 /// The audience of approval tokens; other JWTs signed with the same secret
 /// are not approval tokens.

@@ -21,7 +21,7 @@ fn snapshot() -> Snapshot<'static> {
 #[test]
 fn every_documented_metric_is_exported() {
     let m = Metrics::new();
-    m.observe_api(Api::Rest, "Health", "OK", Duration::from_millis(3));
+    m.observe_api("rest", "Health", "OK", Duration::from_millis(3));
     m.observe_task("completed", Duration::from_millis(40));
     m.observe_decision(true);
     m.observe_policy_eval(Duration::from_micros(80));
@@ -67,13 +67,13 @@ fn every_documented_metric_is_exported() {
 fn gauges_and_labels_show_what_was_observed() {
     let m = Metrics::new();
     m.observe_api(
-        Api::Grpc,
+        "grpc",
         "ExecuteCommand",
         "PERMISSION_DENIED",
         Duration::from_millis(1),
     );
     m.observe_api(
-        Api::Grpc,
+        "grpc",
         "ExecuteCommand",
         "PERMISSION_DENIED",
         Duration::from_millis(1),

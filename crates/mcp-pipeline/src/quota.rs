@@ -402,8 +402,8 @@ pub enum Admission {
 /// the outcome with the decision.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn admit(
-    gw: &Arc<crate::pipeline::Gateway>,
-    caller: &crate::pipeline::Caller,
+    gw: &Arc<crate::gateway::Gateway>,
+    caller: &crate::gateway::Caller,
     id: TaskId,
     valid: &mut mcp_core::ValidExec,
     enforced: Enforced,
@@ -452,7 +452,7 @@ pub(crate) async fn admit(
 /// Refuses a tenant over its CPU budget and clamps the task's timeout to
 /// the budget left.
 pub(crate) async fn cpu_admit(
-    gw: &crate::pipeline::Gateway,
+    gw: &crate::gateway::Gateway,
     tenant: &str,
     valid: &mut mcp_core::ValidExec,
 ) -> Result<(), GatewayError> {
@@ -473,7 +473,7 @@ pub(crate) async fn cpu_admit(
 
 /// After a task of `tenant` ended: when the tenant is now over its CPU
 /// budget, its other running work on this replica is killed.
-pub(crate) async fn after_task(gw: &crate::pipeline::Gateway, tenant: &str) {
+pub(crate) async fn after_task(gw: &crate::gateway::Gateway, tenant: &str) {
     let Some(budget) = gw.quotas().cpu_budget(tenant) else {
         return;
     };
@@ -506,13 +506,13 @@ pub(crate) async fn after_task(gw: &crate::pipeline::Gateway, tenant: &str) {
 /// How long a repeat waits for the first request's task to be stored.
 const IDEMPOTENT_WAIT: Duration = Duration::from_secs(5);
 
-/// `execute` with an idempotency key (see [`crate::pipeline::Gateway::execute_idempotent`]).
+/// `execute` with an idempotency key (see [`crate::gateway::Gateway::execute_idempotent`]).
 pub(crate) async fn execute_idempotent(
-    gw: &Arc<crate::pipeline::Gateway>,
-    caller: &crate::pipeline::Caller,
+    gw: &Arc<crate::gateway::Gateway>,
+    caller: &crate::gateway::Caller,
     req: ExecRequest,
     key: Option<String>,
-) -> Result<crate::pipeline::Started, GatewayError> {
+) -> Result<crate::gateway::Started, GatewayError> {
     let Some(key) = idempotency_key(key)? else {
         return gw.execute(caller, req).await;
     };
@@ -566,7 +566,7 @@ pub(crate) async fn execute_idempotent(
                     .await
                     .map_err(GatewayError::Store)?
                 {
-                    return Ok(crate::pipeline::Started {
+                    return Ok(crate::gateway::Started {
                         id: t.id,
                         state: t.state,
                         created_at: t.created_at,

@@ -2,7 +2,7 @@
 //! format.
 //!
 //! Built on `prometheus-client` (the Prometheus project's Rust client): every
-//! [`Gateway`](crate::pipeline::Gateway) owns its own [`Registry`], so two
+//! [`Gateway`](crate::Gateway) owns its own [`Registry`], so two
 //! gateways in one process (the integration tests) never mix their numbers,
 //! and label sets are typed structs, so a label can only take values from the
 //! small fixed sets spelled out here (api, method, status code name, outcome,
@@ -24,22 +24,6 @@ use prometheus_client::registry::Registry;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Which front door served a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Api {
-    Grpc,
-    Rest,
-}
-
-impl Api {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::Grpc => "grpc",
-            Api::Rest => "rest",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ApiLabels {
@@ -140,7 +124,7 @@ pub(crate) static SANDBOX_SPAWN: LazyLock<HistogramFamily<ProfileLabels>> =
 
 /// Records one sandbox start-up (bwrap command built, workspace prepared,
 /// process spawned).
-pub(crate) fn observe_sandbox_spawn(profile: &str, took: Duration) {
+pub fn observe_sandbox_spawn(profile: &str, took: Duration) {
     SANDBOX_SPAWN
         .get_or_create(&ProfileLabels {
             profile: profile.to_owned(),
@@ -340,27 +324,25 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered request. `method` and `status` come from fixed
-    /// sets (operation names, gRPC code names).
+    /// Counts one answered request. `api` (the front door), `method` and
+    /// `status` come from fixed sets (front door names, operation names,
+    /// gRPC code names).
     pub fn observe_api(
         &self,
-        api: Api,
+        api: &'static str,
         method: &'static str,
         status: &'static str,
         took: Duration,
     ) {
         self.api_requests
             .get_or_create(&ApiLabels {
-                api: api.as_str(),
+                api,
                 method,
                 status,
             })
             .inc();
         self.api_duration
-            .get_or_create(&ApiMethodLabels {
-                api: api.as_str(),
-                method,
-            })
+            .get_or_create(&ApiMethodLabels { api, method })
             .observe(took.as_secs_f64());
     }
 

@@ -18,7 +18,7 @@ use mcp_core::redact::Redactor;
 use mcp_core::secrets;
 use tracing::warn;
 
-use crate::pipeline::Gateway;
+use crate::gateway::Gateway;
 
 /// `[secrets]` of the configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +38,28 @@ impl Default for SecretsSettings {
     }
 }
 
+/// Secrets by reference (`[secrets]`): `env` values `secret://NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSecrets {
+    /// Directory holding one file per secret (e.g. a Kubernetes secret
+    /// mount); empty = secret references are refused.
+    pub dir: PathBuf,
+    /// Largest secret file, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for RawSecrets {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// Validates `[secrets]`.
-pub fn validate(raw: &crate::config::RawSecrets, problems: &mut Vec<String>) -> SecretsSettings {
+pub fn validate(raw: &RawSecrets, problems: &mut Vec<String>) -> SecretsSettings {
     let dir = (!raw.dir.as_os_str().is_empty()).then(|| raw.dir.clone());
     if let Some(d) = &dir
         && !d.is_dir()

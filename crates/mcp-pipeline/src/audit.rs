@@ -17,8 +17,8 @@ use mcp_core::{Decision, TaskId, TaskResult, TaskState, now};
 use mcp_store::{AuditLog, AuditOptions, StoreWrite};
 use tracing::{Instrument, error, info_span, warn};
 
-use crate::error::{GatewayError, StartError};
-use crate::pipeline::{Caller, Gateway};
+use crate::error::GatewayError;
+use crate::gateway::{Caller, Gateway};
 
 /// `[audit]` of the configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub struct AuditSlot {
 pub async fn open(
     settings: &AuditSettings,
     database_url: &str,
-) -> Result<Option<Arc<AuditLog>>, StartError> {
+) -> Result<Option<Arc<AuditLog>>, AuditStartError> {
     if !settings.enabled {
         warn!("audit trail DISABLED ([audit] enabled = false): requests are not audited");
         return Ok(None);
@@ -79,8 +79,7 @@ pub async fn open(
         .signing_key
         .as_deref()
         .map(Signer::load)
-        .transpose()
-        .map_err(AuditStartError::from)?
+        .transpose()?
         .map(Arc::new);
     if signer.is_none() {
         warn!("no audit signing key ([audit] signing_key): no signed checkpoints are written");
@@ -94,8 +93,7 @@ pub async fn open(
                 checkpoint_interval: settings.checkpoint_interval,
             },
         )
-        .await
-        .map_err(AuditStartError::from)?,
+        .await?,
     );
     if let Some(every) = settings.checkpoint_interval {
         // Anchors the tail of a quiet log. Holds only a weak reference, so
@@ -163,7 +161,7 @@ fn excerpt(redactor: &Redactor, text: &str) -> String {
 fn outcome_of<T>(r: &Result<T, GatewayError>) -> String {
     match r {
         Ok(_) => "ok".to_owned(),
-        Err(e) => format!("error:{}", e.mapping().number),
+        Err(e) => format!("error:{}", e.number()),
     }
 }
 
@@ -219,7 +217,7 @@ impl Gateway {
         AuditEvent {
             at_ms: now_ms(),
             request_id: caller.request_id.to_string(),
-            trace_id: crate::telemetry::current_traceparent()
+            trace_id: crate::trace::current_traceparent()
                 .and_then(|tp| tp.split('-').nth(1).map(str::to_owned)),
             principal: caller.principal.id.clone(),
             tenant: caller.principal.tenant.clone(),
@@ -445,9 +443,35 @@ impl Gateway {
     }
 }
 
+/// The audit trail (`[audit]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    /// Record every request; off only for throwaway setups.
+    pub enabled: bool,
+    /// PKCS#8 PEM Ed25519 private key that signs checkpoints
+    /// (`openssl genpkey -algorithm ed25519 -out audit.pem`); empty = none.
+    pub signing_key: PathBuf,
+    /// A signed checkpoint every this many records; 0 = not by count.
+    pub checkpoint_every: u64,
+    /// A signed checkpoint at least this often while records arrive; 0 = not by time.
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            signing_key: PathBuf::new(),
+            checkpoint_every: 1000,
+            checkpoint_interval_secs: 60,
+        }
+    }
+}
+
 /// Validates `[audit]`, adding problems to `problems`. The signing key is
 /// loaded once here, so a bad key stops `check-config` and start-up.
-pub fn validate(raw: &crate::config::RawAudit, problems: &mut Vec<String>) -> AuditSettings {
+pub fn validate(raw: &RawAudit, problems: &mut Vec<String>) -> AuditSettings {
     let signing_key = (!raw.signing_key.as_os_str().is_empty()).then(|| raw.signing_key.clone());
     if raw.enabled
         && let Some(path) = &signing_key
