@@ -23,7 +23,10 @@ pub mod secrets;
 mod task;
 mod time_fmt;
 
-pub use decision::{Decision, Obligations};
+pub use decision::{
+    ApprovalObligation, ApprovalRequirement, Decision, Destination, LimitsObligation,
+    ObligationKind, ObligationSet, Obligations,
+};
 pub use error::ValidationError;
 pub use principal::{AuthMethod, Principal};
 pub use request::{

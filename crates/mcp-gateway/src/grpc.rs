@@ -98,10 +98,12 @@ impl GrpcService {
     async fn verdict(
         &self,
         call: Call,
-        verdict: mcp_pipeline::approval::Verdict,
-        req: mcp_pipeline::approval::VerdictRequest,
+        verdict: mcp_pipeline::Verdict,
+        req: mcp_pipeline::VerdictRequest,
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
-        let result = mcp_pipeline::approval::decide(&self.gateway, &call.caller, verdict, req)
+        let result = self
+            .gateway
+            .decide_approval(&call.caller, verdict, req)
             .instrument(call.span.clone())
             .await;
         let rec = self.end(&call, result)?;
@@ -196,7 +198,7 @@ pub fn status_response(t: TaskRecord) -> pb::TaskStatusResponse {
 /// [`status_response`] with the approval's reason and expiry while the
 /// task waits for one: every answer that shows a task goes through here.
 async fn task_answer(gw: &Gateway, t: TaskRecord) -> pb::TaskStatusResponse {
-    let approval = mcp_pipeline::approval::shown(gw, &t).await;
+    let approval = gw.pending_approval(&t).await;
     let mut resp = status_response(t);
     if let Some(info) = resp.task_info.as_mut() {
         (info.approval_reason, info.approval_expires_at) = approval.unzip();
@@ -396,12 +398,12 @@ impl McpService for GrpcService {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         let call = self.begin("ApproveTask", &req);
         let r = req.into_inner();
-        let req = mcp_pipeline::approval::VerdictRequest {
+        let req = mcp_pipeline::VerdictRequest {
             task_id: r.task_id,
             token: r.token,
             text: r.comment,
         };
-        self.verdict(call, mcp_pipeline::approval::Verdict::Approve, req)
+        self.verdict(call, mcp_pipeline::Verdict::Approve, req)
             .await
     }
 
@@ -411,13 +413,12 @@ impl McpService for GrpcService {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         let call = self.begin("RejectTask", &req);
         let r = req.into_inner();
-        let req = mcp_pipeline::approval::VerdictRequest {
+        let req = mcp_pipeline::VerdictRequest {
             task_id: r.task_id,
             token: r.token,
             text: r.reason,
         };
-        self.verdict(call, mcp_pipeline::approval::Verdict::Reject, req)
-            .await
+        self.verdict(call, mcp_pipeline::Verdict::Reject, req).await
     }
 
     async fn list_tasks(

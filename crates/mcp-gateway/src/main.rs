@@ -398,7 +398,7 @@ fn check_config(args: ServerArgs) -> anyhow::Result<ExitCode> {
         "configuration ok: listen {}, database {}, policy revision {revision}, profiles [{profiles}], authentication {}",
         cfg.listen,
         cfg.database_url,
-        mcp_gateway::auth::describe(&cfg)
+        mcp_gateway::auth::describe(&cfg.auth, cfg.tls.as_ref())
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -519,14 +519,14 @@ async fn run_task(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 roles,
                 auth: mcp_core::AuthMethod::Jwt,
             };
-            let claims = mcp_gateway::approval::new_claims(
+            let claims = mcp_pipeline::approval::new_claims(
                 &principal,
                 task,
                 std::time::Duration::from_secs(ttl_secs),
             );
             println!(
                 "{}",
-                mcp_gateway::approval::mint_token(secret.expose(), &claims)?
+                mcp_pipeline::approval::mint_token(secret.expose(), &claims)?
             );
             return Ok(ExitCode::SUCCESS);
         }

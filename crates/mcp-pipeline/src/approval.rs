@@ -24,6 +24,9 @@
 //! expiry holds across restarts). The requester may cancel a pending task
 //! (`cancelled`).
 //!
+//! This module holds the settings, tokens, what is stored and the expiry
+//! sweep; the approve/reject step itself is `approve`.
+//!
 //! Invariants: a pending task never holds env values resolved from secrets
 //! (only what the client sent); only one decision wins (the store moves a
 //! task out of `pending_approval` with a guarded update); another tenant's
@@ -31,20 +34,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use mcp_core::{
-    AuthMethod, Decision, NetworkAccess, Obligations, Principal, ResourceLimits, SandboxRequest,
-    TaskId, TaskRecord, TaskState, ValidExec, now,
+    ApprovalObligation, Decision, ObligationSet, Principal, TaskId, TaskRecord, ValidExec, now,
 };
-use mcp_store::DecisionDetails;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use crate::error::GatewayError;
-use crate::gateway::{Caller, Gateway};
+use crate::plan::{Caller, TaskPlan};
 
 /// The audience of approval tokens; other JWTs signed with the same secret
 /// are not approval tokens.
@@ -203,7 +203,7 @@ pub fn new_claims(approver: &Principal, task: TaskId, ttl: Duration) -> Approval
 /// Verifies a token's signature, audience, expiry and lifetime, and that it
 /// names `task`. Every failure is the same [`GatewayError::ApprovalTokenInvalid`]
 /// apart from a short reason.
-fn verify_token(
+pub(crate) fn verify_token(
     settings: &ApprovalSettings,
     token: &str,
     task: TaskId,
@@ -238,7 +238,9 @@ fn verify_token(
     Ok(c)
 }
 
-/// What a pending task keeps so that it can run once approved. The shape is
+/// What a pending task keeps so that it can run once approved: the
+/// admitted request itself (its [`TaskPlan`] less what is rebuilt at
+/// approval), the obligation that held it, and the decision. The shape is
 /// versioned: a gateway refuses to run a stored approval it does not know.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRun {
@@ -246,20 +248,13 @@ pub struct StoredRun {
     /// From the `require_approval` obligation.
     pub roles: Vec<String>,
     pub reason: String,
-    /// The command as requested (resolved again at approval).
-    pub command: String,
+    /// The request as admitted: limits clamped, env as the client sent it
+    /// (never values resolved from secrets). Its command is resolved again
+    /// at approval. Its metadata is the task's, kept in the task's row.
+    #[serde(flatten, with = "stored_request")]
+    pub request: ValidExec,
     /// The absolute path the policy judged.
     pub argv0: String,
-    pub args: Vec<String>,
-    /// Env as the client sent it (never values resolved from secrets).
-    pub env: BTreeMap<String, String>,
-    pub cwd: String,
-    pub timeout_secs: u64,
-    pub network: NetworkAccess,
-    pub limits: ResourceLimits,
-    pub denied_paths: Vec<String>,
-    pub rw_paths: Vec<String>,
-    pub ro_paths: Vec<String>,
     pub profile: String,
     /// The decision that required approval.
     pub decision_id: String,
@@ -267,82 +262,138 @@ pub struct StoredRun {
     /// Every obligation of that decision (redact, network, …), enforced
     /// again when the task runs.
     #[serde(default)]
-    pub obligations: serde_json::Map<String, serde_json::Value>,
+    pub obligations: ObligationSet,
     /// Who asked: the task runs as this principal.
     pub requester: Principal,
 }
 
-const STORED_RUN_VERSION: u32 = 1;
+pub(crate) const STORED_RUN_VERSION: u32 = 1;
 
 impl StoredRun {
-    pub fn new(
-        obligation: &mcp_policy::ApprovalObligation,
-        valid: &ValidExec,
-        argv0: &str,
-        profile: &str,
-        decision: &Decision,
-        details: &DecisionDetails,
-        caller: &Caller,
-    ) -> Self {
+    /// What `plan`, held by `obligation`, keeps while it waits.
+    pub fn new(obligation: &ApprovalObligation, plan: &TaskPlan, decision: &Decision) -> Self {
         Self {
             version: STORED_RUN_VERSION,
             roles: obligation.roles.clone(),
             reason: obligation.reason.clone(),
-            command: valid.command.clone(),
-            argv0: argv0.to_owned(),
-            args: valid.args.clone(),
-            env: valid.env.clone(),
-            cwd: valid.cwd.clone(),
-            timeout_secs: valid.timeout.as_secs(),
-            network: valid.sandbox.network,
-            limits: valid.sandbox.limits,
-            denied_paths: valid.sandbox.denied_paths.clone(),
-            rw_paths: valid.sandbox.rw_paths.clone(),
-            ro_paths: valid.sandbox.ro_paths.clone(),
-            profile: profile.to_owned(),
-            decision_id: caller.request_id.to_string(),
+            request: plan.request.clone(),
+            argv0: plan.argv0.clone(),
+            profile: plan.profile.clone(),
+            decision_id: plan.caller.request_id.to_string(),
             policy_revision: decision.policy_revision.clone(),
-            obligations: details.obligations.clone(),
-            requester: caller.principal.clone(),
+            obligations: plan.obligations.clone(),
+            requester: plan.caller.principal.clone(),
         }
     }
 
-    /// The validated request to run, as it was approved.
-    pub fn valid_exec(&self, metadata: BTreeMap<String, String>) -> ValidExec {
-        ValidExec {
-            command: self.command.clone(),
-            args: self.args.clone(),
-            env: self.env.clone(),
-            cwd: self.cwd.clone(),
-            timeout: Duration::from_secs(self.timeout_secs),
-            metadata,
-            sandbox: SandboxRequest {
-                enabled: true,
-                network: self.network,
-                limits: self.limits,
-                rw_paths: self.rw_paths.clone(),
-                ro_paths: self.ro_paths.clone(),
-                denied_paths: self.denied_paths.clone(),
-            },
+    /// The plan to run task `id` as approved: as its requester (from
+    /// `source`, the approval's peer), with the task's `metadata`.
+    pub fn into_plan(
+        self,
+        id: TaskId,
+        source: Option<String>,
+        metadata: BTreeMap<String, String>,
+    ) -> TaskPlan {
+        let mut request = self.request;
+        request.metadata = metadata;
+        TaskPlan {
+            id,
+            caller: Caller::new(self.requester, source),
+            request,
+            argv0: self.argv0,
+            profile: self.profile,
+            obligations: self.obligations,
         }
     }
 }
 
-/// The `require_approval` obligation of a decision, from its decision-log
-/// details (`Ok(None)` when absent; `Err` when malformed or without roles:
-/// an approval nobody can give fails closed).
-pub fn approval_obligation(
-    details: &DecisionDetails,
-) -> Result<Option<mcp_policy::ApprovalObligation>, String> {
-    let Some(v) = details.obligations.get("require_approval") else {
-        return Ok(None);
-    };
-    let o: mcp_policy::ApprovalObligation = serde_json::from_value(v.clone())
-        .map_err(|e| format!("obligation require_approval is malformed: {e}"))?;
-    if o.roles.is_empty() {
-        return Err("obligation require_approval names no role that may approve".to_owned());
+/// The stored shape of a pending request (version 1): the request's fields
+/// side by side with the rest of the [`StoredRun`], the timeout in seconds,
+/// no metadata. Only here does the request become JSON.
+mod stored_request {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use mcp_core::{NetworkAccess, ResourceLimits, SandboxRequest, ValidExec};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    struct Out<'a> {
+        command: &'a str,
+        args: &'a [String],
+        env: &'a BTreeMap<String, String>,
+        cwd: &'a str,
+        timeout_secs: u64,
+        network: NetworkAccess,
+        limits: ResourceLimits,
+        denied_paths: &'a [String],
+        rw_paths: &'a [String],
+        ro_paths: &'a [String],
     }
-    Ok(Some(o))
+
+    #[derive(Deserialize)]
+    struct In {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: String,
+        timeout_secs: u64,
+        network: NetworkAccess,
+        limits: ResourceLimits,
+        denied_paths: Vec<String>,
+        rw_paths: Vec<String>,
+        ro_paths: Vec<String>,
+    }
+
+    pub fn serialize<S: Serializer>(r: &ValidExec, s: S) -> Result<S::Ok, S::Error> {
+        Out {
+            command: &r.command,
+            args: &r.args,
+            env: &r.env,
+            cwd: &r.cwd,
+            timeout_secs: r.timeout.as_secs(),
+            network: r.sandbox.network,
+            limits: r.sandbox.limits,
+            denied_paths: &r.sandbox.denied_paths,
+            rw_paths: &r.sandbox.rw_paths,
+            ro_paths: &r.sandbox.ro_paths,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ValidExec, D::Error> {
+        let r = In::deserialize(d)?;
+        Ok(ValidExec {
+            command: r.command,
+            args: r.args,
+            env: r.env,
+            cwd: r.cwd,
+            timeout: Duration::from_secs(r.timeout_secs),
+            metadata: BTreeMap::new(),
+            sandbox: SandboxRequest {
+                enabled: true,
+                network: r.network,
+                limits: r.limits,
+                rw_paths: r.rw_paths,
+                ro_paths: r.ro_paths,
+                denied_paths: r.denied_paths,
+            },
+        })
+    }
+}
+
+/// The `require_approval` obligation of a decision (`Ok(None)` when
+/// absent); `Err` when it names no role: an approval nobody can give fails
+/// closed.
+pub fn approval_obligation(
+    obligations: &ObligationSet,
+) -> Result<Option<&ApprovalObligation>, String> {
+    match &obligations.require_approval {
+        Some(o) if o.roles.is_empty() => {
+            Err("obligation require_approval names no role that may approve".to_owned())
+        }
+        o => Ok(o.as_ref()),
+    }
 }
 
 /// Approve or reject.
@@ -371,228 +422,9 @@ pub struct VerdictRequest {
 }
 
 /// The longest comment or reason kept.
-const MAX_TEXT: usize = 1024;
+pub(crate) const MAX_TEXT: usize = 1024;
 
-/// Approves or rejects a pending task and answers with its record. The
-/// request is audited (action `approve` / `reject`) with its outcome.
-pub async fn decide(
-    gw: &Arc<Gateway>,
-    caller: &Caller,
-    verdict: Verdict,
-    req: VerdictRequest,
-) -> Result<TaskRecord, GatewayError> {
-    let task_id = req.task_id.clone();
-    let answer = decide_unaudited(gw, caller, verdict, req).await;
-    gw.audit_answer(caller, verdict.as_str(), Some(&task_id), answer)
-        .await
-}
-
-async fn decide_unaudited(
-    gw: &Arc<Gateway>,
-    caller: &Caller,
-    verdict: Verdict,
-    req: VerdictRequest,
-) -> Result<TaskRecord, GatewayError> {
-    let id: TaskId = req.task_id.parse()?;
-    if req.text.len() > MAX_TEXT {
-        return Err(GatewayError::MalformedRequest {
-            field: Some(
-                if verdict == Verdict::Approve {
-                    "comment"
-                } else {
-                    "reason"
-                }
-                .to_owned(),
-            ),
-            reason: format!("longer than {MAX_TEXT} bytes"),
-        });
-    }
-    let settings = gw.approval_settings();
-    let approver = match req.token.as_deref().filter(|t| !t.is_empty()) {
-        None => caller.principal.clone(),
-        Some(token) => {
-            let c = verify_token(settings, token, id)?;
-            // The token names the approver (its signature binds the
-            // principal); whoever carries it (a chat bot, a link) must at
-            // least belong to the same tenant when it is authenticated.
-            if caller.principal.auth != AuthMethod::None && caller.principal.tenant != c.tenant {
-                return Err(GatewayError::ApprovalTokenInvalid {
-                    reason: "the token was issued for another tenant",
-                });
-            }
-            let exp = OffsetDateTime::from_unix_timestamp(c.exp).unwrap_or_else(|_| now());
-            let first = gw
-                .store()
-                .use_token(&c.jti, id, now(), exp)
-                .await
-                .map_err(GatewayError::Store)?;
-            if !first {
-                warn!(task_id = %id, "approval token replayed");
-                return Err(GatewayError::ApprovalTokenInvalid {
-                    reason: "the token was already used",
-                });
-            }
-            Principal {
-                id: c.sub,
-                tenant: c.tenant,
-                roles: c.roles,
-                auth: AuthMethod::Jwt,
-            }
-        }
-    };
-
-    // Everything is looked up in the approver's tenant: another tenant's
-    // task is not found, exactly like a task that does not exist.
-    let tenant = approver.tenant.clone();
-    let rec = gw
-        .store()
-        .get_task(&tenant, id)
-        .await
-        .map_err(GatewayError::Store)?
-        .ok_or(GatewayError::TaskNotFound { id })?;
-    let approval = gw
-        .store()
-        .get_approval(&tenant, id)
-        .await
-        .map_err(GatewayError::Store)?;
-    let (Some(approval), TaskState::PendingApproval) = (approval, rec.state) else {
-        return Err(not_pending(&rec));
-    };
-    let run: StoredRun = match serde_json::from_value(approval.details.clone()) {
-        Ok(
-            r @ StoredRun {
-                version: STORED_RUN_VERSION,
-                ..
-            },
-        ) => r,
-        _ => {
-            warn!(task_id = %id, "stored approval cannot be read by this gateway");
-            return Err(GatewayError::Internal {
-                what: "stored approval cannot be read".to_owned(),
-            });
-        }
-    };
-    if approval.expires_at <= now() {
-        expire(gw, &tenant, id).await?;
-        return Err(GatewayError::TaskFinished {
-            id,
-            state: TaskState::Expired,
-        });
-    }
-    if approver.id == rec.principal {
-        let why = "the requester cannot approve or reject its own task";
-        record(
-            gw,
-            caller,
-            &approver,
-            verdict,
-            &rec,
-            &run,
-            (false, Duration::ZERO),
-            why,
-        )
-        .await?;
-        return Err(GatewayError::SelfApproval { id });
-    }
-
-    let (allowed, latency) = evaluate(gw, &approver, verdict, &rec, &run);
-    let why = if allowed {
-        ""
-    } else {
-        "data.mcp.approve is not true"
-    };
-    record(
-        gw,
-        caller,
-        &approver,
-        verdict,
-        &rec,
-        &run,
-        (allowed, latency),
-        why,
-    )
-    .await?;
-    if !allowed {
-        info!(task_id = %id, verdict = verdict.as_str(), "approver refused by policy");
-        return Err(GatewayError::Denied {
-            reasons: vec![format!(
-                "principal {:?} may not {} this task (data.mcp.approve)",
-                approver.id,
-                verdict.as_str()
-            )],
-        });
-    }
-
-    match verdict {
-        Verdict::Reject => {
-            let reason = if req.text.trim().is_empty() {
-                format!("rejected by {}", approver.id)
-            } else {
-                format!("rejected by {}: {}", approver.id, req.text.trim())
-            };
-            let done = gw
-                .store()
-                .finish_pending(
-                    &tenant,
-                    id,
-                    TaskState::Rejected,
-                    now(),
-                    &reason,
-                    Some(&approver.id),
-                )
-                .await
-                .map_err(GatewayError::Store)?;
-            if !done {
-                return Err(not_pending(&gw.status_in(&tenant, id).await?));
-            }
-            gw.metrics()
-                .observe_task(TaskState::Rejected.as_str(), Duration::ZERO);
-            info!(task_id = %id, "task rejected");
-        }
-        Verdict::Approve => {
-            // What was approved is what runs: the command must resolve to
-            // the same binary in the stored profile now.
-            let now_resolved = gw.sandbox().resolve_command(&run.profile, &run.command);
-            if now_resolved.as_deref() != Some(run.argv0.as_str()) {
-                let reason = "not run: the command resolves differently than when it was approved";
-                gw.store()
-                    .finish_pending(
-                        &tenant,
-                        id,
-                        TaskState::Failed,
-                        now(),
-                        reason,
-                        Some(&approver.id),
-                    )
-                    .await
-                    .map_err(GatewayError::Store)?;
-                return Err(GatewayError::Denied {
-                    reasons: vec![reason.to_owned()],
-                });
-            }
-            let requester = Caller::new(run.requester.clone(), caller.source.clone());
-            let valid = run.valid_exec(rec.metadata.clone());
-            let started = gw
-                .start_approved(
-                    &requester,
-                    id,
-                    &approver.id,
-                    run.profile.clone(),
-                    run.argv0.clone(),
-                    valid,
-                    &run.obligations,
-                )
-                .await?;
-            if !started {
-                return Err(not_pending(&gw.status_in(&tenant, id).await?));
-            }
-            info!(task_id = %id, "task approved");
-        }
-    }
-    gw.status_in(&tenant, id).await
-}
-
-fn not_pending(rec: &TaskRecord) -> GatewayError {
+pub(crate) fn not_pending(rec: &TaskRecord) -> GatewayError {
     if rec.state.is_terminal() {
         GatewayError::TaskFinished {
             id: rec.id,
@@ -606,23 +438,8 @@ fn not_pending(rec: &TaskRecord) -> GatewayError {
     }
 }
 
-async fn expire(gw: &Gateway, tenant: &str, id: TaskId) -> Result<(), GatewayError> {
-    gw.store()
-        .finish_pending(
-            tenant,
-            id,
-            TaskState::Expired,
-            now(),
-            mcp_store::APPROVAL_EXPIRED,
-            None,
-        )
-        .await
-        .map_err(GatewayError::Store)?;
-    Ok(())
-}
-
 /// The input of `data.mcp.approve`.
-fn approve_input(
+pub(crate) fn approve_input(
     approver: &Principal,
     verdict: Verdict,
     rec: &TaskRecord,
@@ -639,7 +456,7 @@ fn approve_input(
         "created_at": mcp_core::rfc3339(rec.created_at),
     });
     if with_args && let Some(obj) = task.as_object_mut() {
-        obj.insert("args".to_owned(), serde_json::json!(run.args));
+        obj.insert("args".to_owned(), serde_json::json!(run.request.args));
     }
     serde_json::json!({
         "action": verdict.as_str(),
@@ -651,88 +468,11 @@ fn approve_input(
             // Each policy's demand; approve.rego wants one role of each.
             "requirements": run
                 .obligations
-                .get("require_approval")
-                .and_then(|o| o.get("requirements"))
-                .cloned()
-                .unwrap_or_else(|| serde_json::json!([])),
+                .require_approval
+                .as_ref()
+                .map_or(&[][..], |o| o.requirements.as_slice()),
         },
     })
-}
-
-/// Evaluates `data.mcp.approve`; anything but `true` (an error, undefined,
-/// another value) refuses. Answers whether it allowed, and the latency.
-fn evaluate(
-    gw: &Gateway,
-    approver: &Principal,
-    verdict: Verdict,
-    rec: &TaskRecord,
-    run: &StoredRun,
-) -> (bool, Duration) {
-    let _span = tracing::info_span!("policy.eval", rule = "data.mcp.approve").entered();
-    let started = Instant::now();
-    let engine = gw.policy_service().engine();
-    let input = approve_input(approver, verdict, rec, run, true);
-    let allowed = match engine.eval_rule(APPROVE_RULE, &input) {
-        Ok(value) => value == Some(serde_json::Value::Bool(true)),
-        Err(error) => {
-            tracing::error!(%error, revision = %engine.revision(), "data.mcp.approve failed, refusing");
-            false
-        }
-    };
-    (allowed, started.elapsed())
-}
-
-/// Writes the approve/reject decision to the decision log.
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    gw: &Gateway,
-    caller: &Caller,
-    approver: &Principal,
-    verdict: Verdict,
-    rec: &TaskRecord,
-    run: &StoredRun,
-    (allowed, latency): (bool, Duration),
-    why: &str,
-) -> Result<(), GatewayError> {
-    let decision = Decision {
-        allow: allowed,
-        deny_reasons: if allowed {
-            Vec::new()
-        } else {
-            vec![why.to_owned()]
-        },
-        warnings: Vec::new(),
-        obligations: Obligations::default(),
-        policy_revision: gw.policy_revision(),
-    };
-    let details = DecisionDetails {
-        // Args can hold anything the requester typed; the log keeps the rest.
-        input: Some(approve_input(approver, verdict, rec, run, false)),
-        latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-        ..DecisionDetails::default()
-    };
-    let mut as_approver = caller.clone();
-    as_approver.principal = approver.clone();
-    gw.record_decision(
-        &as_approver,
-        "approval",
-        &format!("{} {}", verdict.as_str(), rec.id),
-        &decision,
-        &details,
-        Some(rec.id),
-    )
-    .await
-}
-
-/// What a client is shown about a pending task: the obligation's reason
-/// and the expiry (RFC 3339). `None` for tasks not waiting for approval.
-pub async fn shown(gw: &Gateway, rec: &TaskRecord) -> Option<(String, String)> {
-    if rec.state != TaskState::PendingApproval {
-        return None;
-    }
-    let a = gw.store().get_approval(&rec.tenant, rec.id).await.ok()??;
-    let reason = a.details.get("reason")?.as_str()?.to_owned();
-    Some((reason, mcp_core::rfc3339(a.expires_at)))
 }
 
 /// Expires overdue approvals now and then every `interval` until `stop`.

@@ -17,107 +17,27 @@
 //! address; the guard is applied here too, before the decision is stored,
 //! so the log says what the proxy does.
 
-use std::collections::HashMap;
+pub(crate) mod registry;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use mcp_core::{NetworkAccess, OutputChunk, TaskId};
 use mcp_egress::{
     ConnectRequest, Connector, Decider, EgressProxy, Outcome, ProxyContext, ProxySettings,
-    Rejected, Resolver, SystemResolver, TcpConnector, Verdict, ungranted_internal,
+    Rejected, Resolver, Verdict, ungranted_internal,
 };
 use mcp_policy::{AddressInput, Destination, NetworkInput, PolicyInput};
 use mcp_sandbox::{EgressBinding, RunOutcome, RunSpec, SandboxError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::gateway::{Caller, Gateway};
-
-/// The gateway-wide egress settings.
-#[derive(Debug)]
-pub(crate) struct EgressState {
-    /// The binary bound into restricted sandboxes as the forwarder.
-    forwarder: RwLock<PathBuf>,
-    /// Resolves destination names (the system resolver unless replaced).
-    resolver: RwLock<Arc<dyn Resolver>>,
-    /// Opens upstream connections (plain TCP unless replaced).
-    connector: RwLock<Arc<dyn Connector>>,
-    /// Restricted tasks accepted but not yet started.
-    pending: Mutex<HashMap<TaskId, TaskEgress>>,
-}
-
-impl EgressState {
-    /// Remembers how `spec`'s connections are decided, when it asks for
-    /// restricted network access.
-    pub(crate) fn register(
-        &self,
-        spec: &RunSpec,
-        caller: &Caller,
-        obligations: &serde_json::Map<String, serde_json::Value>,
-    ) {
-        if spec.network == NetworkAccess::Restricted {
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(spec.task_id, TaskEgress::new(caller, obligations));
-        }
-    }
-
-    /// Forgets a task that ends without running (cancelled while queued).
-    pub(crate) fn forget(&self, task: TaskId) {
-        self.take(task);
-    }
-
-    fn take(&self, task: TaskId) -> Option<TaskEgress> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task)
-    }
-}
-
-impl Default for EgressState {
-    fn default() -> Self {
-        EgressState {
-            forwarder: RwLock::new(std::env::current_exe().unwrap_or_default()),
-            resolver: RwLock::new(Arc::new(SystemResolver)),
-            connector: RwLock::new(Arc::new(TcpConnector)),
-            pending: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-/// What a restricted task's connections are decided against.
-#[derive(Debug, Clone)]
-pub(crate) struct TaskEgress {
-    caller: Caller,
-    /// The command decision's `network` obligation; `None` when the policy
-    /// set none (then the network policy alone decides).
-    destinations: Option<Vec<Destination>>,
-}
-
-impl TaskEgress {
-    /// From the command decision's stored obligations (`details.obligations`).
-    fn new(
-        caller: &Caller,
-        obligations: &serde_json::Map<String, serde_json::Value>,
-    ) -> TaskEgress {
-        let destinations = obligations.get("network").map(|v| {
-            serde_json::from_value::<Vec<Destination>>(v.clone()).unwrap_or_else(|e| {
-                // The engine validated the shape; should it ever not parse,
-                // no destination is allowed (fail closed).
-                warn!(error = %e, "unreadable network obligation; no destination allowed");
-                Vec::new()
-            })
-        });
-        TaskEgress {
-            caller: caller.clone(),
-            destinations,
-        }
-    }
-}
+use crate::gateway::Gateway;
+use crate::plan::Caller;
+use crate::record::DecisionEntry;
+use registry::TaskEgress;
 
 impl Gateway {
     /// Replaces the binary bound into restricted sandboxes as the egress
@@ -158,7 +78,7 @@ impl Gateway {
     pub(crate) async fn run_sandbox(
         self: &Arc<Self>,
         spec: RunSpec,
-        gate: Option<crate::gateway::Gate>,
+        gate: Option<crate::worker::Gate>,
         on_output: &(dyn Fn(OutputChunk) + Send + Sync),
         cancel: CancellationToken,
     ) -> Result<Option<RunOutcome>, SandboxError> {
@@ -291,16 +211,14 @@ impl GatewayDecider {
             req.port,
             req.via.as_str()
         );
-        self.gateway
-            .record_decision(
-                caller,
-                "network",
-                &summary,
-                decision,
-                details,
-                Some(self.task_id),
-            )
-            .await
+        let entry = DecisionEntry {
+            caller,
+            kind: "network",
+            summary: &summary,
+            decision,
+            task_id: Some(self.task_id),
+        };
+        self.gateway.record_decision(entry, details).await
     }
 }
 
@@ -435,18 +353,14 @@ impl Decider for GatewayDecider {
         };
         let decision = self.denial(vec![rejected.reason.clone()]);
         let details = mcp_store::DecisionDetails::default();
-        if let Err(e) = self
-            .gateway
-            .record_decision(
-                &caller,
-                "network",
-                &summary,
-                &decision,
-                &details,
-                Some(self.task_id),
-            )
-            .await
-        {
+        let entry = DecisionEntry {
+            caller: &caller,
+            kind: "network",
+            summary: &summary,
+            decision: &decision,
+            task_id: Some(self.task_id),
+        };
+        if let Err(e) = self.gateway.record_decision(entry, &details).await {
             warn!(error = %e, task_id = %self.task_id, "cannot store rejected egress request");
         }
     }

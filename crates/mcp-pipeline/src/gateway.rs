@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mcp_core::RequestLimits;
-use mcp_core::redact::Redactor;
 use mcp_policy::PolicyService;
 use mcp_sandbox::{FilesRoot, Sandbox};
-use mcp_store::{AuditLog, TaskStore};
+use mcp_store::TaskStore;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::approval::ApprovalSettings;
 use crate::audit::AuditSlot;

@@ -14,11 +14,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 
-use mcp_core::redact::Redactor;
 use mcp_core::secrets;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
-
-use crate::gateway::Gateway;
 
 /// `[secrets]` of the configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,28 +134,6 @@ pub async fn resolve(
     })
     .await
     .map_err(|_| "secret resolution failed".to_owned())?
-}
-
-impl Gateway {
-    /// Sets `[secrets]` (once, at start-up).
-    pub fn set_secrets(&self, settings: SecretsSettings) {
-        let _ = self.audit.secrets.set(settings);
-    }
-
-    /// Resolves the secrets `env` refers to and adds their values to
-    /// `redactor`; `Err` is a public reason to deny with.
-    pub(crate) async fn resolve_secrets(
-        &self,
-        env: &BTreeMap<String, String>,
-        redactor: &mut Redactor,
-    ) -> Result<BTreeMap<String, String>, String> {
-        let settings = self.audit.secrets.get().cloned().unwrap_or_default();
-        let values = resolve(&settings, env).await?;
-        for v in values.values() {
-            redactor.add_literal(v.as_bytes());
-        }
-        Ok(values)
-    }
 }
 
 #[cfg(test)]

@@ -311,8 +311,9 @@ pub struct DecisionDetails {
     pub latency_us: u64,
     /// The sandbox profile the policy chose, if any.
     pub profile: Option<String>,
-    /// Every obligation the policy set, as a JSON object (`{}` when none).
-    pub obligations: serde_json::Map<String, serde_json::Value>,
+    /// Every obligation the policy set (stored as a JSON object, `{}` when
+    /// none).
+    pub obligations: mcp_core::ObligationSet,
     pub warnings: Vec<String>,
 }
 

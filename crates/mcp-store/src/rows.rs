@@ -251,7 +251,7 @@ impl TryFrom<DecisionLogRow> for DecisionLogEntry {
             })
             .transpose()?;
         let obligations = parse(id, "obligations", &row.obligations, |s| {
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s)
+            serde_json::from_str::<mcp_core::ObligationSet>(s)
         })?;
         Ok(DecisionLogEntry {
             record: DecisionRecord::try_from(row.decision)?,

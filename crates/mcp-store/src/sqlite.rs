@@ -438,8 +438,11 @@ async fn insert_decision(
         .input
         .as_ref()
         .map(|v| serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned()));
-    let obligations =
-        serde_json::to_string(&details.obligations).unwrap_or_else(|_| "{}".to_owned());
+    // Typed up to here; JSON only in the row. Through a `Value`, whose
+    // object keys are sorted, so the stored text is what it always was.
+    let obligations = serde_json::to_value(&details.obligations)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "{}".to_owned());
     sqlx::query(INSERT_DECISION_SQL)
         .bind(rec.id.hyphenated().to_string())
         .bind(to_ms(rec.at))

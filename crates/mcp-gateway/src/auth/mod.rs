@@ -190,8 +190,7 @@ pub fn log_failure(failure: &Failure, request_id: &str, peer: Option<&str>) {
 
 /// What authentication a configuration turns on, for `check-config` and
 /// the start-up log: e.g. `api keys (2), jwt, tls with client certificates`.
-pub fn describe(cfg: &crate::config::Config) -> String {
-    let a = &cfg.auth;
+pub fn describe(a: &AuthSettings, tls: Option<&TlsSettings>) -> String {
     let mut parts = Vec::new();
     if !a.api_keys.is_empty() {
         parts.push(format!("api keys ({})", a.api_keys.len()));
@@ -209,7 +208,7 @@ pub fn describe(cfg: &crate::config::Config) -> String {
             "none (loopback only)".to_owned()
         });
     }
-    match &cfg.tls {
+    match tls {
         Some(t) if t.client_ca.is_some() => parts.push("tls with client certificates".to_owned()),
         Some(_) => parts.push("tls".to_owned()),
         None => {}

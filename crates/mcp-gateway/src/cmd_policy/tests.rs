@@ -73,11 +73,7 @@ async fn record(store: &SqliteStore, engine: &PolicyEngine, input: &PolicyInput,
         input: keep.then(|| e.logged_input(input)),
         latency_us: u64::try_from(e.latency.as_micros()).unwrap(),
         profile: e.obligations.profile.clone(),
-        obligations: serde_json::to_value(&e.obligations)
-            .unwrap()
-            .as_object()
-            .cloned()
-            .unwrap(),
+        obligations: e.obligations.clone(),
         warnings: e.decision.warnings.clone(),
     };
     store.record_decision_with(&rec, &details).await.unwrap();

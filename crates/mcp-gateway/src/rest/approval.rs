@@ -1,6 +1,6 @@
 //! REST twins of `ApproveTask` and `RejectTask`:
 //! `POST /v1/tasks/{id}/approve` and `POST /v1/tasks/{id}/reject`. The
-//! logic is [`mcp_pipeline::approval::decide`], shared with gRPC.
+//! logic is [`mcp_pipeline::Gateway::decide_approval`], shared with gRPC.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,7 +12,7 @@ use super::extract::{ApiCaller, ApiError, ApiJson, ApiPath, ApiQuery};
 use super::handlers::{detached, task_view};
 use super::types::{ErrorBody, NoQuery, Task};
 use mcp_pipeline::Caller;
-use mcp_pipeline::approval::{Verdict, VerdictRequest, decide};
+use mcp_pipeline::{Verdict, VerdictRequest};
 
 /// Approves a task waiting for approval.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -110,7 +110,7 @@ async fn answer(
 ) -> Result<Json<Task>, ApiError> {
     let gw = app.gateway.clone();
     let c = caller.clone();
-    let rec = detached(async move { decide(&gw, &c, verdict, req).await })
+    let rec = detached(async move { gw.decide_approval(&c, verdict, req).await })
         .await
         .map_err(|e| ApiError::new(e, &caller))?;
     Ok(Json(task_view(&app.gateway, rec).await))

@@ -30,7 +30,7 @@ use mcp_pipeline::Gateway;
 /// A task's JSON, with its approval's reason and expiry while it waits
 /// for one (every REST answer that shows a task goes through here).
 pub(crate) async fn task_view(gw: &Gateway, rec: mcp_core::TaskRecord) -> Task {
-    let approval = mcp_pipeline::approval::shown(gw, &rec).await;
+    let approval = gw.pending_approval(&rec).await;
     Task::from(rec).with_approval(approval)
 }
 

@@ -191,7 +191,7 @@ pub struct Task {
 }
 
 impl Task {
-    /// The task with what [`mcp_pipeline::approval::shown`] found: the approval's
+    /// The task with what [`mcp_pipeline::Gateway::pending_approval`] found: the approval's
     /// reason and expiry.
     pub fn with_approval(mut self, approval: Option<(String, String)>) -> Self {
         (self.approval_reason, self.approval_expires_at) = approval.unzip();

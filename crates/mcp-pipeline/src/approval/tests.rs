@@ -93,16 +93,18 @@ fn config_wants_a_long_secret_and_nonzero_durations() {
 
 #[test]
 fn obligations_without_roles_fail_closed() {
-    let mut d = mcp_store::DecisionDetails::default();
-    assert_eq!(approval_obligation(&d).unwrap(), None);
-    d.obligations.insert(
-        "require_approval".into(),
-        serde_json::json!({"roles": [], "reason": "x"}),
-    );
-    assert!(approval_obligation(&d).is_err());
-    d.obligations.insert(
-        "require_approval".into(),
-        serde_json::json!({"roles": ["ops"], "reason": "x"}),
-    );
-    assert_eq!(approval_obligation(&d).unwrap().unwrap().roles, vec!["ops"]);
+    let mut o = ObligationSet::default();
+    assert_eq!(approval_obligation(&o).unwrap(), None);
+    o.require_approval = Some(ApprovalObligation {
+        roles: vec![],
+        reason: "x".into(),
+        requirements: vec![],
+    });
+    assert!(approval_obligation(&o).is_err());
+    o.require_approval = Some(ApprovalObligation {
+        roles: vec!["ops".into()],
+        reason: "x".into(),
+        requirements: vec![],
+    });
+    assert_eq!(approval_obligation(&o).unwrap().unwrap().roles, vec!["ops"]);
 }

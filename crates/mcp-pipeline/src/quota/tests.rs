@@ -75,7 +75,19 @@ fn rate_is_refused_with_a_retry_after() {
     let err = q.charge_rate("acme").unwrap_err();
     // Recovery over time is `bucket_refills_at_the_rate_and_answers_the_wait`.
     assert!(matches!(err.retry_after_secs(), Some(59 | 60)), "{err:?}");
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    // RESOURCE_EXHAUSTED / 429 at the front doors (mcp-gateway's mapping).
+    assert!(
+        matches!(
+            err,
+            GatewayError::QuotaExceeded {
+                quota: "tasks per minute",
+                limit: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.number(), 4101);
     q.charge_rate("other").unwrap();
 }
 

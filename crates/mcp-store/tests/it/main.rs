@@ -599,12 +599,18 @@ async fn racing_finishes_have_exactly_one_winner() -> Result<()> {
 // ---- decision log -----------------------------------------------------------
 
 fn details(n: u64) -> DecisionDetails {
-    let mut obligations = serde_json::Map::new();
-    obligations.insert("profile".into(), serde_json::json!("default"));
-    obligations.insert(
-        "require_approval".into(),
-        serde_json::json!({"roles": ["lead"], "reason": "write"}),
-    );
+    let obligations = mcp_core::ObligationSet {
+        profile: Some("default".into()),
+        require_approval: Some(mcp_core::ApprovalObligation {
+            roles: vec!["lead".into()],
+            reason: "write".into(),
+            requirements: vec![mcp_core::ApprovalRequirement {
+                roles: vec!["lead".into()],
+                reason: "write".into(),
+            }],
+        }),
+        ..mcp_core::ObligationSet::default()
+    };
     DecisionDetails {
         input: Some(serde_json::json!({
             "principal": {"id": "alice", "tenant": "acme"},
