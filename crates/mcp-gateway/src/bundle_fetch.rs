@@ -40,8 +40,6 @@ use mcp_policy::{EngineOptions, PolicyEngine, PolicyError, PolicyService};
 use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, error, info, warn};
 
-use crate::config::RawPolicy;
-
 /// `policy.bundle_poll_secs` by default.
 pub const DEFAULT_POLL_SECS: u64 = 60;
 /// The longest allowed poll interval (a day).
@@ -167,14 +165,27 @@ fn shown(url: &Uri) -> String {
     }
 }
 
+/// The `[policy]` keys of a URL bundle as the file gave them; the config
+/// module lends them (`RawPolicy::bundle_fetch`), so that this module needs
+/// nothing of the config's.
+#[derive(Debug, Clone, Copy)]
+pub struct RawFetch<'a> {
+    pub bundle: &'a Path,
+    pub bundle_poll_secs: u64,
+    pub bundle_timeout_secs: u64,
+    pub bundle_allow_http: bool,
+    pub bundle_token_file: &'a Path,
+    pub bundle_ca_file: &'a Path,
+}
+
 /// Validates the URL settings of `policy`; `None` when `policy.bundle` is
 /// no URL (or is broken, with the problems pushed).
 pub fn validate(
-    policy: &RawPolicy,
+    policy: &RawFetch<'_>,
     data_dir: &Path,
     problems: &mut Vec<String>,
 ) -> Option<FetchSettings> {
-    if !is_url(&policy.bundle) {
+    if !is_url(policy.bundle) {
         return None;
     }
     let raw = policy.bundle.to_string_lossy();
@@ -229,8 +240,8 @@ pub fn validate(
             Some(p.to_owned())
         }
     };
-    let token_file = file(&policy.bundle_token_file, "bundle_token_file", problems);
-    let ca_file = file(&policy.bundle_ca_file, "bundle_ca_file", problems);
+    let token_file = file(policy.bundle_token_file, "bundle_token_file", problems);
+    let ca_file = file(policy.bundle_ca_file, "bundle_ca_file", problems);
     if problems.len() > before {
         return None;
     }

@@ -13,7 +13,7 @@ use mcp_core::RequestLimits;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
-use crate::telemetry::TelemetrySettings;
+use crate::telemetry::{LogFormat, TelemetrySettings};
 
 /// Where the packaged config lives; read when present and no `--config` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/mcp-gateway/config.toml";
@@ -96,6 +96,20 @@ pub struct RawPolicy {
     /// Environment tags handed to policy as `input.context.environment`
     /// (e.g. `env = "prod"`).
     pub environment: std::collections::BTreeMap<String, String>,
+}
+
+impl RawPolicy {
+    /// The keys `bundle_fetch` validates.
+    pub fn bundle_fetch(&self) -> crate::bundle_fetch::RawFetch<'_> {
+        crate::bundle_fetch::RawFetch {
+            bundle: &self.bundle,
+            bundle_poll_secs: self.bundle_poll_secs,
+            bundle_timeout_secs: self.bundle_timeout_secs,
+            bundle_allow_http: self.bundle_allow_http,
+            bundle_token_file: &self.bundle_token_file,
+            bundle_ca_file: &self.bundle_ca_file,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,13 +311,6 @@ impl Default for RawLog {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Auto,
-    Text,
-    Json,
-}
-
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -470,7 +477,8 @@ impl RawConfig {
             self.storage.database_url.clone()
         };
 
-        let bundle_fetch = crate::bundle_fetch::validate(&self.policy, &data_dir, &mut problems);
+        let bundle_fetch =
+            crate::bundle_fetch::validate(&self.policy.bundle_fetch(), &data_dir, &mut problems);
         if crate::bundle_fetch::is_url(&self.policy.bundle) {
             // Fetched at start (server::build); checked by validate above.
         } else if !self.policy.bundle.as_os_str().is_empty() {

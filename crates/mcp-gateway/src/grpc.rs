@@ -21,9 +21,11 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, info_span};
 
 use crate::error::{ErrorStatus, GatewayError, code_name};
-use crate::server::Api;
 use crate::telemetry;
 use mcp_pipeline::{Caller, Gateway};
+
+/// This front door's name in `mcp_api_requests_total{api}`.
+pub const API: &str = "grpc";
 
 #[derive(Debug, Clone)]
 pub struct GrpcService {
@@ -84,12 +86,9 @@ impl GrpcService {
             Ok(_) => "OK",
             Err(e) => code_name(e.code()),
         };
-        self.gateway.metrics().observe_api(
-            Api::Grpc.as_str(),
-            call.method,
-            status,
-            call.started.elapsed(),
-        );
+        self.gateway
+            .metrics()
+            .observe_api(API, call.method, status, call.started.elapsed());
         result.map_err(|e| e.to_status(&call.caller.request_id.to_string()))
     }
 

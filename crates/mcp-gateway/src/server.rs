@@ -37,21 +37,6 @@ use crate::grpc::GrpcService;
 use crate::rest::{self, RestSettings};
 use mcp_pipeline::{Gateway, PipelineSettings};
 
-/// Which front door served a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Api {
-    Grpc,
-    Rest,
-}
-
-impl Api {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::Grpc => "grpc",
-            Api::Rest => "rest",
-        }
-    }
-}
 /// Largest gRPC message accepted or sent (file contents travel in one message).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -406,7 +391,7 @@ fn steer_answer(
     started: std::time::Instant,
 ) -> Response {
     gateway.metrics().observe_api(
-        Api::Grpc.as_str(),
+        crate::grpc::API,
         method,
         code_name(error.code()),
         started.elapsed(),

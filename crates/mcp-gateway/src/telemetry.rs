@@ -36,7 +36,13 @@ use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::LogFormat;
+/// `log.format`: `auto` is JSON unless stderr is a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
 
 /// The service name spans carry when none is configured.
 pub const DEFAULT_SERVICE_NAME: &str = "mcp-gateway";

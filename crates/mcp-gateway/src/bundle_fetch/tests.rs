@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::config::RawPolicy;
 
 fn raw(bundle: &str) -> RawPolicy {
     RawPolicy {
@@ -14,7 +15,11 @@ fn raw(bundle: &str) -> RawPolicy {
 
 fn check(policy: &RawPolicy) -> (Option<FetchSettings>, Vec<String>) {
     let mut problems = Vec::new();
-    let settings = validate(policy, Path::new("/var/lib/mcp"), &mut problems);
+    let settings = validate(
+        &policy.bundle_fetch(),
+        Path::new("/var/lib/mcp"),
+        &mut problems,
+    );
     (settings, problems)
 }
 
@@ -124,7 +129,7 @@ fn bad_settings_are_all_reported() {
 
 fn settings_in(dir: &Path, url: &str) -> FetchSettings {
     let mut problems = Vec::new();
-    let s = validate(&raw(url), dir, &mut problems).unwrap();
+    let s = validate(&raw(url).bundle_fetch(), dir, &mut problems).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     s
 }

@@ -43,9 +43,11 @@ use extract::{BodyLimit, ErrorCode};
 
 use crate::config::HttpSettings;
 use crate::error::{GatewayError, code_name};
-use crate::server::Api;
 use crate::telemetry;
 use mcp_pipeline::{Caller, Gateway};
+
+/// This front door's name in `mcp_api_requests_total{api}`.
+pub const API: &str = "rest";
 
 /// What the REST door needs from the configuration.
 #[derive(Debug, Clone)]
@@ -279,7 +281,7 @@ async fn front(State(app): State<AppState>, mut req: Request, next: Next) -> Res
     };
     app.gateway
         .metrics()
-        .observe_api(Api::Rest.as_str(), op, status, started.elapsed());
+        .observe_api(API, op, status, started.elapsed());
     if let Ok(v) = HeaderValue::from_str(&caller.request_id.to_string()) {
         resp.headers_mut().insert("x-request-id", v);
     }

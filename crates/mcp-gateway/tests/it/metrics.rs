@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mcp_gateway::config::LogFormat;
+use mcp_gateway::telemetry::LogFormat;
 use mcp_gateway::telemetry::TelemetrySettings;
 use mcp_pipeline::metrics::exported_names;
 use serde_json::{Value, json};
