@@ -18,6 +18,8 @@
 //! - the encoding never changes for a given [`FORMAT`]; a new encoding gets
 //!   a new format tag.
 
+#![forbid(unsafe_code)]
+
 mod checkpoint;
 mod error;
 mod record;

@@ -6,6 +6,8 @@
 //! following a task's output to the end). Errors keep the server's
 //! [`tonic::Status`] intact so callers can match on the code.
 
+#![forbid(unsafe_code)]
+
 use mcp_proto::mcp_service_client::McpServiceClient;
 pub use mcp_proto::{
     ApproveTaskRequest, ListTasksRequest, ListTasksResponse, RejectTaskRequest, TaskInfo,

@@ -14,6 +14,8 @@
 //!   (gRPC, REST, MCP) and the back ends (policy, sandbox, store) agree on one
 //!   model.
 
+#![forbid(unsafe_code)]
+
 mod decision;
 mod error;
 mod principal;

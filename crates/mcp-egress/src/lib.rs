@@ -30,6 +30,8 @@
 //!   back to the decider ([`Decider::record`]), and so is every request
 //!   refused before it could be decided ([`Decider::reject`]).
 
+#![forbid(unsafe_code)]
+
 mod body;
 mod classify;
 mod decide;

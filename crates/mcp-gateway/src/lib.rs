@@ -10,6 +10,8 @@
 //! - errors become error numbers, gRPC statuses and HTTP statuses in exactly
 //!   one place, [`error::mapping`].
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod bundle_fetch;
 pub mod cmd_audit;

@@ -1,5 +1,7 @@
 //! `mcp-gateway`: the server and its command-line client in one binary.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -5,50 +5,23 @@
 //!
 //! `cargo bench -p mcp-policy --bench decide` prints, before criterion's
 //! own report, the p50/p90/p99 of single decisions and the number of heap
-//! allocations per decision (counted by a wrapping global allocator).
+//! allocations per decision (counted by `stats_alloc`'s wrapping global
+//! allocator; a reallocation counts once, with its growth in bytes).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::System;
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use mcp_core::{ExecRequest, FileOp, FileRequest, Principal, RequestLimits};
 use mcp_policy::{PolicyEngine, PolicyInput, RequestContext};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
-/// Counts allocations on top of the system allocator.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to `System`, which upholds the
-// `GlobalAlloc` contract; the counters are atomics and never allocate.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// Counts allocations on top of the system allocator (`stats_alloc`, so
+/// that the bench needs no `unsafe` of its own).
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn engine() -> PolicyEngine {
     // MCP_BENCH_POLICIES compares another policy set with the same inputs.
@@ -114,17 +87,16 @@ fn report(name: &str, engine: &PolicyEngine, input: &PolicyInput) {
         black_box(engine.evaluate(black_box(input)));
     }
     let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
-    let (a0, b0) = (
-        ALLOCATIONS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
+    let region = Region::new(GLOBAL);
     for _ in 0..RUNS {
         let started = Instant::now();
         black_box(engine.evaluate(black_box(input)));
         times.push(started.elapsed());
     }
-    let allocs = (ALLOCATIONS.load(Ordering::Relaxed) - a0) / RUNS as u64;
-    let bytes = (BYTES.load(Ordering::Relaxed) - b0) / RUNS as u64;
+    let change = region.change();
+    // A reallocation counts as one allocation of its growth in bytes.
+    let allocs = (change.allocations + change.reallocations) / RUNS;
+    let bytes = change.bytes_allocated / RUNS;
     times.sort();
     let pct = |p: usize| times[(RUNS * p / 100).min(RUNS - 1)];
     println!(

@@ -33,6 +33,8 @@
 //! - the input document carries environment variable names, never values,
 //!   and nothing here logs the input or argv above debug level.
 
+#![forbid(unsafe_code)]
+
 mod bundle;
 mod check;
 mod decision;

@@ -3,6 +3,7 @@
 //! No logic lives here: conversions to domain types are in `mcp-gateway` and
 //! `mcp-client`.
 
+#![forbid(unsafe_code)]
 #![allow(missing_debug_implementations, clippy::all)]
 
 /// The `mcp` protobuf package.

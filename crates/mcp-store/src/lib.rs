@@ -23,6 +23,8 @@
 //!   `i64::MAX` on write;
 //! - no command output, argv or environment is ever logged by this crate.
 
+#![forbid(unsafe_code)]
+
 mod audit;
 mod error;
 mod gate;

@@ -11,6 +11,8 @@
 //! - `image [--no-build] [--rootfs DIR]`: the distroless OCI image of the
 //!   same staged binary, as an OCI archive in `target/dist/` (root, umoci).
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod dist;
 mod image;

@@ -1,10 +1,13 @@
-//! Checks of the pipeline's written invariants that no compiler enforces:
-//! it knows no front door (no tonic, axum, hyper or prost anywhere in its
-//! dependency tree), and its modules import each other without a cycle.
+//! Checks of written invariants that no compiler enforces: the pipeline
+//! knows no front door (no tonic, axum, hyper or prost anywhere in its
+//! dependency tree); the modules of the pipeline and the gateway import
+//! each other without a cycle; and, workspace-wide (`workspace`), each
+//! boundary crate has one owner and only mcp-sandbox may use `unsafe`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod imports;
+mod workspace;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -16,7 +19,7 @@ use serde_json::Value;
 const FRONT_DOOR_CRATES: [&str; 4] = ["tonic", "axum", "hyper", "prost"];
 
 /// `cargo metadata` of the workspace, for the host's target, offline.
-fn metadata() -> Value {
+pub fn metadata() -> Value {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
     let out = Command::new(env!("CARGO"))
         .args([
