@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use mcp_sandbox::{HostOptions, Profiles, SandboxSettings};
+use mcp_sandbox::{HostOptions, Profiles};
 
 use crate::config::{self, Overrides};
 
@@ -65,16 +65,8 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let run_as =
-                SandboxSettings::default_run_as().map(|_| (cfg.sandbox_uid, cfg.sandbox_gid));
             let report = mcp_sandbox::probe_host(
-                SandboxSettings {
-                    bwrap: cfg.bwrap.clone(),
-                    run_as,
-                    workspaces_dir: cfg.workspaces_dir.clone(),
-                    files_root: cfg.files_root.clone(),
-                    max_output_bytes: cfg.max_output_bytes,
-                },
+                cfg.sandbox_settings(),
                 profiles,
                 &HostOptions {
                     uid_range: cfg.sandbox_uid_range,

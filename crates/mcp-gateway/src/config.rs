@@ -122,8 +122,13 @@ pub struct RawSandbox {
     pub gid: u32,
     /// Empty = `<data_dir>/files`.
     pub files_root: PathBuf,
-    /// Empty = `<data_dir>/workspaces`.
-    pub workspaces_dir: PathBuf,
+    /// The host side of running tasks: the egress proxy sockets of
+    /// restricted-network tasks. Empty = `<data_dir>/sockets`.
+    pub sockets_dir: PathBuf,
+    /// The key's old name, from when tasks had workspaces on disk; still
+    /// read so that existing files keep working (`sockets_dir` wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspaces_dir: Option<PathBuf>,
     /// When the gateway runs as root: a uid of its own for every running
     /// sandbox, from this range (group: `gid`); unset = every sandbox is `uid`.
     pub uid_range: Option<RawUidRange>,
@@ -273,7 +278,8 @@ impl Default for RawSandbox {
             uid: 65534,
             gid: 65534,
             files_root: PathBuf::new(),
-            workspaces_dir: PathBuf::new(),
+            sockets_dir: PathBuf::new(),
+            workspaces_dir: None,
             uid_range: None,
             egress_forwarder: PathBuf::new(),
             pool: crate::sandbox_pool::RawPool::default(),
@@ -341,7 +347,7 @@ pub struct Config {
     /// The warm sandbox pool, validated.
     pub sandbox_pool: crate::sandbox_pool::RawPool,
     pub files_root: PathBuf,
-    pub workspaces_dir: PathBuf,
+    pub sockets_dir: PathBuf,
     pub request_limits: RequestLimits,
     pub max_output_bytes: usize,
     pub max_running_tasks: usize,
@@ -439,6 +445,22 @@ fn load_with_env(
         problems: e.into_iter().map(|e| e.to_string()).collect(),
     })?;
     raw.validate()
+}
+
+impl Config {
+    /// The sandbox's settings, the same for `serve` and `sandbox check`.
+    /// bubblewrap starts as `sandbox.uid`/`gid` only when the gateway is
+    /// root (it cannot switch users otherwise).
+    pub fn sandbox_settings(&self) -> mcp_sandbox::SandboxSettings {
+        mcp_sandbox::SandboxSettings {
+            bwrap: self.bwrap.clone(),
+            run_as: mcp_sandbox::SandboxSettings::default_run_as()
+                .map(|_| (self.sandbox_uid, self.sandbox_gid)),
+            sockets_dir: self.sockets_dir.clone(),
+            files_root: self.files_root.clone(),
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
 }
 
 impl RawConfig {
@@ -631,7 +653,14 @@ impl RawConfig {
             replica_id,
             shutdown_grace: Duration::from_secs(self.server.shutdown_grace_secs),
             files_root: or_under(&self.sandbox.files_root, "files"),
-            workspaces_dir: or_under(&self.sandbox.workspaces_dir, "workspaces"),
+            // An old file's `workspaces_dir` keeps its directory.
+            sockets_dir: or_under(
+                match &self.sandbox.workspaces_dir {
+                    Some(old) if self.sandbox.sockets_dir.as_os_str().is_empty() => old,
+                    _ => &self.sandbox.sockets_dir,
+                },
+                "sockets",
+            ),
             data_dir,
             database_url,
             policies_dir: match &bundle_fetch {

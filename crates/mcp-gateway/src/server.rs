@@ -23,7 +23,7 @@ use axum::response::Response;
 use axum::serve::Listener;
 use mcp_policy::{EngineOptions, PolicyService, ServiceOptions};
 use mcp_proto::mcp_service_server::McpServiceServer;
-use mcp_sandbox::{FilesRoot, Profiles, Sandbox, SandboxSettings};
+use mcp_sandbox::{FilesRoot, Profiles, Sandbox};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
@@ -88,17 +88,9 @@ pub async fn build(cfg: &Config) -> Result<Arc<Gateway>, StartError> {
     };
 
     let profiles = Profiles::load_dir(&cfg.profiles_dir)?;
-    let run_as = SandboxSettings::default_run_as().map(|_| (cfg.sandbox_uid, cfg.sandbox_gid));
-    let sandbox = Sandbox::new(
-        SandboxSettings {
-            bwrap: cfg.bwrap.clone(),
-            run_as,
-            workspaces_dir: cfg.workspaces_dir.clone(),
-            files_root: cfg.files_root.clone(),
-            max_output_bytes: cfg.max_output_bytes,
-        },
-        profiles,
-    )?;
+    let settings = cfg.sandbox_settings();
+    let run_as = settings.run_as;
+    let sandbox = Sandbox::new(settings, profiles)?;
     // Sandbox inits outlive the bwrap we wait for by a moment; adopt and
     // reap them instead of leaving zombies to PID 1 (the gateway itself in
     // the container image).

@@ -33,7 +33,7 @@ fn sandbox(base: &Path) -> anyhow::Result<Sandbox> {
     let settings = SandboxSettings {
         bwrap: "/usr/bin/bwrap".into(),
         run_as: SandboxSettings::default_run_as(),
-        workspaces_dir: base.join("workspaces"),
+        sockets_dir: base.join("sockets"),
         files_root: base.join("files"),
         max_output_bytes: 1 << 20,
     };

@@ -300,6 +300,7 @@ fn v2_own<'a>(
 /// This process's v2 cgroup: its directory, and its path as
 /// `/proc/<pid>/cgroup` shows it. Works on a hybrid host too (the
 /// controller-less `unified` mount).
+#[cfg(any(test, feature = "bench"))]
 pub(crate) fn own_v2_cgroup() -> io::Result<(PathBuf, String)> {
     let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo")?);
     let own = own_cgroups(&fs::read_to_string("/proc/self/cgroup")?);

@@ -65,7 +65,7 @@ pub enum SandboxError {
         "sandbox self-check of profile {profile:?} failed (exit code {exit_code}): {stderr}; make sure \
          bubblewrap 0.8+ is installed (`apt-get install bubblewrap`), unprivileged user namespaces \
          are enabled (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1), \
-         the kernel has seccomp, and the workspaces and files directories are reachable by the \
+         the kernel has seccomp, and the sockets and files directories are reachable by the \
          sandbox user; `mcp-gateway sandbox check` reports each of these"
     )]
     Check {

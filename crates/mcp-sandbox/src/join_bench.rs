@@ -6,10 +6,15 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+#[cfg(feature = "bench")]
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use crate::cgroup;
+#[cfg(feature = "bench")]
 use crate::sys::{self, CgroupJoin, ChildSetup, Spawn};
 
 /// A fresh cgroup in this host's v2 hierarchy, under this process's own v2
@@ -47,6 +52,7 @@ impl Drop for ScratchV2Cgroup {
 
 /// Spawn latencies of `/bin/true` (from the clone to its exec), one list
 /// per way of entering a v2 cgroup.
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Default)]
 pub struct JoinLatencies {
     /// No cgroup at all: the baseline.
@@ -63,6 +69,7 @@ pub struct JoinLatencies {
 /// (a `cgroup.procs` write pays an RCU grace period when writes are not
 /// back to back), each into a fresh cgroup as a task would be. Fails
 /// without a writable v2 hierarchy (run as root).
+#[cfg(feature = "bench")]
 pub fn v2_join_latencies(n: usize, gap: Duration) -> io::Result<JoinLatencies> {
     let program = Path::new("/bin/true");
     let mut out = JoinLatencies::default();

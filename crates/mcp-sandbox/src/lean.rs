@@ -11,7 +11,7 @@
 //! [`build`] prepares once a mount namespace whose root is a small tmpfs holding only what sandboxes are
 //! built from: bubblewrap and its libraries (`/usr`, `/etc`, the host's
 //! top-level symlinks such as `/lib64 -> usr/lib64`), `/proc` and `/dev`,
-//! every source a profile binds, the workspaces and files directories and
+//! every source a profile binds, the sockets and files directories and
 //! the egress forwarder, each bound recursively at its own path. Every
 //! bubblewrap then starts inside it (the spawn's child `setns`es into it
 //! before dropping root). The sandboxes are built by the same argv from

@@ -54,8 +54,12 @@ mod cgroup;
 mod error;
 mod files;
 mod host;
+// Bench code (`cargo xtask bench`, which turns on the `bench` feature) and
+// the unit tests' scratch v2 cgroup; not in the gateway's build.
+#[cfg(any(test, feature = "bench"))]
 mod join_bench;
 // Raw mount syscalls, like `sys`; every block carries its SAFETY note.
+mod host_state;
 #[allow(unsafe_code)]
 mod lean;
 mod pool;
@@ -68,7 +72,6 @@ mod stub;
 mod sys;
 mod uids;
 mod view;
-mod workspace;
 
 pub use cgroup::CgroupMode;
 pub use error::{FileError, SandboxError};
@@ -76,6 +79,8 @@ pub use files::FilesRoot;
 pub use host::{
     Feature, HostOptions, HostReport, PoolReport, ProfileReport, UidRangeReport, probe_host,
 };
+pub use host_state::TaskGuard;
+#[cfg(feature = "bench")]
 pub use join_bench::{JoinLatencies, v2_join_latencies};
 pub use pool::{MAX_POOL_SIZE, PoolSettings, PoolStats};
 pub use profile::{
@@ -87,7 +92,6 @@ pub use sandbox::{
 };
 pub use stub::{EXIT_PROTOCOL, STUB_SUBCOMMAND, stub_main};
 pub use uids::UidRange;
-pub use workspace::TaskGuard;
 
 #[cfg(test)]
 mod tests;

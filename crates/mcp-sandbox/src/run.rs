@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::{CgroupStats, TaskCgroup};
 use crate::error::SandboxError;
+use crate::host_state::TaskGuard;
 use crate::sys::{self, Spawn, Spawned};
-use crate::workspace::TaskGuard;
 
 /// How long output pipes may stay open after bubblewrap was reaped. Every
 /// process of the sandbox dies with it (pid namespace + `--die-with-parent`),

@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::{CgroupLimits, CgroupMode, Cgroups, TaskCgroup};
 use crate::error::SandboxError;
+use crate::host_state::{self, TaskGuard};
 use crate::profile::{Profile, Profiles, is_clean_absolute};
 use crate::run::{self, Ending, RunLimits, RunOutcome};
 use crate::seccomp::{Families, ProfileFilters};
 use crate::sys::{self, CgroupJoin, ChildSetup, Rlimits, Spawn};
 use crate::uids::{UidPool, UidRange};
 use crate::view::{self, Mount, Resolved, View};
-use crate::workspace::{self, TaskGuard};
 
 /// The sandbox user when the gateway runs as root: `nobody`.
 const NOBODY: (u32, u32) = (65534, 65534);
@@ -66,7 +66,7 @@ pub struct SandboxSettings {
     /// Host-side state of running tasks lives here: the egress proxy
     /// sockets of restricted-network tasks. (A sandbox's `/workspace` is a
     /// tmpfs of its own, nothing on the host's disk.)
-    pub workspaces_dir: PathBuf,
+    pub sockets_dir: PathBuf,
     /// Per-tenant files roots live at `files_root/<tenant>`.
     pub files_root: PathBuf,
     /// Cap per stream (stdout, stderr), both for the stored result and for
@@ -160,7 +160,7 @@ impl Sandbox {
     /// run as root, that every profile's required binds exist, compiles
     /// each profile's seccomp filter, sets up this process's cgroups and
     /// checks that every profile can be enforced with them, and creates the
-    /// workspaces and files directories (mode 0711: the sandbox user can
+    /// sockets and files directories (mode 0711: the sandbox user can
     /// reach its own socket or files directory but list none). Fails closed, with a message
     /// saying what to change, when any profile cannot be enforced here.
     pub fn new(settings: SandboxSettings, profiles: Profiles) -> Result<Sandbox, SandboxError> {
@@ -235,8 +235,8 @@ impl Sandbox {
         }
 
         let mut settings = settings;
-        settings.workspaces_dir = workspace::ensure_dir(&settings.workspaces_dir, 0o711)?;
-        settings.files_root = workspace::ensure_dir(&settings.files_root, 0o711)?;
+        settings.sockets_dir = host_state::ensure_dir(&settings.sockets_dir, 0o711)?;
+        settings.files_root = host_state::ensure_dir(&settings.files_root, 0o711)?;
         let plans: BTreeMap<String, Vec<Mount>> = profiles
             .iter()
             .map(|p| (p.name.clone(), view::plan(&p.filesystem)))
@@ -570,12 +570,12 @@ impl Sandbox {
     }
 
     /// Where the egress proxy socket of task `task` goes on the host: in
-    /// the workspaces directory (0711), which the sandbox user can
+    /// the sockets directory (0711), which the sandbox user can
     /// traverse but not list.
     pub fn egress_socket_path(&self, task: TaskId) -> PathBuf {
         self.inner
             .settings
-            .workspaces_dir
+            .sockets_dir
             .join(format!("{task}.egress.sock"))
     }
 
@@ -725,9 +725,9 @@ impl Sandbox {
         let mut guard = TaskGuard::default();
         let files = match (&lease, self.inner.owner) {
             (Some(_), Some(run_as)) => {
-                workspace::ensure_shared_dir(&settings.files_root, &spec.tenant, run_as)?
+                host_state::ensure_shared_dir(&settings.files_root, &spec.tenant, run_as)?
             }
-            _ => workspace::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?,
+            _ => host_state::ensure_owned_dir(&settings.files_root, &spec.tenant, owner)?,
         };
         if let Some(l) = lease {
             guard.set_uid_lease(l);
@@ -932,7 +932,7 @@ fn lean_namespace(
         })
         .collect();
     sources.extend([
-        settings.workspaces_dir.clone(),
+        settings.sockets_dir.clone(),
         settings.files_root.clone(),
         settings.bwrap.clone(),
     ]);

@@ -926,7 +926,7 @@ impl RawBwrap {
             SandboxSettings {
                 bwrap: PathBuf::from("/usr/bin/bwrap"),
                 run_as: SandboxSettings::default_run_as(),
-                workspaces_dir: tmp.join("raw-workspaces"),
+                sockets_dir: tmp.join("raw-sockets"),
                 files_root: tmp.join("raw-files"),
                 max_output_bytes: 1 << 20,
             },

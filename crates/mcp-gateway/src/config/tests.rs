@@ -27,8 +27,28 @@ fn defaults_validate_and_derive_paths_from_data_dir() {
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:8081");
         assert_eq!(cfg.database_url, "sqlite://data/gateway.db");
         assert_eq!(cfg.files_root, PathBuf::from("data/files"));
-        assert_eq!(cfg.workspaces_dir, PathBuf::from("data/workspaces"));
+        assert_eq!(cfg.sockets_dir, PathBuf::from("data/sockets"));
         assert_eq!(cfg.request_limits.default_timeout.as_secs(), 30);
+        Ok(())
+    });
+}
+
+#[test]
+fn the_old_workspaces_dir_key_still_sets_the_sockets_dir() {
+    Jail::expect_with(|jail| {
+        jail.create_file("old.toml", "[sandbox]\nworkspaces_dir = \"/srv/ws\"\n")?;
+        let cfg =
+            load(Some(Path::new("old.toml")), &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(cfg.sockets_dir, PathBuf::from("/srv/ws"));
+        assert_eq!(cfg.sandbox_settings().sockets_dir, PathBuf::from("/srv/ws"));
+        // The new name wins when a file has both.
+        jail.create_file(
+            "both.toml",
+            "[sandbox]\nworkspaces_dir = \"/srv/ws\"\nsockets_dir = \"/srv/sock\"\n",
+        )?;
+        let cfg =
+            load(Some(Path::new("both.toml")), &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(cfg.sockets_dir, PathBuf::from("/srv/sock"));
         Ok(())
     });
 }

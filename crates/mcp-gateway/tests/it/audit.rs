@@ -344,7 +344,7 @@ async fn a_decision_its_record_and_its_task_are_stored_together() {
     // The refused run left no record either.
     assert_eq!(records(&db).await.len(), audited);
     // Nothing ran, and the discarded sandbox leaves nothing behind.
-    let workspaces = tmp.path().join("data").join("workspaces");
+    let workspaces = tmp.path().join("data").join("sockets");
     let leftovers = || -> Vec<String> {
         std::fs::read_dir(&workspaces)
             .map(|rd| {

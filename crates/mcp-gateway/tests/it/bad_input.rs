@@ -152,7 +152,7 @@ async fn bad_command_requests_get_precise_statuses() {
     // Nothing above ran, and the server is still up.
     assert_eq!(gw.client.health().await.unwrap().status, "SERVING");
     assert!(
-        std::fs::read_dir(gw.data.join("workspaces"))
+        std::fs::read_dir(gw.data.join("sockets"))
             .unwrap()
             .next()
             .is_none(),

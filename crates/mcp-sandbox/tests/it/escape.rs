@@ -619,9 +619,9 @@ async fn disk_fill_stops_at_the_caps() {
         on_host.len()
     );
     // Nothing of the task or of the pooled sandboxes is on the host's disk.
-    assert!(!e.h.workspaces().join(task.to_string()).exists());
+    assert!(!e.h.sockets().join(task.to_string()).exists());
     for name in e.h.used_pooled() {
-        assert!(!e.h.workspaces().join(name).exists());
+        assert!(!e.h.sockets().join(name).exists());
     }
 }
 

@@ -43,7 +43,7 @@ mod uids;
 /// (`pooled::escape` is the same suite with this `true`).
 const POOLED: bool = false;
 
-/// A sandbox with its workspaces and files roots under `base`.
+/// A sandbox with its sockets and files roots under `base`.
 fn sandbox_in(base: &Path, max_output_bytes: usize) -> Sandbox {
     sandbox_with(base, max_output_bytes, &profiles_dir())
 }
@@ -59,7 +59,7 @@ fn sandbox_with(base: &Path, max_output_bytes: usize, profiles: &Path) -> Sandbo
     let settings = SandboxSettings {
         bwrap: BWRAP.into(),
         run_as: SandboxSettings::default_run_as(),
-        workspaces_dir: base.join("workspaces"),
+        sockets_dir: base.join("sockets"),
         files_root: base.join("files"),
         max_output_bytes,
     };
@@ -145,8 +145,8 @@ impl Harness {
         first.join(task.to_string())
     }
 
-    fn workspaces(&self) -> PathBuf {
-        self.tmp.path().join("workspaces")
+    fn sockets(&self) -> PathBuf {
+        self.tmp.path().join("sockets")
     }
 
     fn files_root(&self) -> PathBuf {
@@ -403,7 +403,7 @@ async fn timeout_kills_the_whole_tree_promptly() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let left = processes_matching(&format!("sleep {marker}"));
     assert!(left.is_empty(), "processes survived the timeout: {left:?}");
-    assert!(!h.workspaces().join(task.to_string()).exists());
+    assert!(!h.sockets().join(task.to_string()).exists());
 }
 
 #[tokio::test]
@@ -709,7 +709,7 @@ async fn tmp_is_private_to_each_run() {
 async fn workspace_is_writable_private_and_removed() {
     let h = Harness::new();
     let spec = h.sh("echo hi > f && cat f && pwd && stat -c %a .");
-    let ws = h.workspaces().join(spec.task_id.to_string());
+    let ws = h.sockets().join(spec.task_id.to_string());
     let (out, _) = h.run(spec).await;
     assert_eq!(
         text(&out.result.stdout),
@@ -718,13 +718,9 @@ async fn workspace_is_writable_private_and_removed() {
         text(&out.result.stderr)
     );
     assert!(!ws.exists());
-    assert_eq!(std::fs::read_dir(h.workspaces()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(h.sockets()).unwrap().count(), 0);
     assert_eq!(
-        std::fs::metadata(h.workspaces())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
+        std::fs::metadata(h.sockets()).unwrap().permissions().mode() & 0o777,
         0o711
     );
 }
@@ -930,7 +926,7 @@ async fn unknown_profile_and_bad_tenant_are_errors() {
         .unwrap_err();
     assert!(matches!(err, SandboxError::BadArgv { .. }), "{err}");
     // Nothing was left behind by the refused runs.
-    assert_eq!(std::fs::read_dir(h.workspaces()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(h.sockets()).unwrap().count(), 0);
 }
 
 #[tokio::test]
@@ -1028,7 +1024,7 @@ async fn host_report_names_the_profiles_it_cannot_enforce() {
     let settings = SandboxSettings {
         bwrap: BWRAP.into(),
         run_as: SandboxSettings::default_run_as(),
-        workspaces_dir: tmp.path().join("w"),
+        sockets_dir: tmp.path().join("w"),
         files_root: tmp.path().join("f"),
         max_output_bytes: 1024,
     };
@@ -1191,7 +1187,7 @@ async fn raw_command_is_the_same_sandbox() {
     assert!(!stdout.starts_with("0\n"), "{stdout}");
     // Nothing of the task on the host's disk, and its cgroup goes with
     // the guard.
-    assert_eq!(std::fs::read_dir(h.workspaces()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(h.sockets()).unwrap().count(), 0);
     let task = spec.task_id.to_string();
     assert!(h.sandbox_names().contains(&task));
     drop(guard);
@@ -1279,7 +1275,7 @@ fn missing_bwrap_fails_with_install_hint() {
     let settings = SandboxSettings {
         bwrap: tmp.path().join("no-bwrap"),
         run_as: SandboxSettings::default_run_as(),
-        workspaces_dir: tmp.path().join("w"),
+        sockets_dir: tmp.path().join("w"),
         files_root: tmp.path().join("f"),
         max_output_bytes: 1,
     };
@@ -1306,7 +1302,7 @@ fn root_gateway_never_runs_sandboxes_as_root() {
         let settings = SandboxSettings {
             bwrap: BWRAP.into(),
             run_as,
-            workspaces_dir: tmp.path().join("w"),
+            sockets_dir: tmp.path().join("w"),
             files_root: tmp.path().join("f"),
             max_output_bytes: 1,
         };

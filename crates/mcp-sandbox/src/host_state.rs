@@ -56,7 +56,7 @@ fn ws_err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
 }
 
 /// Creates (if needed) a directory the gateway owns and sets its mode, e.g.
-/// the workspaces dir with 0711 so the sandbox user can reach its own
+/// the sockets dir with 0711 so the sandbox user can reach its own
 /// task's socket there but not list the others.
 pub(crate) fn ensure_dir(path: &Path, mode: u32) -> Result<PathBuf, SandboxError> {
     fs::create_dir_all(path).map_err(ws_err(path))?;
