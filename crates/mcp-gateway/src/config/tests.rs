@@ -49,6 +49,9 @@ fn the_old_workspaces_dir_key_still_sets_the_sockets_dir() {
         let cfg =
             load(Some(Path::new("both.toml")), &repo_overrides()).map_err(|e| e.to_string())?;
         assert_eq!(cfg.sockets_dir, PathBuf::from("/srv/sock"));
+        jail.set_env("MCP_GATEWAY_SANDBOX__WORKSPACES_DIR", "/srv/env");
+        let cfg = load(None, &repo_overrides()).map_err(|e| e.to_string())?;
+        assert_eq!(cfg.sockets_dir, PathBuf::from("/srv/env"));
         Ok(())
     });
 }
