@@ -322,17 +322,7 @@ pub fn build(
     key: Option<&SigningKey>,
 ) -> Result<BuiltBundle, PolicyError> {
     crate::PolicyEngine::load(dir)?;
-    let failed: Vec<String> = crate::PolicyEngine::run_tests(dir)?
-        .into_iter()
-        .filter(|o| !o.passed)
-        .map(|o| format!("{}.{}: {}", o.package, o.name, o.error.unwrap_or_default()))
-        .collect();
-    if !failed.is_empty() {
-        return Err(PolicyError::TestsFailed {
-            dir: dir.to_owned(),
-            failed,
-        });
-    }
+    crate::PolicyEngine::require_passing_tests(dir)?;
     let mut files = collect(dir)?;
     let manifest = Manifest {
         revision: revision.to_owned(),

@@ -385,17 +385,7 @@ fn load_checked(dir: &Path, options: &ServiceOptions) -> Result<PolicyEngine, Po
         });
     }
     if options.reload_requires_passing_tests {
-        let failed: Vec<String> = PolicyEngine::run_tests(dir)?
-            .into_iter()
-            .filter(|o| !o.passed)
-            .map(|o| format!("{}.{}: {}", o.package, o.name, o.error.unwrap_or_default()))
-            .collect();
-        if !failed.is_empty() {
-            return Err(PolicyError::TestsFailed {
-                dir: dir.to_owned(),
-                failed,
-            });
-        }
+        PolicyEngine::require_passing_tests(dir)?;
     }
     Ok(engine)
 }

@@ -117,6 +117,25 @@ impl PolicyEngine {
         Ok(PolicyEngine::run_tests_with(dir, &TestOptions::default())?.outcomes)
     }
 
+    /// Runs the tests of `dir` and fails with [`PolicyError::TestsFailed`]
+    /// (naming each failed test and why) unless all pass: the gate of
+    /// `policy build` and of a reload with `reload_requires_passing_tests`.
+    pub(crate) fn require_passing_tests(dir: &Path) -> Result<(), PolicyError> {
+        let failed: Vec<String> = PolicyEngine::run_tests(dir)?
+            .into_iter()
+            .filter(|o| !o.passed)
+            .map(|o| format!("{}.{}: {}", o.package, o.name, o.error.unwrap_or_default()))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError::TestsFailed {
+                dir: dir.to_owned(),
+                failed,
+            })
+        }
+    }
+
     /// [`PolicyEngine::run_tests`] with a name filter and line coverage
     /// (`policy test`).
     pub fn run_tests_with(dir: &Path, options: &TestOptions) -> Result<TestReport, PolicyError> {

@@ -146,23 +146,7 @@ impl FilesRoot {
             },
             other => other,
         })?;
-        // Non-blocking so a planted FIFO cannot hang the gateway; regular
-        // files ignore the flag.
-        let file = dir
-            .open_with(
-                &rel,
-                OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK),
-            )
-            .map_err(|e| map_io(path, e))?;
-        let meta = file.metadata().map_err(|e| map_io(path, e))?;
-        if meta.is_dir() {
-            return Err(FileError::IsADirectory {
-                path: path.to_owned(),
-            });
-        }
-        if !meta.is_file() {
-            return Err(not_regular(path));
-        }
+        let (file, meta) = open_regular(&dir, &rel, path, OpenOptions::new().read(true))?;
         let max = self.max_read_bytes;
         if meta.len() > max {
             return Err(FileError::TooLarge {
@@ -233,23 +217,7 @@ impl FilesRoot {
                 file
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let file = dir
-                    .open_with(
-                        &rel,
-                        OpenOptions::new()
-                            .write(true)
-                            .custom_flags(libc::O_NONBLOCK),
-                    )
-                    .map_err(|e| map_io(path, e))?;
-                let meta = file.metadata().map_err(|e| map_io(path, e))?;
-                if meta.is_dir() {
-                    return Err(FileError::IsADirectory {
-                        path: path.to_owned(),
-                    });
-                }
-                if !meta.is_file() {
-                    return Err(not_regular(path));
-                }
+                let (file, _) = open_regular(&dir, &rel, path, OpenOptions::new().write(true))?;
                 file.set_len(0).map_err(|e| map_io(path, e))?;
                 file
             }
@@ -337,6 +305,30 @@ fn clean_relative(path: &str) -> Result<PathBuf, FileError> {
         return Err(escape());
     }
     Ok(out)
+}
+
+/// Opens the existing `rel` of `dir` (shown as `path`) with `options`,
+/// non-blocking so that a planted FIFO cannot hang the gateway (regular
+/// files ignore the flag), and refuses anything but a regular file.
+fn open_regular(
+    dir: &Dir,
+    rel: &Path,
+    path: &str,
+    options: &mut OpenOptions,
+) -> Result<(cap_std::fs::File, cap_std::fs::Metadata), FileError> {
+    let file = dir
+        .open_with(rel, options.custom_flags(libc::O_NONBLOCK))
+        .map_err(|e| map_io(path, e))?;
+    let meta = file.metadata().map_err(|e| map_io(path, e))?;
+    if meta.is_dir() {
+        return Err(FileError::IsADirectory {
+            path: path.to_owned(),
+        });
+    }
+    if !meta.is_file() {
+        return Err(not_regular(path));
+    }
+    Ok((file, meta))
 }
 
 fn not_regular(path: &str) -> FileError {

@@ -883,6 +883,18 @@ fn mark_fds_cloexec() {
 /// Blocks until child `pid` has exited, without reaping it: the pid (and so
 /// its process group id) stays allocated until [`reap`].
 pub(crate) fn wait_exited_nowait(pid: i32) -> io::Result<()> {
+    peek_exited(pid, 0).map(drop)
+}
+
+/// Whether child `pid` has exited (not reaped: the pid stays ours).
+pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
+    peek_exited(pid, libc::WNOHANG)
+}
+
+/// `waitid(P_PID, pid, WEXITED | WNOWAIT | flags)`, retried on `EINTR`:
+/// whether child `pid` has exited, leaving it unreaped. Without `WNOHANG`
+/// it blocks until it has.
+fn peek_exited(pid: i32, flags: libc::c_int) -> io::Result<bool> {
     loop {
         let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
         // SAFETY: `info` is a valid, writable siginfo_t buffer; P_PID with a
@@ -892,11 +904,13 @@ pub(crate) fn wait_exited_nowait(pid: i32) -> io::Result<()> {
                 libc::P_PID,
                 pid as libc::id_t,
                 info.as_mut_ptr(),
-                libc::WEXITED | libc::WNOWAIT,
+                libc::WEXITED | libc::WNOWAIT | flags,
             )
         };
         if rc == 0 {
-            return Ok(());
+            // SAFETY: waitid succeeded; with WNOHANG and no state change it
+            // leaves the zeroed buffer, so si_pid is 0.
+            return Ok(unsafe { info.assume_init().si_pid() } != 0);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
@@ -1157,27 +1171,6 @@ pub(crate) fn stdin_socket() -> io::Result<std::os::unix::net::UnixStream> {
     // SAFETY: fd 0 is open (fstat succeeded) and is a socket; the stub is
     // its only user (std's Stdin is never touched), so owning it is sound.
     Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(0) })
-}
-
-/// Whether child `pid` has exited (not reaped: the pid stays ours).
-pub(crate) fn has_exited(pid: i32) -> io::Result<bool> {
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    // SAFETY: `info` is a valid, writable siginfo_t buffer; P_PID with a
-    // positive pid only concerns our own child; WNOHANG never blocks.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            info.as_mut_ptr(),
-            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: waitid succeeded; with WNOHANG and no state change it leaves
-    // the zeroed buffer, so si_pid is 0.
-    Ok(unsafe { info.assume_init().si_pid() } != 0)
 }
 
 /// Makes this process the reaper of its orphaned descendants
