@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use mcp_audit::{AuditEvent, DecisionSummary};
 use mcp_core::redact::Redactor;
 use mcp_core::{Decision, ObligationSet, TaskId, TaskKind, TaskRecord, TaskResult, TaskState, now};
-use mcp_store::{AuditLog, DecisionDetails, DecisionRecord, StoreWrite};
+use mcp_store::{AuditLog, DecisionDetails, DecisionRecord, StoreError, StoreWrite};
 use time::OffsetDateTime;
 use tracing::{Instrument, error, info_span};
 
@@ -73,17 +73,30 @@ impl Gateway {
         details: &DecisionDetails,
     ) -> Result<(), GatewayError> {
         let rec = entry.record();
-        self.timed_write(
-            "record_decision",
-            self.store
-                .record_decision_with(&rec, details)
-                .instrument(info_span!("store.write", op = "record_decision")),
-        )
-        .await
-        .map_err(|e| {
-                error!(error = %e, request_id = %entry.caller.request_id, "cannot store decision; refusing the request");
-                GatewayError::Store(e)
-            })?;
+        let written = self
+            .timed_write(
+                "record_decision",
+                self.store
+                    .record_decision_with(&rec, details)
+                    .instrument(info_span!("store.write", op = "record_decision")),
+            )
+            .await;
+        self.decision_written(&entry, written, false)
+    }
+
+    /// The end of both ways of writing a decision: a failure refuses the
+    /// request (logged with its request id), a success is counted
+    /// (`mcp_policy_decisions_total`).
+    fn decision_written<T>(
+        &self,
+        entry: &DecisionEntry<'_>,
+        written: Result<T, StoreError>,
+        with_audit: bool,
+    ) -> Result<(), GatewayError> {
+        if let Err(e) = written {
+            error!(error = %e, request_id = %entry.caller.request_id, with_audit, "cannot store the decision; refusing the request");
+            return Err(GatewayError::Store(e));
+        }
         self.metrics.observe_decision(entry.decision.allow);
         Ok(())
     }
@@ -123,18 +136,14 @@ impl Gateway {
         }];
         writes.extend(task);
         let event = self.audit_event(caller, action, entry);
-        self.timed_write(
-            "audited_decision",
-            log.append_with(event, writes)
-                .instrument(info_span!("store.write", op = "audited_decision")),
-        )
-        .await
-        .map_err(|e| {
-            error!(error = %e, request_id = %caller.request_id, "cannot store the decision with its audit record; refusing the request");
-            GatewayError::Store(e)
-        })?;
-        self.metrics.observe_decision(decided.decision.allow);
-        Ok(())
+        let written = self
+            .timed_write(
+                "audited_decision",
+                log.append_with(event, writes)
+                    .instrument(info_span!("store.write", op = "audited_decision")),
+            )
+            .await;
+        self.decision_written(&decided, written, true)
     }
 
     /// Awaits one store write and records its duration
