@@ -43,33 +43,21 @@ impl Gateway {
     /// Replaces the binary bound into restricted sandboxes as the egress
     /// forwarder (default: this executable).
     pub fn set_egress_forwarder(&self, path: PathBuf) {
-        *self
-            .egress
-            .forwarder
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = path;
+        registry::replace(&self.egress.forwarder, path);
     }
 
     /// Replaces the resolver of egress destinations (default: the system
     /// resolver). Tests pin names to local addresses with
     /// `mcp_egress::StaticResolver`.
     pub fn set_egress_resolver(&self, resolver: Arc<dyn Resolver>) {
-        *self
-            .egress
-            .resolver
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = resolver;
+        registry::replace(&self.egress.resolver, resolver);
     }
 
     /// Replaces what opens the egress proxy's upstream connections
     /// (default: TCP to the vetted address). Tests send every vetted
     /// address to a local server, so that no connection leaves the host.
     pub fn set_egress_connector(&self, connector: Arc<dyn Connector>) {
-        *self
-            .egress
-            .connector
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = connector;
+        registry::replace(&self.egress.connector, connector);
     }
 
     /// Runs `spec` in the sandbox; a restricted task first gets its egress
@@ -105,24 +93,9 @@ impl Gateway {
         let socket = self.sandbox.egress_socket_path(spec.task_id);
         // A leftover of a crashed run would make the bind fail.
         let _ = tokio::fs::remove_file(&socket).await;
-        let forwarder = self
-            .egress
-            .forwarder
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let resolver = self
-            .egress
-            .resolver
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let connector = self
-            .egress
-            .connector
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let forwarder = registry::current(&self.egress.forwarder);
+        let resolver = registry::current(&self.egress.resolver);
+        let connector = registry::current(&self.egress.connector);
         let decider = Arc::new(GatewayDecider {
             gateway: self.clone(),
             task_id: spec.task_id,

@@ -80,3 +80,14 @@ impl TaskEgress {
         }
     }
 }
+
+/// The value of one of [`EgressState`]'s settings now. A poisoned lock
+/// still holds a whole value (each write is one assignment), so it is read.
+pub(crate) fn current<T: Clone>(setting: &RwLock<T>) -> T {
+    setting.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Replaces one of [`EgressState`]'s settings for tasks started from now.
+pub(crate) fn replace<T>(setting: &RwLock<T>, value: T) {
+    *setting.write().unwrap_or_else(|e| e.into_inner()) = value;
+}
