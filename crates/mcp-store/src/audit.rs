@@ -1,16 +1,37 @@
 //! The audit trail's storage: one serialised appender over the
-//! `audit_log` and `audit_checkpoints` tables (migration `0003_audit`).
+//! `audit_log` and `audit_checkpoints` tables (migration `0003_audit`), on
+//! SQLite or PostgreSQL.
 //!
-//! Durability: the appender has its own connection pool on the database
-//! file with `synchronous = FULL`, so an append has reached the disk (the
-//! WAL is fsynced at commit) before [`AuditLog::append`] returns, while the
-//! task store keeps `NORMAL` for its hotter writes. Ordering: `seq` and
-//! `prev_hash` are read and the record inserted in one `BEGIN IMMEDIATE`
-//! transaction, under an in-process lock, so two appends can never take
-//! the same place in the chain (and another process writing the same file
-//! waits for the write lock rather than forking the chain). The append also
-//! takes the file's write gate (`gate`), which the task store's writes
-//! share, so the two queue instead of sleeping in SQLite's busy handler.
+//! Durability: on SQLite the appender has its own connection pool on the
+//! database file with `synchronous = FULL`, so an append has reached the
+//! disk (the WAL is fsynced at commit) before [`AuditLog::append`] returns,
+//! while the task store keeps `NORMAL` for its hotter writes. On
+//! PostgreSQL a commit returns once the server flushed its WAL
+//! (`synchronous_commit` is the server's setting, `on` by default).
+//!
+//! Ordering: the chain's head (`seq`, `prev_hash`) and the last checkpoint
+//! are read and the records inserted in one transaction that excludes every
+//! other appender of the database, so two appends can never take the same
+//! place in the chain, whichever process they come from:
+//! - SQLite: `BEGIN IMMEDIATE` takes the file's write lock (another process
+//!   waits for it), after the file's in-process write gate (`gate`), which
+//!   the task store's writes share, so the two queue instead of sleeping in
+//!   SQLite's busy handler;
+//! - PostgreSQL: the transaction's first statement takes
+//!   `pg_advisory_xact_lock(AUDIT_LOCK)`; the head is read by the next
+//!   statement, whose read-committed snapshot is taken after the lock was
+//!   granted and so sees the previous holder's commit. The lock goes with
+//!   the transaction (commit, rollback or a dropped connection), so a
+//!   replica that dies mid-append cannot leave it held. A `SELECT … FOR
+//!   UPDATE` on a chain-head row would serialise as well, but every append
+//!   would then also rewrite that one hot row (a dead tuple per append,
+//!   vacuum work) and the row would duplicate what `audit_log` already
+//!   says; the advisory lock adds no write. `seq` is the primary key, so
+//!   even a writer that skipped the lock could not fork the chain: its
+//!   insert would fail.
+//!
+//! Because other processes may append, nothing of the chain is cached in
+//! the process: each transaction reads the head and the last checkpoint.
 //!
 //! Group commit: appends that arrive while a commit is in progress wait
 //! for it, and the next one to run writes every waiting record in one
@@ -25,15 +46,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcp_audit::{AuditEvent, AuditRecord, Checkpoint, DecisionSummary, GENESIS_HASH, Signer};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use sqlx::migrate::Migrator;
-
 use crate::gate::{self, Gate};
 use crate::rows::{list_to_json, to_i64};
-use crate::{Backend, StoreError, StoreWrite, parse_url};
+use crate::{Backend, PgOptions, StoreError, StoreWrite, parse_url};
 
 /// The same migrations as the task store: the audit tables live in the
 /// same database, and whichever opens first brings the schema up to date.
@@ -44,6 +65,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest page [`AuditLog::records`] returns.
 pub const MAX_AUDIT_PAGE: u32 = 10_000;
+
+/// The transaction-scoped advisory lock of PostgreSQL appenders (see the
+/// module documentation); an arbitrary constant of ours ("mcp-aud").
+const AUDIT_LOCK: i64 = 0x006d_6370_2d61_7564;
+
+/// Connections of a PostgreSQL audit log: the appender's and one for reads.
+const PG_CONNECTIONS: u32 = 2;
 
 const COLUMNS: &str = "seq, at, request_id, trace_id, principal, tenant, action, \
     decision_revision, decision_allow, decision_reasons, task_id, command, input_sha256, \
@@ -62,6 +90,7 @@ pub struct AuditOptions {
     pub checkpoint_interval: Option<Duration>,
 }
 
+/// Where the chain stands, read inside each appending transaction.
 #[derive(Debug, Default)]
 struct Tail {
     /// Records since the last checkpoint.
@@ -69,11 +98,37 @@ struct Tail {
     last_checkpoint_ms: Option<i64>,
 }
 
+/// The database of an audit log.
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Pg(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the log's pool, whichever backend:
+/// the SQL is the same, the query types differ.
+macro_rules! on_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Pg($pool) => $body,
+        }
+    };
+}
+
+impl Db {
+    async fn close(&self) {
+        on_db!(self, |pool| pool.close().await)
+    }
+}
+
 /// The append-only audit log.
 #[derive(Debug)]
 pub struct AuditLog {
-    /// Reads (the writer has its own handle on the same connection).
-    pool: SqlitePool,
+    /// Reads (the writer has its own handle on the same connections).
+    db: Db,
+    /// The database's `store_instance` id, on PostgreSQL.
+    instance: Option<String>,
     writer: Arc<Writer>,
 }
 
@@ -82,12 +137,13 @@ pub struct AuditLog {
 /// never abandons a commit that other appends wait for.
 #[derive(Debug)]
 struct Writer {
-    pool: SqlitePool,
+    db: Db,
     options: AuditOptions,
-    /// Also the commit lock: whoever holds it commits what is queued.
-    tail: tokio::sync::Mutex<Tail>,
-    /// The file's write gate, shared with the task store (see `gate`).
-    gate: Gate,
+    /// The commit lock: whoever holds it commits what is queued.
+    commit_lock: tokio::sync::Mutex<()>,
+    /// The SQLite file's write gate, shared with the task store (see
+    /// `gate`); PostgreSQL needs none.
+    gate: Option<Gate>,
     /// Appends waiting for the next commit, in arrival order.
     queue: std::sync::Mutex<Vec<Queued>>,
     /// Transactions committed by appends.
@@ -202,6 +258,7 @@ impl AuditLog {
         let file = match parse_url(url)? {
             Backend::SqliteMemory => None,
             Backend::SqliteFile(path) => Some(Path::new(path)),
+            Backend::Postgres => return Self::open_pg(&PgOptions::new(url), options).await,
         };
         let connect = match file {
             None => SqliteConnectOptions::new().filename(":memory:"),
@@ -241,13 +298,25 @@ impl AuditLog {
             let _write = gate.lock().await;
             MIGRATOR.run(&pool).await?;
         }
-        let log = Self::with_writer(pool, options, gate);
-        let (last, anchored, anchored_at) = log.positions().await?;
-        *log.writer.tail.lock().await = Tail {
-            unanchored: last.saturating_sub(anchored),
-            last_checkpoint_ms: anchored_at,
-        };
-        Ok(log)
+        Ok(Self::with_writer(
+            Db::Sqlite(pool),
+            options,
+            Some(gate),
+            None,
+        ))
+    }
+
+    /// Opens the audit log in a PostgreSQL database, bringing the schema up
+    /// to date as [`crate::PgStore::open`] does. Any number of processes may
+    /// append to one database: they form one chain.
+    pub async fn open_pg(pg: &PgOptions, options: AuditOptions) -> Result<Self, StoreError> {
+        let (pool, instance) = pg.open_pool(PG_CONNECTIONS).await?;
+        Ok(Self::with_writer(
+            Db::Pg(pool),
+            options,
+            None,
+            Some(instance),
+        ))
     }
 
     /// Opens an existing database file read-only, without migrations, for
@@ -269,42 +338,32 @@ impl AuditLog {
             .connect_with(connect)
             .await?;
         Ok(Self::with_writer(
-            pool,
+            Db::Sqlite(pool),
             AuditOptions::default(),
-            gate::private(),
+            Some(gate::private()),
+            None,
         ))
     }
 
-    fn with_writer(pool: SqlitePool, options: AuditOptions, gate: Gate) -> Self {
+    fn with_writer(
+        db: Db,
+        options: AuditOptions,
+        gate: Option<Gate>,
+        instance: Option<String>,
+    ) -> Self {
         Self {
             writer: Arc::new(Writer {
-                pool: pool.clone(),
+                db: db.clone(),
                 options,
-                tail: tokio::sync::Mutex::new(Tail::default()),
+                commit_lock: tokio::sync::Mutex::new(()),
                 gate,
                 queue: std::sync::Mutex::default(),
                 commits: std::sync::atomic::AtomicU64::new(0),
                 committed: std::sync::atomic::AtomicU64::new(0),
             }),
-            pool,
+            db,
+            instance,
         }
-    }
-
-    /// `(last seq, last checkpointed seq, time of the last checkpoint)`.
-    async fn positions(&self) -> Result<(u64, u64, Option<i64>), StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(&self.pool)
-            .await?;
-        let cp: Option<(i64, i64)> =
-            sqlx::query_as("SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        let to_u = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok((
-            last.map_or(0, to_u),
-            cp.map_or(0, |(s, _)| to_u(s)),
-            cp.map(|(_, at)| at),
-        ))
     }
 
     /// Seals `event` as the next record and stores it durably; answers the
@@ -362,12 +421,20 @@ impl AuditLog {
     /// then commit together.
     #[cfg(test)]
     pub(crate) async fn hold_commits(&self) -> impl Send + '_ {
-        self.writer.tail.lock().await
+        self.writer.commit_lock.lock().await
     }
 
-    /// The write gate of this log's database (see `gate`).
-    pub(crate) fn gate(&self) -> &Gate {
-        &self.writer.gate
+    /// The write gate of this log's SQLite database (see `gate`).
+    pub(crate) fn sqlite_gate(&self) -> Option<&Gate> {
+        match self.writer.db {
+            Db::Sqlite(_) => self.writer.gate.as_ref(),
+            Db::Pg(_) => None,
+        }
+    }
+
+    /// The `store_instance` id of this log's PostgreSQL database.
+    pub(crate) fn pg_instance(&self) -> Option<&str> {
+        self.instance.as_deref()
     }
 
     /// Signs a checkpoint over the last record if records were appended
@@ -383,33 +450,11 @@ impl AuditLog {
         let Some(signer) = &w.options.signer else {
             return Ok(None);
         };
-        let mut tail = w.tail.lock().await;
-        if tail.unanchored == 0 {
-            return Ok(None);
-        }
-        let interval_passed = w.options.checkpoint_interval.is_some_and(|every| {
-            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
-            tail.last_checkpoint_ms
-                .is_none_or(|last| now_ms.saturating_sub(last) >= every)
-        });
-        if !(force || interval_passed) {
-            return Ok(None);
-        }
-        let _write = w.gate.lock().await;
-        let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((seq, hash)) = last else {
-            return Ok(None);
-        };
-        let cp = signer.checkpoint(u64::try_from(seq).unwrap_or(0), &hash, now_ms);
-        insert_checkpoint(&mut tx, &cp).await?;
-        tx.commit().await?;
-        tail.unanchored = 0;
-        tail.last_checkpoint_ms = Some(now_ms);
-        Ok(Some(cp))
+        let _commits = w.commit_lock.lock().await;
+        on_db!(&w.db, |pool| {
+            let tx = begin(pool, w.gate.as_ref()).await?;
+            w.checkpoint_in(tx, signer, now_ms, force).await
+        })
     }
 
     /// Records with `seq > after` (and `at >= since_ms` when given), in
@@ -421,25 +466,29 @@ impl AuditLog {
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE seq > ?1 AND (?2 IS NULL OR at >= ?2) \
-             ORDER BY seq LIMIT ?3"
+            "SELECT {COLUMNS} FROM audit_log WHERE seq > $1 AND ($2 IS NULL OR at >= $2) \
+             ORDER BY seq LIMIT $3"
         );
-        let rows: Vec<AuditRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(to_i64(after))
-            .bind(since_ms)
-            .bind(i64::from(limit.clamp(1, MAX_AUDIT_PAGE)))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<AuditRow> = on_db!(&self.db, |pool| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(to_i64(after))
+                .bind(since_ms)
+                .bind(i64::from(limit.clamp(1, MAX_AUDIT_PAGE)))
+                .fetch_all(pool)
+                .await?
+        });
         rows.into_iter().map(AuditRecord::try_from).collect()
     }
 
     /// Every checkpoint, in sequence order.
     pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        let rows: Vec<CheckpointRow> = sqlx::query_as(
-            "SELECT seq, at, hash, key_id, signature FROM audit_checkpoints ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<CheckpointRow> = on_db!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT seq, at, hash, key_id, signature FROM audit_checkpoints ORDER BY seq",
+            )
+            .fetch_all(pool)
+            .await?
+        });
         rows.into_iter()
             .map(|r| {
                 Ok(Checkpoint {
@@ -468,15 +517,18 @@ impl AuditLog {
 
     /// Checks that the audit tables answer, for readiness probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1 FROM audit_log LIMIT 1")
-            .execute(&self.pool)
-            .await?;
+        on_db!(&self.db, |pool| {
+            sqlx::query("SELECT 1 FROM audit_log LIMIT 1")
+                .execute(pool)
+                .await
+                .map(|_| ())?
+        });
         Ok(())
     }
 
-    /// Closes the connection.
+    /// Closes the connections.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.close().await;
     }
 }
 
@@ -489,7 +541,7 @@ impl Writer {
     /// and answers each append. Every append spawns one; the first to get
     /// the lock takes the queue, the later ones usually find it empty.
     async fn flush(self: Arc<Self>) {
-        let mut tail = self.tail.lock().await;
+        let _commits = self.commit_lock.lock().await;
         loop {
             let batch: Vec<Queued> = {
                 let mut queue = self.lock_queue();
@@ -499,7 +551,14 @@ impl Writer {
             if batch.is_empty() {
                 return;
             }
-            match self.commit(&mut tail, &batch).await {
+            let done = on_db!(
+                &self.db,
+                |pool| match begin(pool, self.gate.as_ref()).await {
+                    Ok(tx) => self.commit_in(tx, &batch).await,
+                    Err(e) => Err(e),
+                }
+            );
+            match done {
                 Ok(answers) => {
                     for (q, answer) in batch.into_iter().zip(answers) {
                         // The writes go before the answer, so the caller
@@ -526,48 +585,38 @@ impl Writer {
         }
     }
 
-    /// Writes `batch` as the next records, in order, in one transaction,
-    /// with a checkpoint after each record that makes one due; answers one
-    /// result per append. An append whose task-store writes fail is rolled
-    /// back to its savepoint and answered with their error; the rest go on.
-    /// `tail` changes only once the transaction committed.
-    async fn commit(
+    /// Writes `batch` as the next records, in order, in `tx`, with a
+    /// checkpoint after each record that makes one due; answers one result
+    /// per append. An append whose task-store writes fail is rolled back to
+    /// its savepoint and answered with their error; the rest go on.
+    async fn commit_in<T: ChainTx>(
         &self,
-        tail: &mut Tail,
+        mut tx: T,
         batch: &[Queued],
     ) -> Result<Vec<Result<AuditRecord, StoreError>>, StoreError> {
-        let _write = self.gate.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let (last, mut tail) = tx.head().await?;
         let (mut seq, mut prev) = match last {
-            Some((seq, hash)) => (u64::try_from(seq).unwrap_or(0).saturating_add(1), hash),
+            Some((seq, hash)) => (seq.saturating_add(1), hash),
             None => (1, GENESIS_HASH.to_owned()),
-        };
-        let mut next = Tail {
-            unanchored: tail.unanchored,
-            last_checkpoint_ms: tail.last_checkpoint_ms,
         };
         let mut answers = Vec::with_capacity(batch.len());
         let mut stored = 0u64;
         for q in batch {
-            if let Err(e) = store_writes(&mut tx, &q.writes).await? {
+            if let Err(e) = tx.store_writes(&q.writes).await? {
                 answers.push(Err(e));
                 continue;
             }
             let at_ms = q.event.at_ms;
             let rec = mcp_audit::seal(seq, &prev, q.event.clone());
-            insert_record(&mut tx, &rec).await?;
-            match (&self.options.signer, self.due(&next, at_ms)) {
+            tx.insert_record(&rec).await?;
+            match (&self.options.signer, self.due(&tail, at_ms)) {
                 (Some(signer), true) => {
                     let cp = signer.checkpoint(rec.seq, &rec.hash, at_ms);
-                    insert_checkpoint(&mut tx, &cp).await?;
-                    next.unanchored = 0;
-                    next.last_checkpoint_ms = Some(cp.at_ms);
+                    tx.insert_checkpoint(&cp).await?;
+                    tail.unanchored = 0;
+                    tail.last_checkpoint_ms = Some(cp.at_ms);
                 }
-                _ => next.unanchored += 1,
+                _ => tail.unanchored += 1,
             }
             seq = seq.saturating_add(1);
             prev.clone_from(&rec.hash);
@@ -579,8 +628,36 @@ impl Writer {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.committed
             .fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
-        *tail = next;
         Ok(answers)
+    }
+
+    /// [`AuditLog::checkpoint_if_due`] inside `tx`.
+    async fn checkpoint_in<T: ChainTx>(
+        &self,
+        mut tx: T,
+        signer: &Signer,
+        now_ms: i64,
+        force: bool,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let (last, tail) = tx.head().await?;
+        let Some((seq, hash)) = last else {
+            return Ok(None);
+        };
+        if tail.unanchored == 0 {
+            return Ok(None);
+        }
+        let interval_passed = self.options.checkpoint_interval.is_some_and(|every| {
+            let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+            tail.last_checkpoint_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= every)
+        });
+        if !(force || interval_passed) {
+            return Ok(None);
+        }
+        let cp = signer.checkpoint(seq, &hash, now_ms);
+        tx.insert_checkpoint(&cp).await?;
+        tx.commit().await?;
+        Ok(Some(cp))
     }
 
     /// Whether the record about to be written at `at_ms` gets a checkpoint.
@@ -596,86 +673,196 @@ impl Writer {
     }
 }
 
-/// Runs one append's task-store writes inside a savepoint of the batch's
-/// transaction: the outer `Err` is a failure of the transaction itself
-/// (the batch fails), the inner one a write this append alone is refused
-/// for (its savepoint is rolled back, nothing of it stays).
-async fn store_writes(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    writes: &[StoreWrite],
-) -> Result<Result<(), StoreError>, StoreError> {
-    if writes.is_empty() {
-        return Ok(Ok(()));
+/// An appending transaction that excludes every other appender of its
+/// database (see the module documentation), whichever the backend.
+#[async_trait::async_trait]
+trait ChainTx: Send {
+    /// The last record's `(seq, hash)`, if any, and where the chain stands
+    /// against its last checkpoint.
+    async fn head(&mut self) -> Result<(Option<(u64, String)>, Tail), StoreError>;
+
+    /// Runs one append's task-store writes inside a savepoint: the outer
+    /// `Err` is a failure of the transaction itself (the batch fails), the
+    /// inner one a write this append alone is refused for (its savepoint is
+    /// rolled back, nothing of it stays).
+    async fn store_writes(
+        &mut self,
+        writes: &[StoreWrite],
+    ) -> Result<Result<(), StoreError>, StoreError>;
+
+    async fn insert_record(&mut self, r: &AuditRecord) -> Result<(), StoreError>;
+
+    async fn insert_checkpoint(&mut self, c: &Checkpoint) -> Result<(), StoreError>;
+
+    async fn commit(self) -> Result<(), StoreError>;
+}
+
+/// An appending transaction on SQLite: the file's gate, then its write lock.
+struct SqliteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// Begins an appending transaction on `pool` (see [`ChainTx`]).
+async fn begin<P: Begin>(pool: &P, gate: Option<&Gate>) -> Result<P::Tx, StoreError> {
+    pool.begin_appending(gate).await
+}
+
+/// The pools an appending transaction can begin on.
+trait Begin {
+    type Tx: ChainTx;
+    async fn begin_appending(&self, gate: Option<&Gate>) -> Result<Self::Tx, StoreError>;
+}
+
+impl Begin for SqlitePool {
+    type Tx = SqliteTx;
+    async fn begin_appending(&self, gate: Option<&Gate>) -> Result<SqliteTx, StoreError> {
+        let guard = match gate {
+            Some(g) => Some(Arc::clone(g).lock_owned().await),
+            None => None,
+        };
+        let tx = self.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(SqliteTx { tx, _gate: guard })
     }
-    sqlx::query("SAVEPOINT store_writes")
-        .execute(&mut **tx)
-        .await?;
-    for w in writes {
-        if let Err(e) = crate::sqlite::write(tx, w).await {
-            sqlx::query("ROLLBACK TO store_writes")
-                .execute(&mut **tx)
+}
+
+/// An appending transaction on PostgreSQL, holding the advisory lock.
+struct PgTx {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+impl Begin for PgPool {
+    type Tx = PgTx;
+    async fn begin_appending(&self, _gate: Option<&Gate>) -> Result<PgTx, StoreError> {
+        let mut tx = self.begin().await?;
+        // First statement of the transaction: the head read next is taken
+        // from a snapshot after the lock is ours.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(PgTx { tx })
+    }
+}
+
+/// Implements [`ChainTx`] for a transaction type whose connection is
+/// `$conn` (an expression of `self`) with the backend's store writes
+/// `$write`: the SQL is the same on both.
+macro_rules! chain_tx {
+    ($ty:ty, |$this:ident| $conn:expr, $write:path, |$done:ident| $commit:expr) => {
+        #[async_trait::async_trait]
+        impl ChainTx for $ty {
+            async fn head(&mut self) -> Result<(Option<(u64, String)>, Tail), StoreError> {
+                let $this = self;
+                let last: Option<(i64, String)> =
+                    sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(&mut *$conn)
+                        .await?;
+                let cp: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT seq, at FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+                )
+                .fetch_optional(&mut *$conn)
                 .await?;
-            sqlx::query("RELEASE store_writes")
-                .execute(&mut **tx)
+                let to_u = |v: i64| u64::try_from(v).unwrap_or(0);
+                let last = last.map(|(seq, hash)| (to_u(seq), hash));
+                let last_seq = last.as_ref().map_or(0, |(seq, _)| *seq);
+                let tail = Tail {
+                    unanchored: last_seq.saturating_sub(cp.map_or(0, |(s, _)| to_u(s))),
+                    last_checkpoint_ms: cp.map(|(_, at)| at),
+                };
+                Ok((last, tail))
+            }
+
+            async fn store_writes(
+                &mut self,
+                writes: &[StoreWrite],
+            ) -> Result<Result<(), StoreError>, StoreError> {
+                let $this = self;
+                if writes.is_empty() {
+                    return Ok(Ok(()));
+                }
+                sqlx::query("SAVEPOINT store_writes")
+                    .execute(&mut *$conn)
+                    .await?;
+                for w in writes {
+                    if let Err(e) = $write(&mut *$conn, w).await {
+                        sqlx::query("ROLLBACK TO SAVEPOINT store_writes")
+                            .execute(&mut *$conn)
+                            .await?;
+                        sqlx::query("RELEASE SAVEPOINT store_writes")
+                            .execute(&mut *$conn)
+                            .await?;
+                        return Ok(Err(e));
+                    }
+                }
+                sqlx::query("RELEASE SAVEPOINT store_writes")
+                    .execute(&mut *$conn)
+                    .await?;
+                Ok(Ok(()))
+            }
+
+            async fn insert_record(&mut self, r: &AuditRecord) -> Result<(), StoreError> {
+                let $this = self;
+                let e = &r.event;
+                let sql = format!(
+                    "INSERT INTO audit_log ({COLUMNS}) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(to_i64(r.seq))
+                    .bind(e.at_ms)
+                    .bind(&e.request_id)
+                    .bind(e.trace_id.as_deref())
+                    .bind(&e.principal)
+                    .bind(&e.tenant)
+                    .bind(&e.action)
+                    .bind(e.decision.as_ref().map(|d| d.revision.as_str()))
+                    .bind(e.decision.as_ref().map(|d| d.allow))
+                    .bind(e.decision.as_ref().map(|d| list_to_json(&d.reasons)))
+                    .bind(e.task_id.as_deref())
+                    .bind(e.command.as_deref())
+                    .bind(e.input_sha256.as_deref())
+                    .bind(e.output_sha256.as_deref())
+                    .bind(&e.outcome)
+                    .bind(to_i64(e.latency_us))
+                    .bind(&r.prev_hash)
+                    .bind(&r.hash)
+                    .execute(&mut *$conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_checkpoint(&mut self, c: &Checkpoint) -> Result<(), StoreError> {
+                let $this = self;
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (seq, at, hash, key_id, signature) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(to_i64(c.seq))
+                .bind(c.at_ms)
+                .bind(&c.hash)
+                .bind(&c.key_id)
+                .bind(&c.signature)
+                .execute(&mut *$conn)
                 .await?;
-            return Ok(Err(e));
+                Ok(())
+            }
+
+            async fn commit(self) -> Result<(), StoreError> {
+                let $done = self;
+                $commit.await?;
+                Ok(())
+            }
         }
-    }
-    sqlx::query("RELEASE store_writes")
-        .execute(&mut **tx)
-        .await?;
-    Ok(Ok(()))
+    };
 }
 
-async fn insert_record(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    r: &AuditRecord,
-) -> Result<(), StoreError> {
-    let e = &r.event;
-    let sql = format!(
-        "INSERT INTO audit_log ({COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(to_i64(r.seq))
-        .bind(e.at_ms)
-        .bind(&e.request_id)
-        .bind(e.trace_id.as_deref())
-        .bind(&e.principal)
-        .bind(&e.tenant)
-        .bind(&e.action)
-        .bind(e.decision.as_ref().map(|d| d.revision.as_str()))
-        .bind(e.decision.as_ref().map(|d| d.allow))
-        .bind(e.decision.as_ref().map(|d| list_to_json(&d.reasons)))
-        .bind(e.task_id.as_deref())
-        .bind(e.command.as_deref())
-        .bind(e.input_sha256.as_deref())
-        .bind(e.output_sha256.as_deref())
-        .bind(&e.outcome)
-        .bind(to_i64(e.latency_us))
-        .bind(&r.prev_hash)
-        .bind(&r.hash)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn insert_checkpoint(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    c: &Checkpoint,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_checkpoints (seq, at, hash, key_id, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .bind(to_i64(c.seq))
-    .bind(c.at_ms)
-    .bind(&c.hash)
-    .bind(&c.key_id)
-    .bind(&c.signature)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
+chain_tx!(SqliteTx, |this| this.tx, crate::sqlite::write, |done| done
+    .tx
+    .commit());
+chain_tx!(PgTx, |this| this.tx, crate::pg::write, |done| done
+    .tx
+    .commit());
 
 #[cfg(test)]
 mod tests {
@@ -696,7 +883,7 @@ mod tests {
         n: i64,
         before_release: impl std::future::Future<Output = ()>,
     ) -> Vec<Result<AuditRecord, StoreError>> {
-        let held = log.writer.tail.lock().await;
+        let held = log.writer.commit_lock.lock().await;
         let mut joins = Vec::new();
         for i in 0..n {
             let appender = Arc::clone(log);
@@ -744,8 +931,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path()).await;
         log.append(event(0)).await.unwrap();
-        let writer_pool = log.writer.pool.clone();
-        let results = queued_while_held(&log, 3, async move { writer_pool.close().await }).await;
+        let writer_db = log.writer.db.clone();
+        let results = queued_while_held(&log, 3, async move { writer_db.close().await }).await;
         for r in results {
             let e = r.expect_err("the commit could not happen");
             assert!(matches!(e, StoreError::GroupCommit { .. }), "{e:?}");

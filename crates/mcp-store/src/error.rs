@@ -21,9 +21,33 @@ pub enum StoreError {
         from: TaskState,
         to: TaskState,
     },
-    /// The URL names a database this build has no backend for (yet).
-    #[error("store backend {scheme:?} is not supported")]
-    UnsupportedBackend { scheme: String },
+    /// The database server could not be reached, or refused the login.
+    /// The target is the URL without its password.
+    #[error("cannot connect to the database at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database was migrated by a newer build: this one does not know
+    /// its schema and must not write to it.
+    #[error(
+        "database schema version {found} is newer than this build knows (up to {known}): \
+         run a gateway at least as new as the one that migrated it"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    /// The database password file could not be read, or is empty.
+    #[error("cannot read the database password file {path}")]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A password was given both in the URL and as a password file.
+    #[error(
+        "the database url {url} carries a password and a password file {path} is set too: keep one"
+    )]
+    PasswordTwice { url: String, path: PathBuf },
     /// The URL is not a store URL at all. Credentials are redacted.
     #[error("store url {url:?} is invalid: expected sqlite://PATH or postgres://…")]
     BadUrl { url: String },

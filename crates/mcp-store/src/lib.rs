@@ -1,34 +1,51 @@
-//! Durable storage for tasks and policy decisions.
+//! Durable storage for tasks, policy decisions and the audit trail.
 //!
 //! The gateway talks to a [`TaskStore`] trait object obtained from
-//! [`open_store`]; today the only backend is [`SqliteStore`], and the trait,
-//! the row types and the schema conventions are chosen so that a PostgreSQL
-//! backend can follow without changing callers (`postgres://` URLs are
-//! recognised and refused with [`StoreError::UnsupportedBackend`]).
+//! [`open_store`], and to an [`AuditLog`]. Two backends implement both:
+//! [`SqliteStore`] (`sqlite://` URLs; one file, the embedded default for one
+//! host) and [`PgStore`] (`postgres://` / `postgresql://` URLs, options in
+//! [`PgOptions`]; one database that several gateway processes share). They
+//! run the same SQL (`sql.rs`, `backend.rs`) on equivalent schemas.
 //!
 //! Invariants:
 //! - this is the only crate that uses `sqlx`; the schema lives in
-//!   `migrations/<backend>/` and is applied on open, idempotently;
+//!   `migrations/<backend>/` (numbered alike on both backends) and is
+//!   applied on open, idempotently; on PostgreSQL under an advisory lock,
+//!   so replicas that start at once migrate one after the other, and a
+//!   database migrated by a newer build is refused
+//!   ([`StoreError::SchemaTooNew`]) before anything is written;
 //! - a task in a terminal state (completed, failed, cancelled, timed out)
 //!   never changes again, and non-terminal states only move forward
 //!   (created → queued → running). The guard is part of the `UPDATE`
 //!   statement itself, so it holds across connections and replicas;
 //! - a task is visible only to its own tenant: [`TaskStore::get_task`]
 //!   filters by tenant in SQL and answers `None` for another tenant's task;
+//! - idempotency keys, approval tokens and pending approvals are rows of
+//!   the one database, claimed by single statements: global across the
+//!   processes that share it;
+//! - the audit trail is one hash chain per database: appends are
+//!   serialised across processes (SQLite's write lock, PostgreSQL's
+//!   transaction-scoped advisory lock, see `audit.rs`) and `seq` is the
+//!   primary key, so the chain can neither fork nor have gaps;
 //! - [`TaskRecord::result`] is `Some` iff the stored `exit_code` is not null;
 //! - timestamps are stored as Unix milliseconds: records round-trip exactly
 //!   at millisecond precision (finer parts are truncated on write) and come
 //!   back in UTC;
 //! - `u64` counters are stored as signed 64-bit integers and saturate at
 //!   `i64::MAX` on write;
-//! - no command output, argv or environment is ever logged by this crate.
+//! - no command output, argv or environment is ever logged by this crate,
+//!   and no database password: URLs are shown redacted and [`PgOptions`]
+//!   keeps the URL in a `secrecy` type.
 
 #![forbid(unsafe_code)]
 
 mod audit;
+mod backend;
 mod error;
 mod gate;
+mod pg;
 mod rows;
+mod sql;
 mod sqlite;
 
 use std::path::Path;
@@ -39,7 +56,11 @@ use time::OffsetDateTime;
 
 pub use audit::{AuditLog, AuditOptions, MAX_AUDIT_PAGE};
 pub use error::StoreError;
-pub use sqlite::{INTERRUPTED, SqliteStore};
+pub use pg::{PgOptions, PgStore};
+pub use sqlite::SqliteStore;
+
+/// The reason [`TaskStore::mark_interrupted`] records.
+pub const INTERRUPTED: &str = "interrupted";
 
 /// Where tasks and decisions are kept. Implementations are shared between
 /// request handlers, so every method takes `&self`.
@@ -383,14 +404,16 @@ impl Default for DecisionQuery {
 /// - `sqlite://PATH` or `sqlite:PATH` — a [`SqliteStore`] file (created if
 ///   missing; `sqlite:///abs/path` is absolute); `sqlite::memory:` is a
 ///   private in-memory database;
-/// - `postgres://…` / `postgresql://…` — [`StoreError::UnsupportedBackend`]
-///   until that backend exists;
+/// - `postgres://…` / `postgresql://…` — a [`PgStore`] with the default
+///   [`PgOptions`] (use [`PgStore::open`] for a password file or another
+///   pool size);
 /// - anything else, including query strings, which would silently become
 ///   part of a file name — [`StoreError::BadUrl`].
 pub async fn open_store(url: &str) -> Result<Arc<dyn TaskStore>, StoreError> {
     match parse_url(url)? {
         Backend::SqliteMemory => Ok(Arc::new(SqliteStore::open_in_memory().await?)),
         Backend::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(Path::new(path)).await?)),
+        Backend::Postgres => Ok(Arc::new(PgStore::open(&PgOptions::new(url)).await?)),
     }
 }
 
@@ -399,6 +422,8 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn TaskStore>, StoreError> {
 enum Backend<'a> {
     SqliteMemory,
     SqliteFile(&'a str),
+    /// Parsed by sqlx (libpq's URL syntax).
+    Postgres,
 }
 
 fn parse_url(url: &str) -> Result<Backend<'_>, StoreError> {
@@ -415,9 +440,7 @@ fn parse_url(url: &str) -> Result<Backend<'_>, StoreError> {
             }
             Ok(Backend::SqliteFile(path))
         }
-        "postgres" | "postgresql" => Err(StoreError::UnsupportedBackend {
-            scheme: scheme.to_ascii_lowercase(),
-        }),
+        "postgres" | "postgresql" => Ok(Backend::Postgres),
         _ => Err(bad()),
     }
 }

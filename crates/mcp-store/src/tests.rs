@@ -3,7 +3,7 @@ use time::OffsetDateTime;
 
 use super::*;
 use crate::rows::{DecisionRow, TaskRow, from_ms, to_i64, to_ms};
-use crate::sqlite::{FINISH_SQL, INTERRUPT_SQL, SET_STATE_SQL, rank};
+use crate::sql::{FINISH_SQL, INTERRUPT_SQL, SET_STATE_SQL, rank};
 
 /// A UTC timestamp from calendar parts (the `time` macros are not enabled).
 fn utc(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8, nanos: u32) -> OffsetDateTime {
@@ -75,12 +75,13 @@ fn sqlite_urls_parse_to_paths() {
 }
 
 #[test]
-fn postgres_urls_are_unsupported_and_garbage_is_bad() {
-    for url in ["postgres://u:p@h/db", "postgresql://h/db", "POSTGRES://h"] {
-        assert!(
-            matches!(parse_url(url), Err(StoreError::UnsupportedBackend { ref scheme }) if scheme.starts_with("postgres")),
-            "{url}"
-        );
+fn postgres_urls_select_postgres_and_garbage_is_bad() {
+    for url in [
+        "postgres://u:p@h/db",
+        "postgresql://h/db?sslmode=require",
+        "POSTGRES://h",
+    ] {
+        assert_eq!(parse_url(url).unwrap(), Backend::Postgres, "{url}");
     }
     for url in [
         "",

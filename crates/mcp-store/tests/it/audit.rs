@@ -1,16 +1,16 @@
-//! The audit log on a real SQLite file: chain, checkpoints, append-only
-//! triggers, read-only access.
+//! The audit log on a real database (SQLite file and PostgreSQL, see
+//! `db`): chain, checkpoints, append-only triggers, read-only access.
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mcp_audit::{AuditEvent, GENESIS_HASH, Signer, Verifier};
 use mcp_core::TaskState;
 use mcp_store::{
     AuditLog, AuditOptions, DecisionDetails, SqliteStore, StoreError, StoreWrite, TaskStore,
 };
 
-fn event(n: u64) -> AuditEvent {
+pub(crate) fn event(n: u64) -> AuditEvent {
     AuditEvent {
         at_ms: 1_700_000_000_000 + i64::try_from(n).unwrap_or(0),
         request_id: format!("req-{n}"),
@@ -36,11 +36,10 @@ fn options(every: u64) -> AuditOptions {
     }
 }
 
+both! {
 #[tokio::test]
-async fn concurrent_appends_form_one_contiguous_chain_with_checkpoints() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("g.db").display());
-    let log = Arc::new(AuditLog::open(&url, options(4)).await?);
+async fn concurrent_appends_form_one_contiguous_chain_with_checkpoints(db) {
+    let log = db.audit(options(4)).await?;
     let mut joins = Vec::new();
     for n in 1..=20 {
         let log = log.clone();
@@ -65,18 +64,16 @@ async fn concurrent_appends_form_one_contiguous_chain_with_checkpoints() -> Resu
     assert_eq!((report.last_seq, report.checkpoints), (20, 5));
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn the_chain_continues_across_reopen_and_beside_the_task_store() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("g.db");
-    let url = format!("sqlite://{}", path.display());
-    // The task store opens (and migrates) the same file first, as the gateway does.
-    let store = SqliteStore::open(&path).await?;
-    let log = AuditLog::open(&url, options(0)).await?;
+async fn the_chain_continues_across_reopen_and_beside_the_task_store(db) {
+    // The task store opened (and migrated) the database first, as the gateway does.
+    let log = db.audit(options(0)).await?;
     let first = log.append(event(1)).await?;
     log.close().await;
-    let log = AuditLog::open(&url, options(0)).await?;
+    let log = db.audit(options(0)).await?;
     let second = log.append(event(2)).await?;
     assert_eq!(second.seq, 2);
     assert_eq!(second.prev_hash, first.hash);
@@ -84,20 +81,19 @@ async fn the_chain_continues_across_reopen_and_beside_the_task_store() -> Result
     let cp = log.checkpoint_if_due(5, true).await?;
     assert_eq!(cp.map(|c| c.seq), Some(2));
     assert!(log.checkpoint_if_due(6, true).await?.is_none());
-    store.close().await;
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn checkpoints_by_time_follow_the_interval() -> Result<()> {
-    let log = AuditLog::open(
-        "sqlite::memory:",
-        AuditOptions {
+async fn checkpoints_by_time_follow_the_interval(db) {
+    let log = db
+        .audit(AuditOptions {
             checkpoint_interval: Some(std::time::Duration::from_secs(10)),
             ..options(0)
-        },
-    )
-    .await?;
+        })
+        .await?;
     let mut e = event(1);
     e.at_ms = 1_000;
     log.append(e.clone()).await?; // first record: no checkpoint yet, so one is due
@@ -110,28 +106,29 @@ async fn checkpoints_by_time_follow_the_interval() -> Result<()> {
     assert!(log.checkpoint_if_due(12_000, false).await?.is_none());
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn updates_and_deletes_abort() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("g.db");
-    let url = format!("sqlite://{}", path.display());
-    let log = AuditLog::open(&url, options(1)).await?;
+async fn updates_and_deletes_abort(db) {
+    let log = db.audit(options(1)).await?;
     log.append(event(1)).await?;
     log.close().await;
-    let store = SqliteStore::open(&path).await?;
-    drop(store);
-    let pool = sqlx_pool(&path).await?;
     for sql in [
-        "UPDATE audit_log SET outcome = 'x' WHERE seq = 1",
-        "DELETE FROM audit_log WHERE seq = 1",
-        "UPDATE audit_checkpoints SET hash = 'x'",
-        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_log SET outcome = $1 WHERE seq = 1",
+        "DELETE FROM audit_log WHERE seq = 1 OR outcome = $1",
+        "UPDATE audit_checkpoints SET hash = $1",
+        "DELETE FROM audit_checkpoints WHERE hash <> $1",
     ] {
-        let err = sqlx::query(sql).execute(&pool).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        let err = db.exec(sql, "x").await.err().context("must abort")?;
+        assert!(format!("{err:#}").contains("append-only"), "{sql}: {err:#}");
     }
+    assert_eq!(log.records(0, None, 10).await.map(|r| r.len()).ok(), None, "closed");
+    let again = db.audit(options(1)).await?;
+    assert_eq!(again.records(0, None, 10).await?.len(), 1);
+    assert_eq!(again.checkpoints().await?.len(), 1);
     Ok(())
+}
 }
 
 #[tokio::test]
@@ -154,12 +151,9 @@ async fn read_only_access_does_not_create_or_migrate() -> Result<()> {
     Ok(())
 }
 
-/// A store and an audit log on one database file, as the gateway opens them.
-async fn store_and_log(dir: &tempfile::TempDir) -> Result<(SqliteStore, Arc<AuditLog>)> {
-    let path = dir.path().join("g.db");
-    let store = SqliteStore::open(&path).await?;
-    let log = AuditLog::open(&format!("sqlite://{}", path.display()), options(0)).await?;
-    Ok((store, Arc::new(log)))
+/// A store and an audit log on one database, as the gateway opens them.
+async fn store_and_log(db: &crate::db::Db) -> Result<(Arc<dyn TaskStore>, Arc<AuditLog>)> {
+    Ok((db.store.clone(), db.audit(options(0)).await?))
 }
 
 fn verify_chain(records: &[mcp_audit::AuditRecord]) -> Result<u64> {
@@ -173,7 +167,9 @@ fn verify_chain(records: &[mcp_audit::AuditRecord]) -> Result<u64> {
 #[tokio::test]
 async fn only_a_log_on_the_stores_own_file_shares_its_database() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (store, log) = store_and_log(&dir).await?;
+    let path = dir.path().join("g.db");
+    let store = SqliteStore::open(&path).await?;
+    let log = AuditLog::open(&format!("sqlite://{}", path.display()), options(0)).await?;
     assert!(store.shares_database(&log));
     // The same file spelt differently is still the same database.
     let other_spelling = format!("sqlite://{}/./g.db", dir.path().display());
@@ -192,12 +188,30 @@ async fn only_a_log_on_the_stores_own_file_shares_its_database() -> Result<()> {
     Ok(())
 }
 
+/// On PostgreSQL a log shares the store's database when it is the same
+/// database, however the URL spells it, and not another one on the same
+/// server.
 #[tokio::test]
-async fn writes_carried_by_an_append_are_stored_with_the_record() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (store, log) = store_and_log(&dir).await?;
-    let t = super::task("acme", "replica-1");
-    let d = super::decision(true, Some(t.id));
+async fn only_a_log_on_the_stores_own_pg_database_shares_it() -> Result<()> {
+    let db = crate::db::Db::postgres().await?;
+    assert!(db.store.shares_database(&*db.audit(options(0)).await?));
+    let respelt = db.url.replacen("postgres://", "postgresql://", 1);
+    let again = AuditLog::open(&respelt, options(0)).await?;
+    assert!(db.store.shares_database(&again));
+    let other = AuditLog::open(&crate::db::fresh_pg_database().await?, options(0)).await?;
+    assert!(!db.store.shares_database(&other));
+    let sqlite = crate::db::Db::sqlite().await?;
+    assert!(!db.store.shares_database(&*sqlite.audit(options(0)).await?));
+    assert!(!sqlite.store.shares_database(&again));
+    Ok(())
+}
+
+both! {
+#[tokio::test]
+async fn writes_carried_by_an_append_are_stored_with_the_record(db) {
+    let (store, log) = store_and_log(&db).await?;
+    let t = crate::task("acme", "replica-1");
+    let d = crate::decision(true, Some(t.id));
     let details = DecisionDetails {
         input: Some(serde_json::json!({"request": {"kind": "command"}})),
         latency_us: 42,
@@ -220,14 +234,14 @@ async fn writes_carried_by_an_append_are_stored_with_the_record() -> Result<()> 
     // The task store reads what the log's transaction wrote.
     assert_eq!(store.get_task("acme", t.id).await?, Some(t.clone()));
     assert_eq!(store.get_decision(d.id).await?, Some(d));
-    let at = super::now_ms();
+    let at = crate::now_ms();
     log.append_with(
         event(2),
         vec![StoreWrite::Finish {
             id: t.id,
             state: TaskState::Completed,
             completed_at: at,
-            result: Some(Arc::new(super::result())),
+            result: Some(Arc::new(crate::result())),
             failure_reason: None,
         }],
     )
@@ -235,28 +249,29 @@ async fn writes_carried_by_an_append_are_stored_with_the_record() -> Result<()> 
     let done = store.get_task("acme", t.id).await?.expect("stored");
     assert_eq!(done.state, TaskState::Completed);
     assert_eq!(done.completed_at, Some(at));
-    assert_eq!(done.result, Some(super::result()));
+    assert_eq!(done.result, Some(crate::result()));
     assert_eq!(verify_chain(&log.records(0, None, 10).await?)?, 2);
     Ok(())
 }
+}
 
+both! {
 /// Many appends share a batch; the ones whose writes are refused (a
 /// duplicate task, a task that already ended) fail alone, with the
 /// store's own error, leave nothing behind (not even their decision), and
 /// take no place in the chain, which stays contiguous.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_refused_write_fails_its_append_alone() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (store, log) = store_and_log(&dir).await?;
-    let taken = super::task("acme", "replica-1");
+async fn a_refused_write_fails_its_append_alone(db) {
+    let (store, log) = store_and_log(&db).await?;
+    let taken = crate::task("acme", "replica-1");
     store.insert_task(&taken).await?;
-    let ended = super::task("acme", "replica-1");
+    let ended = crate::task("acme", "replica-1");
     store.insert_task(&ended).await?;
     store
         .finish(
             ended.id,
             TaskState::Cancelled,
-            super::now_ms(),
+            crate::now_ms(),
             None,
             Some("x"),
         )
@@ -266,8 +281,8 @@ async fn a_refused_write_fails_its_append_alone() -> Result<()> {
         let log = log.clone();
         let (taken, ended) = (taken.clone(), ended.clone());
         joins.push(tokio::spawn(async move {
-            let mut fresh = super::task("acme", "replica-1");
-            let decision = super::decision(true, Some(fresh.id));
+            let mut fresh = crate::task("acme", "replica-1");
+            let decision = crate::decision(true, Some(fresh.id));
             let writes = match n % 3 {
                 // A duplicate id after a decision: the decision goes too.
                 0 => {
@@ -283,8 +298,8 @@ async fn a_refused_write_fails_its_append_alone() -> Result<()> {
                 1 => vec![StoreWrite::Finish {
                     id: ended.id,
                     state: TaskState::Completed,
-                    completed_at: super::now_ms(),
-                    result: Some(Arc::new(super::result())),
+                    completed_at: crate::now_ms(),
+                    result: Some(Arc::new(crate::result())),
                     failure_reason: None,
                 }],
                 _ => vec![
@@ -337,8 +352,4 @@ async fn a_refused_write_fails_its_append_alone() -> Result<()> {
     assert_eq!(log.append_stats().0, 16);
     Ok(())
 }
-
-async fn sqlx_pool(path: &std::path::Path) -> Result<sqlx::SqlitePool> {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
-    Ok(sqlx::SqlitePool::connect_with(opts).await?)
 }

@@ -1,9 +1,13 @@
-//! Integration tests against real SQLite files in a temporary directory.
+//! Integration tests against real databases: a SQLite file in a temporary
+//! directory and a fresh database on a real PostgreSQL server (see `db`);
+//! most tests run on both, through the [`TaskStore`] trait.
 
+#[macro_use]
+mod db;
 mod audit;
+mod pg;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -12,22 +16,12 @@ use mcp_store::{
     DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, INTERRUPTED, SqliteStore,
     StoreError, TaskStore, open_store,
 };
-use tempfile::TempDir;
 use time::OffsetDateTime;
 
 /// A UTC timestamp from calendar parts (the `time` macros are not enabled).
 fn utc(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8, nanos: u32) -> Result<OffsetDateTime> {
     let date = time::Date::from_calendar_date(y, time::Month::try_from(mo)?, d)?;
     Ok(date.with_hms_nano(h, mi, s, nanos)?.assume_utc())
-}
-
-/// A fresh database file in its own temporary directory; the directory
-/// lives as long as the returned guard.
-async fn store() -> Result<(TempDir, PathBuf, SqliteStore)> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("store.db");
-    let store = SqliteStore::open(&path).await?;
-    Ok((dir, path, store))
 }
 
 /// Now, truncated to the millisecond (the store's precision).
@@ -74,9 +68,10 @@ fn result() -> TaskResult {
     }
 }
 
+both! {
 #[tokio::test]
-async fn every_field_round_trips() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn every_field_round_trips(db) {
+    let store = db.store.clone();
     let rec = TaskRecord {
         id: TaskId::new(),
         kind: TaskKind::File,
@@ -106,10 +101,12 @@ async fn every_field_round_trips() -> Result<()> {
     assert_eq!(store.get_task("acme", rec.id).await?, Some(rec));
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn timestamps_are_truncated_to_milliseconds() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn timestamps_are_truncated_to_milliseconds(db) {
+    let store = db.store.clone();
     let mut rec = task("t", "o");
     rec.created_at = utc(2025, 1, 1, 0, 0, 0, 123_999_999)?;
     store.insert_task(&rec).await?;
@@ -117,10 +114,12 @@ async fn timestamps_are_truncated_to_milliseconds() -> Result<()> {
     assert_eq!(got, Some(utc(2025, 1, 1, 0, 0, 0, 123_000_000)?));
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn lifecycle_updates_state_and_timestamps() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn lifecycle_updates_state_and_timestamps(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
 
@@ -150,10 +149,12 @@ async fn lifecycle_updates_state_and_timestamps() -> Result<()> {
     assert_eq!(got.failure_reason, None);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn running_twice_keeps_the_first_start_and_states_never_go_back() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn running_twice_keeps_the_first_start_and_states_never_go_back(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
     let first = now_ms();
@@ -184,10 +185,12 @@ async fn running_twice_keeps_the_first_start_and_states_never_go_back() -> Resul
     );
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn finishing_twice_is_refused_and_keeps_the_first_outcome() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn finishing_twice_is_refused_and_keeps_the_first_outcome(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
     let done = now_ms();
@@ -217,10 +220,12 @@ async fn finishing_twice_is_refused_and_keeps_the_first_outcome() -> Result<()> 
     assert_eq!(got.failure_reason, None);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn set_state_on_a_terminal_task_is_refused() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn set_state_on_a_terminal_task_is_refused(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
     store
@@ -252,10 +257,12 @@ async fn set_state_on_a_terminal_task_is_refused() -> Result<()> {
     assert_eq!(got.failure_reason.as_deref(), Some("timeout after 30s"));
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn wrong_kind_of_target_state_is_refused() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn wrong_kind_of_target_state_is_refused(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
     let err = store
@@ -289,10 +296,12 @@ async fn wrong_kind_of_target_state_is_refused() -> Result<()> {
     assert_eq!(got.state, TaskState::Created);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn unknown_ids_are_not_found() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn unknown_ids_are_not_found(db) {
+    let store = db.store.clone();
     let id = TaskId::new();
     assert!(matches!(
         store.set_state(id, TaskState::Running, now_ms()).await,
@@ -309,10 +318,12 @@ async fn unknown_ids_are_not_found() -> Result<()> {
     assert_eq!(store.get_task("t", id).await?, None);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn other_tenants_cannot_see_a_task() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn other_tenants_cannot_see_a_task(db) {
+    let store = db.store.clone();
     let rec = task("acme", "o");
     store.insert_task(&rec).await?;
     assert_eq!(store.get_task("globex", rec.id).await?, None);
@@ -323,10 +334,12 @@ async fn other_tenants_cannot_see_a_task() -> Result<()> {
     );
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn duplicate_ids_are_refused() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn duplicate_ids_are_refused(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
     let mut again = task("other", "o2");
@@ -340,10 +353,12 @@ async fn duplicate_ids_are_refused() -> Result<()> {
     assert_eq!(store.get_task("other", again.id).await?, None);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn mark_interrupted_fails_only_the_owners_live_tasks() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn mark_interrupted_fails_only_the_owners_live_tasks(db) {
+    let store = db.store.clone();
     let mut mine = Vec::new();
     for state in [TaskState::Created, TaskState::Queued, TaskState::Running] {
         let rec = task("t", "replica-a");
@@ -395,10 +410,12 @@ async fn mark_interrupted_fails_only_the_owners_live_tasks() -> Result<()> {
     assert_eq!(store.mark_interrupted("replica-a", at).await?, 0);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn data_survives_a_restart_and_migrations_rerun_idempotently() -> Result<()> {
-    let (_dir, path, store) = store().await?;
+async fn data_survives_a_restart_and_migrations_rerun_idempotently(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
     store
@@ -407,21 +424,21 @@ async fn data_survives_a_restart_and_migrations_rerun_idempotently() -> Result<(
     let decision = decision(true, Some(rec.id));
     store.record_decision(&decision).await?;
     let before = store.get_task("t", rec.id).await?;
-    store.close().await;
+    drop(store);
 
     for _ in 0..2 {
-        let reopened = SqliteStore::open(&path).await?;
+        let reopened = db.another().await?;
         assert_eq!(reopened.get_task("t", rec.id).await?, before);
         assert_eq!(
             reopened.get_decision(decision.id).await?,
             Some(decision.clone())
         );
-        reopened.close().await;
     }
     // After a crash the replica fails what it was running.
-    let reopened = SqliteStore::open(&path).await?;
+    let reopened = db.another().await?;
     assert_eq!(reopened.mark_interrupted("o", now_ms()).await?, 1);
     Ok(())
+}
 }
 
 #[tokio::test]
@@ -470,9 +487,10 @@ fn decision(allow: bool, task_id: Option<TaskId>) -> DecisionRecord {
     }
 }
 
+both! {
 #[tokio::test]
-async fn decisions_round_trip() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn decisions_round_trip(db) {
+    let store = db.store.clone();
     let cases = [
         decision(true, Some(TaskId::new())),
         decision(true, None),
@@ -489,6 +507,7 @@ async fn decisions_round_trip() -> Result<()> {
     let dup = store.record_decision(&cases[0]).await;
     assert!(matches!(dup, Err(StoreError::Database(_))), "{dup:?}");
     Ok(())
+}
 }
 
 #[tokio::test]
@@ -510,15 +529,27 @@ async fn open_store_dispatches_on_the_url_scheme() -> Result<()> {
     let memory = open_store("sqlite::memory:").await?;
     memory.ping().await?;
 
-    for (url, scheme) in [
-        ("postgres://u:secret@db/mcp", "postgres"),
-        ("postgresql://db/mcp", "postgresql"),
-    ] {
-        let err = open_store(url).await;
+    // Both PostgreSQL spellings reach for a server (none listens in this
+    // directory): a connection error that names the target, not the password.
+    for scheme in ["postgres", "postgresql"] {
+        let url = format!(
+            "{scheme}://u:secret@localhost/mcp?host={}",
+            dir.path().display()
+        );
+        let err = open_store(&url).await;
         assert!(
-            matches!(err, Err(StoreError::UnsupportedBackend { scheme: ref s }) if s == scheme),
+            matches!(err, Err(StoreError::Connect { ref target, .. }) if target.starts_with(scheme)),
             "{url}: {err:?}"
         );
+        let shown = format!(
+            "{:?} {}",
+            err.as_ref().err(),
+            err.as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        );
+        assert!(!shown.contains("secret"), "{shown}");
     }
     for url in ["", "garbage", "mysql://db", "sqlite:", "http://x/y"] {
         let err = open_store(url).await;
@@ -530,9 +561,10 @@ async fn open_store_dispatches_on_the_url_scheme() -> Result<()> {
     Ok(())
 }
 
+both! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_inserts_all_land() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn concurrent_inserts_all_land(db) {
+    let store = db.store.clone();
     let store = Arc::new(store);
     let mut handles = Vec::new();
     for i in 0..50 {
@@ -555,14 +587,16 @@ async fn concurrent_inserts_all_land() -> Result<()> {
     }
     Ok(())
 }
+}
 
+both! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_finishes_have_exactly_one_winner() -> Result<()> {
-    let (_dir, path, store) = store().await?;
+async fn racing_finishes_have_exactly_one_winner(db) {
+    let store = db.store.clone();
     let rec = task("t", "o");
     store.insert_task(&rec).await?;
-    // A second pool on the same file stands in for another replica.
-    let other = SqliteStore::open(&path).await?;
+    // A second pool on the same database stands in for another replica.
+    let other = db.another().await?;
     let stores = [store, other];
     let mut handles = Vec::new();
     for i in 0..20 {
@@ -594,6 +628,7 @@ async fn racing_finishes_have_exactly_one_winner() -> Result<()> {
     }
     assert_eq!(wins, 1);
     Ok(())
+}
 }
 
 // ---- decision log -----------------------------------------------------------
@@ -629,9 +664,10 @@ fn at(rec: &mut DecisionRecord, secs: i64) -> Result<()> {
     Ok(())
 }
 
+both! {
 #[tokio::test]
-async fn decision_log_entries_round_trip_with_their_details() -> Result<()> {
-    let (_dir, path, store) = store().await?;
+async fn decision_log_entries_round_trip_with_their_details(db) {
+    let store = db.store.clone();
     let mut with = decision(true, Some(TaskId::new()));
     at(&mut with, 0)?;
     let mut without = decision(false, None);
@@ -656,9 +692,8 @@ async fn decision_log_entries_round_trip_with_their_details() -> Result<()> {
     // The plain reader still sees the decision.
     assert_eq!(store.get_decision(with.id).await?, Some(with.clone()));
 
-    // The row in SQLite holds the input as JSON text.
-    store.close().await;
-    let reopened = SqliteStore::open(&path).await?;
+    // The row holds the input as JSON text, read back after a restart.
+    let reopened = db.another().await?;
     let only = reopened
         .list_decisions(&DecisionQuery {
             with_input: true,
@@ -670,10 +705,12 @@ async fn decision_log_entries_round_trip_with_their_details() -> Result<()> {
     assert_eq!(only[0].details.latency_us, 18);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn decision_log_is_filtered_by_time_and_tenant_and_paged_in_order() -> Result<()> {
-    let (_dir, _, store) = store().await?;
+async fn decision_log_is_filtered_by_time_and_tenant_and_paged_in_order(db) {
+    let store = db.store.clone();
     let mut ids = Vec::new();
     for i in 0..7i64 {
         let mut rec = decision(i % 2 == 0, None);
@@ -720,21 +757,23 @@ async fn decision_log_is_filtered_by_time_and_tenant_and_paged_in_order() -> Res
     assert_eq!(seen, sorted);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn corrupt_decision_log_input_is_reported() -> Result<()> {
-    let (_dir, path, store) = store().await?;
+async fn corrupt_decision_log_input_is_reported(db) {
+    let store = db.store.clone();
     let rec = decision(true, None);
     store.record_decision_with(&rec, &details(0)).await?;
-    store.close().await;
     // Edit the row behind the store's back, as a broken tool might.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await?;
-    sqlx::query("UPDATE decisions SET input = '{broken' WHERE id = ?1")
-        .bind(rec.id.hyphenated().to_string())
-        .execute(&pool)
+    let edited = db
+        .exec(
+            "UPDATE decisions SET input = '{broken' WHERE id = $1",
+            &rec.id.hyphenated().to_string(),
+        )
         .await?;
-    pool.close().await;
-    let reopened = SqliteStore::open(&path).await?;
+    assert_eq!(edited, 1);
+    let reopened = db.another().await?;
     let err = reopened.list_decisions(&DecisionQuery::default()).await;
     assert!(
         matches!(err, Err(StoreError::Corrupt { ref reason, .. }) if reason.starts_with("input")),
@@ -742,11 +781,13 @@ async fn corrupt_decision_log_input_is_reported() -> Result<()> {
     );
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters() -> Result<()> {
+async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters(db) {
     use mcp_store::TaskQuery;
-    let (_dir, _path, store) = store().await?;
+    let store = db.store.clone();
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut t = task("acme", "test");
@@ -800,6 +841,7 @@ async fn list_tasks_pages_one_tenants_tasks_newest_first_with_filters() -> Resul
     assert!(other.is_empty());
     Ok(())
 }
+}
 
 fn pending_fixture(tenant: &str) -> (TaskRecord, mcp_store::PendingApproval) {
     let mut t = task(tenant, "test");
@@ -812,14 +854,16 @@ fn pending_fixture(tenant: &str) -> (TaskRecord, mcp_store::PendingApproval) {
     (t, approval)
 }
 
+both! {
 #[tokio::test]
-async fn pending_tasks_are_claimed_once_and_only_by_their_tenant() -> Result<()> {
-    let (_dir, path, store) = store().await?;
+async fn pending_tasks_are_claimed_once_and_only_by_their_tenant(db) {
+    let store = db.store.clone();
     let (t, approval) = pending_fixture("acme");
     store.insert_pending(&t, &approval).await?;
     // Survives a reopen (a restart) with its approval details.
-    store.close().await;
-    let store = SqliteStore::open(&path).await?;
+    drop(store);
+    db.reopen().await?;
+    let store = db.store.clone();
     assert_eq!(
         store.mark_interrupted("test", now_ms()).await?,
         0,
@@ -864,10 +908,12 @@ async fn pending_tasks_are_claimed_once_and_only_by_their_tenant() -> Result<()>
     );
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn pending_tasks_expire_and_are_rejected_with_a_reason() -> Result<()> {
-    let (_dir, _path, store) = store().await?;
+async fn pending_tasks_expire_and_are_rejected_with_a_reason(db) {
+    let store = db.store.clone();
     let (a, approval) = pending_fixture("acme");
     store.insert_pending(&a, &approval).await?;
     let (b, _) = pending_fixture("acme");
@@ -910,10 +956,12 @@ async fn pending_tasks_expire_and_are_rejected_with_a_reason() -> Result<()> {
     ));
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn approval_tokens_are_single_use() -> Result<()> {
-    let (_dir, _path, store) = store().await?;
+async fn approval_tokens_are_single_use(db) {
+    let store = db.store.clone();
     let id = TaskId::new();
     let exp = now_ms() + time::Duration::minutes(5);
     assert!(store.use_token("jti-1", id, now_ms(), exp).await?);
@@ -924,10 +972,12 @@ async fn approval_tokens_are_single_use() -> Result<()> {
     assert!(store.use_token("jti-2", id, now_ms(), exp).await?);
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn idempotency_keys_answer_the_first_task_within_the_window() -> Result<()> {
-    let (_dir, _path, store) = store().await?;
+async fn idempotency_keys_answer_the_first_task_within_the_window(db) {
+    let store = db.store.clone();
     let t0 = now_ms();
     let key = |task_id, hash: &str, at| mcp_store::IdempotencyKey {
         tenant: "acme".into(),
@@ -983,10 +1033,12 @@ async fn idempotency_keys_answer_the_first_task_within_the_window() -> Result<()
     );
     Ok(())
 }
+}
 
+both! {
 #[tokio::test]
-async fn list_tasks_filters_by_metadata_and_cpu_is_summed_per_tenant() -> Result<()> {
-    let (_dir, _path, store) = store().await?;
+async fn list_tasks_filters_by_metadata_and_cpu_is_summed_per_tenant(db) {
+    let store = db.store.clone();
     let mut a = task("acme", "test");
     a.metadata = BTreeMap::from([("team".into(), "red".into()), ("env".into(), "prod".into())]);
     store.insert_task(&a).await?;
@@ -1047,4 +1099,5 @@ async fn list_tasks_filters_by_metadata_and_cpu_is_summed_per_tenant() -> Result
         0
     );
     Ok(())
+}
 }
