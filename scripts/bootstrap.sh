@@ -7,8 +7,10 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # python3 is the attacker in the sandbox escape suite (crates/mcp-sandbox/tests/it/escape.rs);
-# openssl makes the RSA and Ed25519 keys of the auth, bundle and audit tests at test time.
-APT_PACKAGES=(bubblewrap libseccomp-dev pkg-config ca-certificates python3 prometheus openssl)
+# openssl makes the RSA and Ed25519 keys of the auth, bundle and audit tests at test time;
+# postgresql is the server the store's tests run against (scripts/pg-test-cluster.sh starts a
+# throwaway cluster of it; Debian's package also brings the `postgres` user it runs as).
+APT_PACKAGES=(bubblewrap libseccomp-dev pkg-config ca-certificates python3 prometheus openssl postgresql)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,7 +12,15 @@ cargo fmt --all --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test (unit, integration, policy cases, real sandboxes)"
+step "throwaway PostgreSQL for the store's tests (scripts/pg-test-cluster.sh)"
+# Stopped on every exit, passing or not.
+trap './scripts/pg-test-cluster.sh stop' EXIT
+pg_started=$SECONDS
+eval "$(./scripts/pg-test-cluster.sh start)"
+export MCP_TEST_DATABASE_URL
+printf 'PostgreSQL test cluster up in %ss\n' "$((SECONDS - pg_started))" >&2
+
+step "cargo test (unit, integration, policy cases, real sandboxes, SQLite and PostgreSQL stores)"
 cargo test --workspace --locked
 
 step "policy tests with line coverage (mcp-gateway policy test)"

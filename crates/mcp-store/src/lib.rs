@@ -445,17 +445,31 @@ fn parse_url(url: &str) -> Result<Backend<'_>, StoreError> {
     }
 }
 
-/// Hides the password of `scheme://user:password@host` so that a mistyped
-/// URL can be reported without leaking a secret.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+/// Hides the password of `scheme://user:password@host` (and of a
+/// `password=` query parameter, which libpq URLs may carry) so that a
+/// mistyped URL can be reported without leaking a secret.
+pub(crate) fn redact(url: &str) -> String {
+    let shown = match url.split_once("://") {
         None => url.to_owned(),
-    }
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+    };
+    let Some((base, query)) = shown.split_once('?') else {
+        return shown;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 #[cfg(test)]

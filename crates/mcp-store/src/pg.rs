@@ -180,16 +180,23 @@ impl PgOptions {
     }
 }
 
-/// Whether the authority of a `postgres://user:password@host` URL holds a
-/// password.
+/// Whether a `postgres://user:password@host` URL holds a password, in its
+/// authority or as a `password=` query parameter.
 fn url_has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
     };
     let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    authority
+    let in_authority = authority
         .rfind('@')
-        .is_some_and(|at| authority[..at].contains(':'))
+        .is_some_and(|at| authority[..at].contains(':'));
+    let in_query = rest.split_once('?').is_some_and(|(_, q)| {
+        q.split('&').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, _)| k.eq_ignore_ascii_case("password"))
+        })
+    });
+    in_authority || in_query
 }
 
 /// The newest migration this build knows.

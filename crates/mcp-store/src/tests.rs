@@ -103,6 +103,14 @@ fn bad_urls_do_not_leak_passwords() {
     let err = parse_url("redis://admin:hunter2@cache:6379/0").unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert_eq!(redact("x://h/p@q"), "x://h/p@q");
+    assert_eq!(
+        redact("postgres://u:pw@h/db?sslmode=require&password=pw2&x=1"),
+        "postgres://***@h/db?sslmode=require&password=***&x=1"
+    );
+    assert_eq!(
+        redact("postgres://h?user=u&PASSWORD=pw"),
+        "postgres://h?user=u&PASSWORD=***"
+    );
     assert_eq!(redact("no-scheme"), "no-scheme");
 }
 

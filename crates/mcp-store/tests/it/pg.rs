@@ -214,9 +214,10 @@ async fn the_password_file_is_read_and_never_shown() -> Result<()> {
     std::fs::write(&file, "wrong\n")?;
     let err = PgStore::open(&options).await.err();
     assert!(matches!(err, Some(StoreError::Connect { .. })), "{err:?}");
-    let err = PgStore::open(&PgOptions::new(bare).password_file(dir.path().join("missing")))
-        .await
-        .err();
+    let err =
+        PgStore::open(&PgOptions::new(bare.clone()).password_file(dir.path().join("missing")))
+            .await
+            .err();
     assert!(
         matches!(err, Some(StoreError::PasswordFile { .. })),
         "{err:?}"
@@ -228,6 +229,19 @@ async fn the_password_file_is_read_and_never_shown() -> Result<()> {
         matches!(err, Some(StoreError::PasswordTwice { .. })),
         "{err:?}"
     );
+    // A password given as a query parameter counts, and is never shown.
+    let in_query = format!("{bare}&password={password}");
+    let err = PgStore::open(&PgOptions::new(in_query.clone()).password_file(&file))
+        .await
+        .err();
+    assert!(
+        matches!(err, Some(StoreError::PasswordTwice { .. })),
+        "{err:?}"
+    );
+    assert!(!format!("{err:?}").contains(&password));
+    let store = PgStore::open(&PgOptions::new(in_query.clone())).await?;
+    store.ping().await?;
+    assert!(!format!("{store:?} {:?}", PgOptions::new(in_query)).contains(&password));
     Ok(())
 }
 
