@@ -78,7 +78,6 @@ unix_socket_directories = '$dir'
 max_connections = 300
 fsync = $fsync
 full_page_writes = $fsync
-synchronous_commit = $fsync
 shared_buffers = 64MB
 CONF
   as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 30 start >/dev/null || {

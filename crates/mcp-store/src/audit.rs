@@ -310,7 +310,8 @@ impl AuditLog {
     /// to date as [`crate::PgStore::open`] does. Any number of processes may
     /// append to one database: they form one chain.
     pub async fn open_pg(pg: &PgOptions, options: AuditOptions) -> Result<Self, StoreError> {
-        let (pool, instance) = pg.open_pool(PG_CONNECTIONS).await?;
+        // The server's own synchronous_commit: appends are durable.
+        let (pool, instance) = pg.open_pool(PG_CONNECTIONS, false).await?;
         Ok(Self::with_writer(
             Db::Pg(pool),
             options,
@@ -429,6 +430,15 @@ impl AuditLog {
         match self.writer.db {
             Db::Sqlite(_) => self.writer.gate.as_ref(),
             Db::Pg(_) => None,
+        }
+    }
+
+    /// The pool of this log's PostgreSQL database.
+    #[cfg(test)]
+    pub(crate) fn pg_pool(&self) -> Option<PgPool> {
+        match &self.db {
+            Db::Pg(pool) => Some(pool.clone()),
+            Db::Sqlite(_) => None,
         }
     }
 

@@ -19,8 +19,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::rows::{
-    DecisionLogRow, DecisionRow, TaskRow, from_ms, list_to_json, map_to_json, task_columns, to_i64,
-    to_ms,
+    DecisionLogRow, DecisionRow, TaskRow, from_ms, list_to_json, map_to_json, to_i64, to_ms,
 };
 use crate::{
     DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, IdempotencyClaim,
@@ -36,20 +35,10 @@ pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// per database; the key is an arbitrary constant of ours ("mcp-mig").
 const MIGRATE_LOCK: i64 = 0x006d_6370_2d6d_6967;
 
-/// `list_tasks`: the metadata filter (`$7`, a JSON object of strings)
-/// keeps a task when its metadata contains every pair; for string values
-/// JSONB containment is exactly "holds this key with this value".
-const LIST_TASKS_SQL: &str = concat!(
-    "SELECT ",
-    task_columns!(),
-    " FROM tasks WHERE tenant = $1",
-    " AND ($2 IS NULL OR state = $2)",
-    " AND ($3 IS NULL OR created_at >= $3)",
-    " AND ($4 IS NULL OR created_at < $4)",
-    " AND ($5 IS NULL OR id < $5)",
-    " AND CAST(metadata AS JSONB) @> CAST($7 AS JSONB)",
-    " ORDER BY id DESC LIMIT $6"
-);
+/// `list_tasks`: for string values JSONB containment is exactly "holds
+/// this key with this value", for every pair of the filter.
+const LIST_TASKS_SQL: &str =
+    crate::sql::list_tasks_sql!("CAST(metadata AS JSONB) @> CAST($7 AS JSONB)");
 
 crate::backend::task_store_backend!(PgStore, sqlx::Postgres);
 
@@ -64,6 +53,7 @@ pub struct PgOptions {
     password_file: Option<PathBuf>,
     max_connections: u32,
     acquire_timeout: Duration,
+    durable_task_writes: bool,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -73,6 +63,7 @@ impl std::fmt::Debug for PgOptions {
             .field("password_file", &self.password_file)
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("durable_task_writes", &self.durable_task_writes)
             .finish()
     }
 }
@@ -86,7 +77,21 @@ impl PgOptions {
             password_file: None,
             max_connections: 8,
             acquire_timeout: Duration::from_secs(10),
+            durable_task_writes: false,
         }
+    }
+
+    /// Whether the task store's own writes (`set_state`, `finish` outside
+    /// an audit record, keys, tokens) wait for the server's WAL flush.
+    /// `false` by default: its sessions run with `synchronous_commit = off`,
+    /// the counterpart of the SQLite store's `synchronous = NORMAL` (a crash
+    /// of the database server may drop the last few hundred milliseconds of
+    /// such commits, never corrupts and never reorders them), while the
+    /// audit log and every write it carries keep the server's setting, so a
+    /// decision and its task are durable before the command runs.
+    pub fn durable_task_writes(mut self, durable: bool) -> Self {
+        self.durable_task_writes = durable;
+        self
     }
 
     /// Reads the password from this file (its first line; a trailing
@@ -149,8 +154,12 @@ impl PgOptions {
     pub(crate) async fn open_pool(
         &self,
         max_connections: u32,
+        relaxed_commits: bool,
     ) -> Result<(PgPool, String), StoreError> {
-        let connect = self.connect_options().await?;
+        let mut connect = self.connect_options().await?;
+        if relaxed_commits {
+            connect = connect.options([("synchronous_commit", "off")]);
+        }
         // One connection first, without the pool's retries: an unreachable
         // server, a refused login or a missing database is reported at
         // once with its cause (the pool would retry until its timeout and
@@ -252,7 +261,7 @@ async fn check_version(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> 
 /// processes. Records round-trip exactly as on SQLite (milliseconds, UTC).
 #[derive(Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     /// The database's `store_instance` id (see [`TaskStore::shares_database`]).
     instance: String,
     /// The URL without its password.
@@ -275,7 +284,9 @@ impl PgStore {
     /// the login, [`StoreError::SchemaTooNew`] if a newer gateway migrated
     /// the database.
     pub async fn open(options: &PgOptions) -> Result<PgStore, StoreError> {
-        let (pool, instance) = options.open_pool(options.max_connections).await?;
+        let (pool, instance) = options
+            .open_pool(options.max_connections, !options.durable_task_writes)
+            .await?;
         Ok(PgStore {
             pool,
             instance,

@@ -28,6 +28,27 @@ pub(crate) const GET_TASK_SQL: &str = concat!(
     " FROM tasks WHERE id = $1 AND tenant = $2"
 );
 
+/// `list_tasks` with a backend's metadata filter (`$7`, a JSON object of
+/// strings: a task is kept when its metadata holds every pair), which is
+/// the one part the two dialects spell differently.
+macro_rules! list_tasks_sql {
+    ($metadata_filter:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::rows::task_columns!(),
+            " FROM tasks WHERE tenant = $1",
+            " AND ($2 IS NULL OR state = $2)",
+            " AND ($3 IS NULL OR created_at >= $3)",
+            " AND ($4 IS NULL OR created_at < $4)",
+            " AND ($5 IS NULL OR id < $5)",
+            " AND ",
+            $metadata_filter,
+            " ORDER BY id DESC LIMIT $6"
+        )
+    };
+}
+pub(crate) use list_tasks_sql;
+
 pub(crate) const INSERT_DECISION_SQL: &str = concat!(
     "INSERT INTO decisions (",
     decision_log_columns!(),

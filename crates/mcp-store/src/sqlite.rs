@@ -14,8 +14,7 @@ use uuid::Uuid;
 
 use crate::gate::Gate;
 use crate::rows::{
-    DecisionLogRow, DecisionRow, TaskRow, from_ms, list_to_json, map_to_json, task_columns, to_i64,
-    to_ms,
+    DecisionLogRow, DecisionRow, TaskRow, from_ms, list_to_json, map_to_json, to_i64, to_ms,
 };
 use crate::{
     DecisionDetails, DecisionLogEntry, DecisionQuery, DecisionRecord, IdempotencyClaim,
@@ -29,19 +28,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// are single short statements, so 5 s only runs out when something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `list_tasks`: the metadata filter (`$7`, a JSON object) keeps a task only
-/// when it holds every pair.
-const LIST_TASKS_SQL: &str = concat!(
-    "SELECT ",
-    task_columns!(),
-    " FROM tasks WHERE tenant = $1",
-    " AND ($2 IS NULL OR state = $2)",
-    " AND ($3 IS NULL OR created_at >= $3)",
-    " AND ($4 IS NULL OR created_at < $4)",
-    " AND ($5 IS NULL OR id < $5)",
-    " AND NOT EXISTS (SELECT 1 FROM json_each($7) f WHERE NOT EXISTS",
-    " (SELECT 1 FROM json_each(tasks.metadata) m WHERE m.key = f.key AND m.value = f.value))",
-    " ORDER BY id DESC LIMIT $6"
+/// `list_tasks`: every pair of the filter has a match among the task's.
+const LIST_TASKS_SQL: &str = crate::sql::list_tasks_sql!(
+    "NOT EXISTS (SELECT 1 FROM json_each($7) f WHERE NOT EXISTS \
+     (SELECT 1 FROM json_each(tasks.metadata) m WHERE m.key = f.key AND m.value = f.value))"
 );
 
 crate::backend::task_store_backend!(SqliteStore, sqlx::Sqlite);

@@ -410,3 +410,57 @@ async fn futures_join<T>(joins: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     }
     out
 }
+
+/// The task store's PostgreSQL sessions relax `synchronous_commit` (like
+/// SQLite's `NORMAL`) unless asked not to; the audit log's keep the
+/// server's setting, so what an append carries is durable.
+#[tokio::test]
+async fn pg_task_writes_relax_synchronous_commit_and_audit_appends_do_not() {
+    use sqlx::Connection;
+    let Ok(server) = std::env::var("MCP_TEST_DATABASE_URL") else {
+        panic!(
+            "MCP_TEST_DATABASE_URL is not set: start a PostgreSQL with \
+             `eval \"$(scripts/pg-test-cluster.sh start)\"` (scripts/test.sh does)"
+        );
+    };
+    let show = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let mut plain = sqlx::PgConnection::connect(&server).await.unwrap();
+    // A database of its own (the URL's path names the server's maintenance
+    // database, which the test leaves alone).
+    let name = format!("mcp_u_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut plain)
+        .await
+        .unwrap();
+    let (head, query) = server.split_once('?').unwrap_or((&server, ""));
+    let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
+    let server = format!("{base}/{name}?{query}");
+    let default: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap();
+    assert_ne!(
+        default, "off",
+        "the test needs a server that syncs by default"
+    );
+    let relaxed = PgStore::open(&PgOptions::new(server.clone()))
+        .await
+        .unwrap();
+    assert_eq!(show(relaxed.pool.clone()).await, "off");
+    let durable = PgStore::open(&PgOptions::new(server.clone()).durable_task_writes(true))
+        .await
+        .unwrap();
+    assert_eq!(show(durable.pool.clone()).await, default);
+    let log = AuditLog::open(&server, AuditOptions::default())
+        .await
+        .unwrap();
+    let Some(pool) = log.pg_pool() else {
+        panic!("a postgres url opens a PostgreSQL log");
+    };
+    assert_eq!(show(pool).await, default);
+}
