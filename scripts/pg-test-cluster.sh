@@ -31,12 +31,14 @@ bindir() {
   printf %s "$b"
 }
 
-# Runs a PostgreSQL program as the cluster's owner.
+# Runs a PostgreSQL program as the cluster's owner, from / (initdb and
+# postgres fail when they cannot read the directory they start in, and the
+# checkout may not be readable by `postgres`).
 as_owner() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
-    "$@"
+    (cd / && "$@")
   fi
 }
 
