@@ -913,9 +913,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn appends_queued_during_a_commit_share_the_next_one() {
+    async fn appends_queued_during_a_commit_share_the_next_one_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path()).await;
+        appends_queued_during_a_commit_share_the_next_one(open(dir.path()).await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_queued_during_a_commit_share_the_next_one_on_postgres() {
+        let url = crate::tests::fresh_pg_url().await;
+        let log = AuditLog::open(&url, AuditOptions::default()).await.unwrap();
+        appends_queued_during_a_commit_share_the_next_one(Arc::new(log)).await;
+    }
+
+    async fn appends_queued_during_a_commit_share_the_next_one(log: Arc<AuditLog>) {
         let results = queued_while_held(&log, 10, async {}).await;
         assert_eq!(log.writer.commits.load(Ordering::Relaxed), 1);
         assert_eq!(log.append_stats(), (10, 1));

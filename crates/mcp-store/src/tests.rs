@@ -351,18 +351,20 @@ async fn a_file_store_opens_its_whole_pool_up_front() {
 /// batch; the append whose write is refused gets the store's error, and
 /// those before and after it in the same transaction are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_write_inside_one_batch_spares_the_others() {
+async fn a_refused_write_inside_one_batch_spares_the_others_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("b.db");
-    let store = SqliteStore::open(&path).await.unwrap();
-    let log = std::sync::Arc::new(
-        AuditLog::open(
-            &format!("sqlite://{}", path.display()),
-            AuditOptions::default(),
-        )
-        .await
-        .unwrap(),
-    );
+    let url = format!("sqlite://{}", dir.path().join("b.db").display());
+    a_refused_write_inside_one_batch_spares_the_others(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_inside_one_batch_spares_the_others_on_postgres() {
+    a_refused_write_inside_one_batch_spares_the_others(&fresh_pg_url().await).await;
+}
+
+async fn a_refused_write_inside_one_batch_spares_the_others(url: &str) {
+    let store = open_store(url).await.unwrap();
+    let log = std::sync::Arc::new(AuditLog::open(url, AuditOptions::default()).await.unwrap());
     let taken = command_task(vec!["taken".into()]);
     store.insert_task(&taken).await.unwrap();
     let first = command_task(vec!["first".into()]);
@@ -411,11 +413,10 @@ async fn futures_join<T>(joins: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     out
 }
 
-/// The task store's PostgreSQL sessions relax `synchronous_commit` (like
-/// SQLite's `NORMAL`) unless asked not to; the audit log's keep the
-/// server's setting, so what an append carries is durable.
-#[tokio::test]
-async fn pg_task_writes_relax_synchronous_commit_and_audit_appends_do_not() {
+/// A fresh database on the PostgreSQL server `MCP_TEST_DATABASE_URL` names
+/// (scripts/pg-test-cluster.sh); its URL. Panics, saying how to start a
+/// server, when there is none: a test that needs one never passes without.
+pub(crate) async fn fresh_pg_url() -> String {
     use sqlx::Connection;
     let Ok(server) = std::env::var("MCP_TEST_DATABASE_URL") else {
         panic!(
@@ -423,6 +424,24 @@ async fn pg_task_writes_relax_synchronous_commit_and_audit_appends_do_not() {
              `eval \"$(scripts/pg-test-cluster.sh start)\"` (scripts/test.sh does)"
         );
     };
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    let name = format!("mcp_u_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (head, query) = server.split_once('?').unwrap_or((&server, ""));
+    let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
+    format!("{base}/{name}?{query}")
+}
+
+/// The task store's PostgreSQL sessions relax `synchronous_commit` (like
+/// SQLite's `NORMAL`) unless asked not to; the audit log's keep the
+/// server's setting, so what an append carries is durable.
+#[tokio::test]
+async fn pg_task_writes_relax_synchronous_commit_and_audit_appends_do_not() {
+    use sqlx::Connection;
+    let server = fresh_pg_url().await;
     let show = |pool: sqlx::PgPool| async move {
         sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
             .fetch_one(&pool)
@@ -430,16 +449,6 @@ async fn pg_task_writes_relax_synchronous_commit_and_audit_appends_do_not() {
             .unwrap()
     };
     let mut plain = sqlx::PgConnection::connect(&server).await.unwrap();
-    // A database of its own (the URL's path names the server's maintenance
-    // database, which the test leaves alone).
-    let name = format!("mcp_u_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut plain)
-        .await
-        .unwrap();
-    let (head, query) = server.split_once('?').unwrap_or((&server, ""));
-    let base = head.rsplit_once('/').map_or(head, |(b, _)| b);
-    let server = format!("{base}/{name}?{query}");
     let default: String = sqlx::query_scalar("SHOW synchronous_commit")
         .fetch_one(&mut plain)
         .await
